@@ -1,0 +1,1 @@
+"""lp-jax: layered-prefill serving engine and research bench for MoE models, in JAX."""

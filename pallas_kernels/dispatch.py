@@ -1,0 +1,42 @@
+"""The one place that chooses between the Pallas Mosaic GPU kernels and the pure-jnp references.
+
+`backend=None` means: "pallas" when the default JAX device is an NVIDIA Hopper GPU (compute
+capability 9.x), "reference" elsewhere. The environment variable LP_JAX_KERNELS=reference|pallas
+overrides the automatic choice (e.g. to compare both on the GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+
+BACKENDS = ("reference", "pallas")
+
+
+@functools.cache
+def _is_hopper() -> bool:
+    dev = jax.devices()[0]
+    if dev.platform != "gpu":
+        return False
+    cc = getattr(dev, "compute_capability", "")
+    return str(cc).startswith("9")
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    backend = backend or os.environ.get("LP_JAX_KERNELS") or ("pallas" if _is_hopper() else "reference")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {BACKENDS}")
+    return backend
+
+
+def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "swiglu",
+                alpha: float = 1.702, limit: float = 7.0, valid_T=None, backend: str | None = None):
+    """Routed expert computation of one MoE layer; see `moe_reference.moe_experts_reference`."""
+    if resolve_backend(backend) == "pallas":
+        from pallas_kernels.moe import moe_experts_pallas as impl
+    else:
+        from pallas_kernels.moe_reference import moe_experts_reference as impl
+    return impl(x_TD, weights_TK, ids_TK, experts, activation=activation, alpha=alpha, limit=limit,
+                valid_T=valid_T)
