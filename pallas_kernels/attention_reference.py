@@ -51,9 +51,12 @@ def dense_attention(q_THA, k_SNA, v_SNA, q_pos_T, k_pos_S, *, window=FULL_WINDOW
     return o.reshape(T, H, A).astype(q_THA.dtype)
 
 
-def paged_attention_reference(q_THA, k_pages_PZNA, v_pages_PZNA, block_table_BM, seq_T, pos_T, *,
+def paged_attention_reference(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, *,
                               window=FULL_WINDOW, sinks_H=None, scale=None, rows_per_block=256):
     """Ragged batch over paged K/V: row t belongs to sequence seq_T[t] and sits at pos_T[t].
+
+    The pools hold every layer ([L, P, Z, N, A]); `layer` (traced int) selects one inside the
+    gather, so no copy of a layer's pool is made.
 
     The sequence's keys are its pages block_table[seq] in order (slot j of the M*Z holds the key
     at position j). The row sees positions <= its own (its prompt causally, its paged prefix,
@@ -61,7 +64,7 @@ def paged_attention_reference(q_THA, k_pages_PZNA, v_pages_PZNA, block_table_BM,
     Rows are processed in blocks of `rows_per_block` to bound memory. Returns [T, H, A].
     """
     T, H, A = q_THA.shape
-    _, Z, N, _ = k_pages_PZNA.shape
+    _, _, Z, N, _ = k_pool_LPZNA.shape
     M = block_table_BM.shape[1]
     scale = A ** -0.5 if scale is None else scale
     k_pos = jnp.arange(M * Z, dtype=jnp.int32)
@@ -69,8 +72,8 @@ def paged_attention_reference(q_THA, k_pages_PZNA, v_pages_PZNA, block_table_BM,
     def one_block(args):
         q, seq, pos = args
         pages = block_table_BM[seq]  # [t, M]
-        k = k_pages_PZNA[pages].reshape(q.shape[0], M * Z, N, A).astype(jnp.float32)
-        v = v_pages_PZNA[pages].reshape(q.shape[0], M * Z, N, A).astype(jnp.float32)
+        k = k_pool_LPZNA[layer, pages].reshape(q.shape[0], M * Z, N, A).astype(jnp.float32)
+        v = v_pool_LPZNA[layer, pages].reshape(q.shape[0], M * Z, N, A).astype(jnp.float32)
         qg = q.reshape(q.shape[0], N, H // N, A).astype(jnp.float32)
         scores = jnp.einsum("tnra,tsna->tnrs", qg, k) * scale
         mask = visible(pos[:, None], k_pos[None, :], window)[:, 0][:, None, None, :]

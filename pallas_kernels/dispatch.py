@@ -40,3 +40,13 @@ def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "s
         from pallas_kernels.moe_reference import moe_experts_reference as impl
     return impl(x_TD, weights_TK, ids_TK, experts, activation=activation, alpha=alpha, limit=limit,
                 valid_T=valid_T)
+
+
+def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, *,
+                    window, sinks_H=None, backend: str | None = None):
+    """Attention of a ragged batch over paged K/V; see
+    `attention_reference.paged_attention_reference`. The Pallas kernel is issue 5's work: until it
+    lands, both backends run the reference."""
+    from pallas_kernels.attention_reference import paged_attention_reference
+    return paged_attention_reference(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T,
+                                     window=window, sinks_H=sinks_H)
