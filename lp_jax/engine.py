@@ -1,0 +1,215 @@
+"""The serving loop: admit -> schedule -> execute plan -> sample -> stream -> record.
+
+The engine is generic over its executor and clock: `ModelExecutor` with the wall clock serves
+for real; a cost-model executor with a virtual clock (the simulator) can drive the same
+schedulers and bookkeeping.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from lp_jax import compile_counter
+from lp_jax.config import ModelConfig, ceil_div, expert_bytes
+from lp_jax.engine_config import EngineConfig
+from lp_jax.executor import ExecutionResult, ModelExecutor
+from lp_jax.kv_cache import BlockManager, kv_bytes_per_page
+from lp_jax.request import Request, RequestOutput, SamplingParams, Status
+from lp_jax.scheduler import IterationPlan, SchedulerState, make_scheduler
+
+
+@dataclass
+class IterationRecord:
+    """What one iteration did (kept when the engine is built with trace=True)."""
+
+    iteration: int
+    start_s: float
+    end_s: float
+    decode_ids: list[int]
+    prefill: list[tuple[int, int, int]]  # (request id, start, end)
+    prefill_layers: tuple[int, int]
+    preempted_ids: list[int]
+    expert_bytes: float
+    segments: list  # executor SegmentRecords
+
+
+def default_num_pages(model: ModelConfig, config: EngineConfig, dtype) -> int:
+    """Pages per layer pool when the user gives none: on a GPU, what fits in the memory left
+    after the weights (kv_memory_fraction of it); elsewhere, room for max_num_seqs full-length
+    sequences. Raises ValueError when not even one full-length sequence fits."""
+    per_page = kv_bytes_per_page(model, config.page_size, dtype)
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform == "gpu" else None
+    if stats and "bytes_limit" in stats:
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+        pages = int(free * config.kv_memory_fraction) // per_page
+    else:
+        pages = config.max_num_seqs * config.pages_per_seq(model) + 1
+    if pages < config.pages_per_seq(model) + 1:
+        raise ValueError(f"the KV pool fits only {pages} pages of {config.page_size} tokens "
+                         f"({per_page / 2**20:.1f} MiB each); one {config.model_len(model)}-token sequence needs "
+                         f"{config.pages_per_seq(model) + 1}: lower max_model_len or free memory")
+    return pages
+
+
+class Engine:
+    def __init__(self, model: ModelConfig, config: EngineConfig, params: dict, dtype,
+                 clock: Callable[[], float] = time.perf_counter, backend: str | None = None,
+                 trace: bool = False, record_routing: bool = False, progress=None):
+        self.model, self.config, self.clock, self.trace = model, config, clock, trace
+        self.dtype = np.dtype(dtype)
+        num_pages = config.num_pages or default_num_pages(model, config, dtype)
+        self.blocks = BlockManager(num_pages, config.page_size)
+        self.state = SchedulerState(config, model.num_layers, self.blocks)
+        self.scheduler = make_scheduler(config.schedule)
+        self.executor = ModelExecutor(model, config, params, self.blocks, dtype, backend, record_routing)
+        self.executor.precompile(progress)
+        self.compiles_after_startup = compile_counter.count()
+        self.expert_bytes_each = expert_bytes(model, self.dtype.itemsize) if model.is_moe else 0
+        self.requests: dict[int, Request] = {}
+        self.records: list[IterationRecord] = []
+        self.total_expert_bytes = 0.0
+        self._next_id = 0
+
+    # --- requests ---------------------------------------------------------------------------
+    def validate(self, prompt: Sequence[int], params: SamplingParams) -> list[int]:
+        """The prompt as a list of ints, or ValueError naming what is wrong with the request."""
+        if isinstance(prompt, (str, bytes)) or not hasattr(prompt, "__len__"):
+            raise ValueError(f"a prompt must be a list of token ids, got {type(prompt).__name__}")
+        if len(prompt) == 0:
+            raise ValueError("empty prompt: a request needs at least one token")
+        V = self.model.vocab_size
+        tokens = []
+        for i, t in enumerate(prompt):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < V:
+                raise ValueError(f"prompt token {i} is {t!r}, outside the vocabulary [0, {V})")
+            tokens.append(int(t))
+        params.validate(V)
+        limit = self.config.model_len(self.model)
+        if len(tokens) + params.max_tokens > limit:
+            raise ValueError(f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) = "
+                             f"{len(tokens) + params.max_tokens} exceeds the context limit of {limit} tokens")
+        need = ceil_div(len(tokens) + params.max_tokens, self.config.page_size)
+        if need > self.blocks.usable_pages:
+            raise ValueError(f"request can never fit the KV pool: {len(tokens) + params.max_tokens} tokens need "
+                             f"{need} pages of {self.config.page_size}, the pool has {self.blocks.usable_pages}")
+        return tokens
+
+    def add_request(self, prompt: Sequence[int], params: SamplingParams | None = None,
+                    arrival_s: float | None = None) -> int:
+        params = params or SamplingParams()
+        tokens = self.validate(prompt, params)
+        rid = self._next_id
+        self._next_id += 1
+        seed = params.seed if params.seed is not None else zlib.crc32(f"{self.config.seed}:{rid}".encode()) & 0x7FFFFFFF
+        req = Request(rid, tokens, params, self.clock() if arrival_s is None else arrival_s, seed)
+        self.requests[rid] = req
+        self.state.waiting.append(req)
+        return rid
+
+    def abort(self, request_id: int) -> bool:
+        """Cancel a request in any state; False if it had already ended. ValueError if unknown."""
+        req = self.requests.get(request_id)
+        if req is None:
+            raise ValueError(f"unknown request id {request_id!r}")
+        if req.status.done:
+            return False
+        self.state.remove(req)
+        req.status = Status.CANCELLED
+        req.finish_reason = "abort"
+        req.finished_s = self.clock()
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self.state.waiting or self.state.running)
+
+    def compiles_since_startup(self) -> int:
+        return compile_counter.count() - self.compiles_after_startup
+
+    # --- one iteration ----------------------------------------------------------------------
+    def _plan(self) -> IterationPlan:
+        plan = self.scheduler.schedule(self.state)
+        while plan.empty and self.state.running:
+            # Prefills stuck waiting for pages only their peers hold: free the newest, retry.
+            victim = self.state.running[-1]
+            self.state.preempt(victim)
+            plan = self.scheduler.schedule(self.state)
+            plan.preempted.append(victim)
+        if plan.empty and self.state.waiting:
+            raise RuntimeError(f"no request can be scheduled: {len(self.state.waiting)} waiting, "
+                               f"{self.blocks.num_free()} free pages")
+        return plan
+
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration; returns the requests that finished in it."""
+        if not self.has_unfinished():
+            return []
+        start = self.clock()
+        plan = self._plan()
+        for r in plan.decodes + [w.request for w in plan.prefills]:
+            if r.scheduled_s is None:
+                r.scheduled_s = start
+        result = self.executor.execute(plan)
+        now = self.clock()
+        finished = self._apply(plan, result, now)
+        spent = self._account_expert_bytes(result)
+        if self.trace:
+            self.records.append(IterationRecord(
+                self.state.iteration, start, now, [r.request_id for r in plan.decodes],
+                [(w.request.request_id, w.start, w.end) for w in plan.prefills], plan.prefill_layers,
+                [r.request_id for r in plan.preempted], spent, result.segments))
+        self.state.iteration += 1
+        return [RequestOutput.of(r) for r in finished]
+
+    def _apply(self, plan: IterationPlan, result: ExecutionResult, now: float) -> list[Request]:
+        finished = []
+        for req, token in zip(plan.decodes, result.decode_tokens):
+            req.num_computed += 1
+            if self._emit(req, token, now):
+                finished.append(req)
+        if plan.prefill_finishes_layers:
+            for w in plan.prefills:
+                req = w.request
+                req.num_computed = w.end
+                req.prefill_group = None
+                if w.completes_prompt:
+                    req.status = Status.DECODING
+                    if self._emit(req, result.prefill_tokens[req.request_id], now):
+                        finished.append(req)
+        return finished
+
+    def _emit(self, req: Request, token: int, now: float) -> bool:
+        """Append a token; finish the request if it is done. True if it finished."""
+        req.output.append(token)
+        req.token_times_s.append(now)
+        p = req.params
+        stops = p.stop_token_ids + (() if p.ignore_eos else self.model.eos_token_ids)
+        if token in stops:
+            req.finish_reason = "stop"
+        elif len(req.output) >= p.max_tokens:
+            req.finish_reason = "length"
+        else:
+            return False
+        req.status = Status.FINISHED
+        req.finished_s = now
+        self.state.remove(req)
+        return True
+
+    def _account_expert_bytes(self, result: ExecutionResult) -> float:
+        """Expert-weight bytes of this iteration: distinct experts per layer x bytes per expert,
+        shared among a call's requests in proportion to their rows."""
+        spent = 0.0
+        for seg in result.segments:
+            seg_bytes = float(seg.expert_counts_L.sum()) * self.expert_bytes_each
+            spent += seg_bytes
+            total_rows = sum(seg.rows_per_request.values())
+            for rid, n in seg.rows_per_request.items():
+                self.requests[rid].expert_bytes += seg_bytes * n / total_rows
+        self.total_expert_bytes += spent
+        return spent

@@ -1,0 +1,120 @@
+"""Engine options: paging, batching limits, the schedule's knobs, and the shape-bucket ladder."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from lp_jax.config import ModelConfig, ceil_div
+
+SCHEDULES = ("prefill_first", "chunked", "layered")
+GROUP_RULES = ("linear", "pow2")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Options of one engine. Token counts are in tokens, sizes in pages unless named otherwise.
+
+    page_size: tokens per KV page. num_pages: pages in each layer's pool, including the one
+        reserved trash page that padding rows write to (None = size from memory, see kv_cache).
+    max_model_len: longest sequence (prompt + output) a request may reach.
+    max_num_seqs: running requests (decoding or prefilling) at once.
+    max_num_batched_tokens: prefill tokens per iteration for prefill_first, and the layered
+        cohort cap (prompts longer than it are prefilled in cap-sized chunks).
+    token_budget: chunked prefill's tokens per iteration, decodes included (Sarathi-Serve).
+    group_tokens / group_rule: layered's G = max(1, ceil(cohort tokens / group_tokens))
+        ("linear") or the power-of-two table <=512:1, <=1024:2, <=2048:4, <=4096:8, else 16
+        ("pow2"); num_groups fixes G (tests use it to force several groups on short prompts).
+    row_buckets: the ladder token rows are padded to (None = derived from the limits).
+    """
+
+    schedule: str = "layered"
+    page_size: int = 16
+    num_pages: int | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 8192
+    token_budget: int = 512
+    group_tokens: int = 512
+    group_rule: str = "linear"
+    num_groups: int | None = None
+    seed: int = 0
+    dtype: str | None = None
+    row_buckets: tuple[int, ...] | None = None
+    kv_memory_fraction: float = 0.9
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.group_rule not in GROUP_RULES:
+            raise ValueError(f"unknown group_rule {self.group_rule!r}; choose one of {', '.join(GROUP_RULES)}")
+        for name in ("page_size", "max_num_seqs", "max_num_batched_tokens", "token_budget", "group_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_pages is not None and self.num_pages < 2:
+            raise ValueError(f"num_pages must be >= 2 (one is the reserved trash page), got {self.num_pages}")
+        if self.num_groups is not None and self.num_groups < 1:
+            raise ValueError(f"num_groups must be >= 1, got {self.num_groups}")
+        if self.schedule == "chunked" and self.token_budget <= self.max_num_seqs:
+            # Decodes take one budget token each; a budget they can fill would starve prefill.
+            raise ValueError(f"token_budget ({self.token_budget}) must exceed max_num_seqs "
+                             f"({self.max_num_seqs}) so that prefill can always advance")
+
+    def model_len(self, model: ModelConfig) -> int:
+        return min(self.max_model_len or model.max_position_embeddings, model.max_position_embeddings)
+
+    def pages_per_seq(self, model: ModelConfig) -> int:
+        return ceil_div(self.model_len(model), self.page_size)
+
+    def max_prefill_rows(self) -> int:
+        """Most prefill token rows one iteration of this schedule can carry."""
+        return self.token_budget if self.schedule == "chunked" else self.max_num_batched_tokens
+
+    def hidden_rows(self) -> int:
+        """Rows of the executor's hidden buffer: decode rows, prefill rows and one trash row.
+        The same for every schedule, so engines that differ only in schedule share executables."""
+        return self.max_num_seqs + max(self.token_budget, self.max_num_batched_tokens) + 1
+
+    def max_rows(self) -> int:
+        return self.max_prefill_rows() + self.max_num_seqs
+
+    def buckets(self) -> tuple[int, ...]:
+        """Row-count ladder: powers of two and their 1.5x from 8 up, ending at max_rows."""
+        if self.row_buckets:
+            ladder = sorted(set(self.row_buckets))
+            if ladder[-1] < self.max_rows():
+                raise ValueError(f"row_buckets end at {ladder[-1]} < max rows {self.max_rows()}")
+            return tuple(ladder)
+        top, ladder, b = self.max_rows(), [], 8
+        while b < top:
+            ladder += [b] + ([b * 3 // 2] if b * 3 // 2 < top else [])
+            b *= 2
+        return tuple(ladder + [top])
+
+    def seq_buckets(self) -> tuple[int, ...]:
+        """Ladder for the number of rows sampled in one iteration (<= max_num_seqs): powers of
+        two from 8 (sampling a few padded rows costs little; each bucket costs a compilation)."""
+        ladder, b = [], 8
+        while b < self.max_num_seqs:
+            ladder.append(b)
+            b *= 2
+        return tuple(ladder + [self.max_num_seqs])
+
+    def num_groups_for(self, cohort_tokens: int, num_layers: int) -> int:
+        """G for a layered cohort of `cohort_tokens` prompt tokens (at most the layer count)."""
+        if self.num_groups is not None:
+            g = self.num_groups
+        elif self.group_rule == "linear":
+            g = max(1, math.ceil(cohort_tokens / self.group_tokens))
+        else:
+            g = next((g for limit, g in ((512, 1), (1024, 2), (2048, 4), (4096, 8)) if cohort_tokens <= limit), 16)
+        return min(g, num_layers)
+
+
+def bucket_for(n: int, ladder: tuple[int, ...]) -> int:
+    """Smallest ladder entry >= n."""
+    for b in ladder:
+        if b >= n:
+            return b
+    raise ValueError(f"{n} rows exceed the largest bucket {ladder[-1]}")

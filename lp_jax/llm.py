@@ -1,0 +1,100 @@
+"""`LLM`: the public entry point (offline `generate` and the incremental request API)."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from lp_jax.config import ModelConfig, get_preset
+from lp_jax.engine import Engine
+from lp_jax.engine_config import EngineConfig
+from lp_jax.model.init import init_params
+from lp_jax.request import RequestOutput, SamplingParams
+
+
+def resolve_model(model: str | ModelConfig | os.PathLike, params: dict | None, seed: int, dtype):
+    """(ModelConfig, params) from a preset name, a ModelConfig or a transformers checkpoint
+    directory; random weights (seeded) unless params are given or loaded."""
+    if isinstance(model, ModelConfig):
+        config = model
+    elif os.path.isdir(model):
+        from lp_jax.checkpoint import load_hf
+        config, loaded = load_hf(model, dtype=dtype)
+        return config, params if params is not None else loaded
+    else:
+        config = get_preset(str(model))
+    return config, params if params is not None else init_params(config, seed, dtype)
+
+
+def default_dtype() -> str:
+    return "bfloat16" if jax.devices()[0].platform == "gpu" else "float32"
+
+
+class LLM:
+    """lp_jax.LLM(model, schedule="layered", **engine_options).
+
+    model: a preset name (see `lp-jax info`), a ModelConfig, or a transformers checkpoint
+    directory. Engine options are the fields of `EngineConfig` (page_size, num_pages,
+    max_num_seqs, max_num_batched_tokens, token_budget, group_tokens, group_rule, num_groups,
+    max_model_len, seed, dtype, row_buckets). Extra keywords: params (weights to use),
+    backend ("pallas" / "reference"), trace (keep per-iteration records),
+    record_routing (keep routing decisions, for tests), progress (callback(done, total) during
+    start-up compilation).
+    """
+
+    def __init__(self, model, schedule: str = "layered", *, params: dict | None = None, backend: str | None = None,
+                 trace: bool = False, record_routing: bool = False, progress=None, **engine_options):
+        unknown = set(engine_options) - set(EngineConfig.__dataclass_fields__) - {"extra"}
+        if unknown:
+            raise ValueError(f"unknown engine options: {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(sorted(EngineConfig.__dataclass_fields__))}")
+        self.engine_config = EngineConfig(schedule=schedule, **engine_options)
+        dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
+        self.model_config, params = resolve_model(model, params, self.engine_config.seed, dtype)
+        self.engine = Engine(self.model_config, self.engine_config, params, dtype, backend=backend, trace=trace,
+                             record_routing=record_routing, progress=progress)
+
+    # --- incremental API --------------------------------------------------------------------
+    def add_request(self, prompt: Sequence[int], max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
+                    top_k: int = 0, seed: int | None = None, stop_token_ids: Sequence[int] = (),
+                    ignore_eos: bool = False, arrival_s: float | None = None) -> int:
+        """Queue one request; returns its id. ValueError (naming the problem) for bad input."""
+        params = SamplingParams(max_tokens, temperature, top_p, top_k, seed, tuple(stop_token_ids), ignore_eos)
+        return self.engine.add_request(prompt, params, arrival_s)
+
+    def step(self) -> list[RequestOutput]:
+        """One iteration; returns the requests that finished in it."""
+        return self.engine.step()
+
+    def abort(self, request_id: int) -> bool:
+        """Cancel a request; False if it had already ended, ValueError if the id is unknown."""
+        return self.engine.abort(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished()
+
+    # --- offline ----------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int = 16, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_token_ids: Sequence[int] = (),
+                 ignore_eos: bool = False) -> list[RequestOutput]:
+        """Run all prompts to completion; outputs in prompt order. Every prompt is checked before
+        any is queued, so a bad one raises ValueError and leaves the engine untouched."""
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+            raise ValueError("prompts must be a list of token-id lists")
+        params = SamplingParams(max_tokens, temperature, top_p, top_k, seed, tuple(stop_token_ids), ignore_eos)
+        for i, p in enumerate(prompts):
+            try:
+                self.engine.validate(p, params)
+            except ValueError as e:
+                raise ValueError(f"prompt {i}: {e}") from None
+        ids = [self.engine.add_request(p, params) for p in prompts]
+        wanted = set(ids)
+        done: dict[int, RequestOutput] = {}
+        while wanted - done.keys():
+            for out in self.engine.step():
+                if out.request_id in wanted:
+                    done[out.request_id] = out
+        return [done[i] for i in ids]

@@ -1,0 +1,114 @@
+"""A request's state machine, sampling parameters and per-token timestamps.
+
+    WAITING --admit--> PREFILLING (at group g of a layered cohort, or after chunk c)
+    PREFILLING --last prompt token through the last layer--> DECODING (first token emitted)
+    DECODING --max_tokens or stop token--> FINISHED
+    PREFILLING / DECODING --KV pages run out--> WAITING (preempted; recomputed later, nothing lost)
+    any unfinished state --abort--> CANCELLED
+    (add_request) --invalid or can never fit--> REJECTED (a ValueError is raised instead)
+
+Times are seconds on the engine's clock (time.perf_counter by default).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Status(str, enum.Enum):
+    WAITING = "waiting"
+    PREFILLING = "prefilling"
+    DECODING = "decoding"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def done(self) -> bool:
+        return self in (Status.FINISHED, Status.CANCELLED, Status.REJECTED)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 is greedy; top_k 0 and top_p 1.0 disable those filters; seed None derives
+    one from the engine seed and the request id."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def validate(self, vocab_size: int) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not (self.temperature >= 0.0) or self.temperature != self.temperature or self.temperature == float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for t in self.stop_token_ids:
+            if not isinstance(t, int) or not 0 <= t < vocab_size:
+                raise ValueError(f"stop token id {t!r} is outside the vocabulary [0, {vocab_size})")
+
+
+@dataclass
+class Request:
+    request_id: int
+    prompt: list[int]
+    params: SamplingParams
+    arrival_s: float
+    seed: int
+    status: Status = Status.WAITING
+    output: list[int] = field(default_factory=list)
+    token_times_s: list[float] = field(default_factory=list)
+    scheduled_s: float | None = None  # first time any of its work ran
+    finished_s: float | None = None
+    finish_reason: str | None = None  # "length", "stop", "abort"
+    # Progress: tokens of `tokens` whose K/V are in the cache; target of the current prefill.
+    num_computed: int = 0
+    prefill_target: int = 0
+    prefill_group: int | None = None  # layered: the group its cohort is at
+    prefill_chunk: int = 0  # chunks started for this prefill
+    admitted_iter: int | None = None
+    num_preemptions: int = 0
+    expert_bytes: float = 0.0
+
+    @property
+    def tokens(self) -> list[int]:
+        """Prompt followed by the generated tokens: what the KV cache must hold."""
+        return self.prompt + self.output
+
+    @property
+    def max_len(self) -> int:
+        return len(self.prompt) + self.params.max_tokens
+
+    def start_prefill(self) -> None:
+        """Admit for prefill: compute K/V of all its tokens (after a preemption, the outputs too)."""
+        self.status = Status.PREFILLING
+        self.prefill_target = len(self.tokens)
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    status: str
+    finish_reason: str | None
+    arrival_s: float
+    token_times_s: list[float]
+    expert_bytes: float
+    num_preemptions: int
+
+    @staticmethod
+    def of(req: Request) -> "RequestOutput":
+        return RequestOutput(req.request_id, list(req.prompt), list(req.output), req.status.value,
+                             req.finish_reason, req.arrival_s, list(req.token_times_s), req.expert_bytes,
+                             req.num_preemptions)

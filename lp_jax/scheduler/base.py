@@ -1,0 +1,188 @@
+"""What every schedule shares: the plan it returns, the queues it reads, admission and preemption.
+
+A scheduler is a pure host object: `schedule(state) -> IterationPlan`. It moves requests between
+the queues and allocates KV pages, and never touches device arrays, so the same code drives the
+real executor and a simulated one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from lp_jax.engine_config import EngineConfig
+from lp_jax.kv_cache import BlockManager
+from lp_jax.request import Request, Status
+
+
+@dataclass
+class PrefillWork:
+    """Prefill of tokens[start:end] of one request. `offset` is the first row of its hidden
+    states in the executor's prefill region (stable while a layered cohort is in flight)."""
+
+    request: Request
+    start: int
+    end: int
+    offset: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def completes_prompt(self) -> bool:
+        """Its last row is the request's last prefill token: its logits give the next token."""
+        return self.end == self.request.prefill_target
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One layer-range call: layers [layer_lo, layer_hi) over decode rows and/or prefill rows."""
+
+    layer_lo: int
+    layer_hi: int
+    decode: bool
+    prefill: bool
+
+
+@dataclass
+class IterationPlan:
+    """One iteration: every decode runs through all layers; the prefill rows run through
+    `prefill_layers` (all layers for prefill_first and chunked, one group for layered)."""
+
+    num_layers: int
+    decodes: list[Request] = field(default_factory=list)
+    prefills: list[PrefillWork] = field(default_factory=list)
+    prefill_layers: tuple[int, int] = (0, 0)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.decodes and not self.prefills
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(w.num_tokens for w in self.prefills)
+
+    @property
+    def prefill_finishes_layers(self) -> bool:
+        """The prefill rows leave the last layer this iteration."""
+        return bool(self.prefills) and self.prefill_layers[1] == self.num_layers
+
+    def segments(self) -> list[Segment]:
+        """Decode-only below the prefill range, mixed inside it, decode-only above it."""
+        L = self.num_layers
+        if not self.prefills:
+            return [Segment(0, L, True, False)] if self.decodes else []
+        lo, hi = self.prefill_layers
+        dec = bool(self.decodes)
+        segs = [Segment(0, lo, True, False)] if dec and lo > 0 else []
+        segs.append(Segment(lo, hi, dec, True))
+        if dec and hi < L:
+            segs.append(Segment(hi, L, True, False))
+        return segs
+
+
+class SchedulerState:
+    """The queues: `waiting` (FCFS; preempted requests go back to its front) and `running`
+    (admitted, prefilling or decoding, in admission order), plus the page allocator."""
+
+    def __init__(self, config: EngineConfig, num_layers: int, blocks: BlockManager):
+        self.config = config
+        self.num_layers = num_layers
+        self.blocks = blocks
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.iteration = 0
+
+    def decoding(self) -> list[Request]:
+        return [r for r in self.running if r.status == Status.DECODING]
+
+    def prefilling(self) -> list[Request]:
+        return [r for r in self.running if r.status == Status.PREFILLING]
+
+    def admit(self, req: Request) -> None:
+        """Waiting -> running (prefilling)."""
+        self.waiting.remove(req)
+        self.running.append(req)
+        req.start_prefill()
+        req.admitted_iter = self.iteration
+
+    def preempt(self, req: Request) -> None:
+        """Free its pages and send it back to the front of the waiting queue; its outputs are
+        kept and its K/V recomputed (prompt + outputs) when it is admitted again."""
+        self.blocks.release(req.request_id)
+        self.running.remove(req)
+        req.status = Status.WAITING
+        req.num_computed = 0
+        req.prefill_target = 0
+        req.prefill_group = None
+        req.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def remove(self, req: Request) -> None:
+        """A request leaves the engine (finished or cancelled): drop it and free its pages."""
+        self.blocks.release(req.request_id)
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
+
+def reserve_decode_slots(state: SchedulerState, protected: frozenset[int] = frozenset()):
+    """Give every decoding request a KV slot for its next token, preempting the most recently
+    admitted decodes when pages run out. Returns (decodes that run, preempted requests).
+
+    `protected` request ids are never preempted (a layered cohort in flight).
+    """
+    decodes = state.decoding()
+    preempted: list[Request] = []
+    i = 0
+    while i < len(decodes):
+        req = decodes[i]
+        if state.blocks.can_allocate(req.request_id, req.num_computed + 1):
+            state.blocks.allocate(req.request_id, req.num_computed + 1)
+            i += 1
+            continue
+        victims = [r for r in decodes[i:] if r.request_id not in protected]
+        victim = victims[-1] if victims else req
+        decodes.remove(victim)
+        state.preempt(victim)
+        preempted.append(victim)
+    return decodes, preempted
+
+
+def take_prefill_chunks(state: SchedulerState, budget: int, *, whole_prompts: bool = False,
+                        candidates: list[Request] | None = None) -> list[PrefillWork]:
+    """Prefill chunks up to `budget` tokens: unfinished prefills first (admission order), then
+    waiting requests (FCFS, admitted here). Stops at the first request that cannot get its pages
+    or a running slot, so FCFS order is kept.
+
+    whole_prompts: a waiting prompt is taken only whole, except a prompt longer than the budget,
+    which is taken alone in budget-sized chunks (prefill_first).
+    """
+    works: list[PrefillWork] = []
+    offset = 0
+    cfg = state.config
+    queue = candidates if candidates is not None else state.prefilling() + list(state.waiting)
+    for req in queue:
+        if budget <= 0:
+            break
+        new = req.status == Status.WAITING
+        if new and len(state.running) >= cfg.max_num_seqs:
+            break
+        start = req.num_computed
+        remaining = (len(req.tokens) if new else req.prefill_target) - start
+        if whole_prompts and new and remaining > budget and works:
+            break
+        n = min(remaining, budget)
+        if not state.blocks.can_allocate(req.request_id, start + n):
+            break
+        if new:
+            state.admit(req)
+        state.blocks.allocate(req.request_id, start + n)
+        req.prefill_chunk += 1
+        works.append(PrefillWork(req, start, start + n, offset))
+        offset += n
+        budget -= n
+    return works

@@ -1,0 +1,53 @@
+"""Layered prefill (arXiv 2510.08055): the decoder stack is split into G contiguous layer groups;
+each iteration one group runs the prefill of a cohort of prompts together with the decodes,
+while every other layer runs decodes only. Prefill advances one group per iteration and the
+first token is sampled after the last group, so decodes never stall and every layer sees each
+prompt token once (each expert's weights are read once per cohort, not once per chunk).
+
+A cohort (FCFS waiting prompts, up to max_num_batched_tokens tokens and max_num_seqs running)
+is admitted only when no cohort is in flight. G follows the cohort's token count (see
+EngineConfig.num_groups_for). Prompts longer than the cap are prefilled in cap-sized chunks, each
+of which traverses all groups (layered + chunked).
+"""
+
+from __future__ import annotations
+
+from lp_jax.config import even_split
+from lp_jax.request import Status
+from lp_jax.scheduler.base import IterationPlan, PrefillWork, SchedulerState, reserve_decode_slots, take_prefill_chunks
+
+
+class LayeredScheduler:
+    name = "layered"
+
+    def __init__(self):
+        self.cohort: list[PrefillWork] = []
+        self.groups: list[tuple[int, int]] = []
+        self.group = 0  # index of the group the cohort runs through next
+
+    def schedule(self, state: SchedulerState) -> IterationPlan:
+        L = state.num_layers
+        # Members cancelled mid-flight leave; the rest keep their rows (offsets are stable).
+        self.cohort = [w for w in self.cohort if w.request.status == Status.PREFILLING]
+        if self.cohort and self.group >= len(self.groups):
+            self.cohort = []
+        protected = frozenset(w.request.request_id for w in self.cohort)
+        decodes, preempted = reserve_decode_slots(state, protected)
+        if not self.cohort:
+            self._admit_cohort(state)
+        if not self.cohort:
+            return IterationPlan(L, decodes=decodes, preempted=preempted)
+        layers = self.groups[self.group]
+        for w in self.cohort:
+            w.request.prefill_group = self.group
+        self.group += 1
+        return IterationPlan(L, decodes=decodes, prefills=list(self.cohort), prefill_layers=layers,
+                             preempted=preempted)
+
+    def _admit_cohort(self, state: SchedulerState) -> None:
+        self.cohort = take_prefill_chunks(state, state.config.max_num_batched_tokens)
+        if self.cohort:
+            tokens = sum(w.num_tokens for w in self.cohort)
+            G = state.config.num_groups_for(tokens, state.num_layers)
+            self.groups = even_split(state.num_layers, G)
+            self.group = 0
