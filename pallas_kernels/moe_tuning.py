@@ -1,0 +1,58 @@
+"""Tile configurations of the MoE layer's two grouped matmuls, tuned per shape and device.
+
+Key: (E, D, F, rows bucket, device kind): E experts, D hidden (the gate/up kernel's K and the
+down kernel's N), F expert hidden (gate/up N, down K), rows = tokens x top-k rounded up to a
+power of two. The two kernels of one layer share block_m and the orientation (`swap`), because
+they share the tile-padded row layout. Entries come from `scripts/tune_moe.py` on the named
+device; shapes or devices not in the table get `default_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pallas_kernels.grouped_matmul import TileConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MoETileConfig:
+    gate_up: TileConfig
+    down: TileConfig
+
+    def __post_init__(self):
+        if (self.gate_up.block_m, self.gate_up.swap) != (self.down.block_m, self.down.swap):
+            raise ValueError("gate/up and down must share block_m and swap (one row layout)")
+
+
+def rows_bucket(rows: int) -> int:
+    """Smallest power of two >= rows (>= 1)."""
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+def _divisor_block(n: int, prefer: int) -> int:
+    """Largest multiple of 64 that divides n and is <= prefer (64 if none)."""
+    for b in range(prefer - prefer % 64, 63, -64):
+        if n % b == 0:
+            return b
+    return 64
+
+
+def default_config(E: int, D: int, F: int, rows: int) -> MoETileConfig:
+    """Heuristic when the table has no entry: decode-sized groups put tokens on wgmma's N."""
+    per_expert = rows / max(1, min(E, rows))
+    if per_expert <= 32:
+        bm = 16 if per_expert <= 16 else 32
+        return MoETileConfig(
+            gate_up=TileConfig(bm, _divisor_block(F, 64), stages=6, num_compute_wgs=1, swap=True),
+            down=TileConfig(bm, _divisor_block(D, 128), stages=6, num_compute_wgs=1, swap=True))
+    return MoETileConfig(
+        gate_up=TileConfig(128, _divisor_block(F, 128), stages=4, num_compute_wgs=2),
+        down=TileConfig(128, _divisor_block(D, 128), stages=4, num_compute_wgs=2))
+
+
+# Filled by scripts/tune_moe.py (see benchmarks/results/moe_tune_<device>.json for the sweep).
+TABLE: dict[tuple[int, int, int, int, str], MoETileConfig] = {}
+
+
+def lookup(E: int, D: int, F: int, rows: int, device_kind: str) -> MoETileConfig:
+    return TABLE.get((E, D, F, rows_bucket(rows), device_kind)) or default_config(E, D, F, rows)
