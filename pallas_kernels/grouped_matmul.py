@@ -60,6 +60,11 @@ class TileConfig:
     num_compute_wgs: int = 2
     swap: bool = False
 
+    def smem_bytes(self, num_weights: int) -> int:
+        """Shared memory of the pipeline buffers and the output tile (bf16), in bytes."""
+        step = (self.block_m * self.block_k + num_weights * self.block_k * self.block_n) * 2
+        return self.stages * step + self.block_m * self.block_n * 2
+
     def validate(self, K: int, N: int):
         wg_m = (self.block_n if self.swap else self.block_m) // self.num_compute_wgs
         if wg_m % 64 or wg_m == 0:

@@ -4,14 +4,19 @@ Key: (E, D, F, rows bucket, device kind): E experts, D hidden (the gate/up kerne
 down kernel's N), F expert hidden (gate/up N, down K), rows = tokens x top-k rounded up to a
 power of two. The two kernels of one layer share block_m and the orientation (`swap`), because
 they share the tile-padded row layout. Entries come from `scripts/tune_moe.py` on the named
-device; shapes or devices not in the table get `default_config`.
+device and stored in `moe_tiles.json` beside this file; shapes or devices not in the table get
+`default_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 from pallas_kernels.grouped_matmul import TileConfig
+
+TABLE_PATH = os.path.join(os.path.dirname(__file__), "moe_tiles.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +55,17 @@ def default_config(E: int, D: int, F: int, rows: int) -> MoETileConfig:
         down=TileConfig(128, _divisor_block(D, 128), stages=4, num_compute_wgs=2))
 
 
-# Filled by scripts/tune_moe.py (see benchmarks/results/moe_tune_<device>.json for the sweep).
-TABLE: dict[tuple[int, int, int, int, str], MoETileConfig] = {}
+def load_table(path: str = TABLE_PATH) -> dict[tuple[int, int, int, int, str], MoETileConfig]:
+    """{(E, D, F, rows bucket, device kind): config} from the JSON list written by tune_moe."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        entries = json.load(fh)
+    return {(e["E"], e["D"], e["F"], e["rows_bucket"], e["device"]):
+            MoETileConfig(TileConfig(**e["gate_up"]), TileConfig(**e["down"])) for e in entries}
+
+
+TABLE = load_table()
 
 
 def lookup(E: int, D: int, F: int, rows: int, device_kind: str) -> MoETileConfig:
