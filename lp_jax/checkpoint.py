@@ -1,0 +1,553 @@
+"""Checkpoints: HuggingFace safetensors in (`load_hf`); our own params pytree out and back in through
+orbax (`save`, `restore`).
+
+`load_hf` works in three steps so that nothing is built before the whole checkpoint is known good:
+
+1. `config_from_hf`: config.json (and generation_config.json's eos ids) -> ModelConfig.
+2. `index_tensors` reads only the safetensors headers (name, shape, dtype and file of every tensor);
+   `conversion_plan` lists `Rule`s: which of our weights come from which checkpoint tensors, the
+   shape each tensor must have (derived from `lp_jax.model.spec`) and how to convert it;
+   `validate` checks the index against the plan (missing, unexpected, misshaped, wrongly typed).
+3. `read_weights` runs the rules one at a time: reads their tensors lazily (`safe_open`), converts
+   them on the host in numpy, casts, and hands each weight to `place` (`jnp.asarray` here; a sharded
+   `jax.device_put` later), so host memory peaks at one rule's tensors, not the whole checkpoint.
+
+Published layouts handled: Qwen3 / Qwen3-MoE (torch Linear `[out, in]` weights, per-expert
+`mlp.experts.E.{gate,up,down}_proj.weight`, router `mlp.gate.weight`), GPT-OSS as transformers'
+`save_pretrained` writes it (`mlp.experts.gate_up_proj [E, D, 2F]` with gate and up interleaved in
+the last axis, `down_proj [E, F, D]`) and as openai publishes it (the same experts packed in MXFP4:
+`*_blocks`/`*_scales` with output features as rows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from safetensors import SafetensorError, safe_open
+
+from lp_jax.config import ARCHITECTURES, ModelConfig, YarnScaling
+from lp_jax.model.spec import ParamSpec, model_spec
+
+# A weight's place in the params pytree: ("embed",) or ("layers", 3, "wq").
+WeightPath = tuple
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+FLOAT_DTYPES = ("BF16", "F16", "F32")  # safetensors' names of the floating types we read
+LOAD_DTYPES = ("float32", "bfloat16", "float16")
+MXFP4_GROUP = 32  # values sharing one E8M0 scale; 16 bytes of two FP4 codes each
+
+# FP4 e2m1 code -> value: sign bit 3, then the magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+FP4_E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                     -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+
+
+# --- MXFP4 ------------------------------------------------------------------------------------
+
+def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray, dtype=jnp.bfloat16) -> np.ndarray:
+    """MXFP4 -> floating point, on the host.
+
+    blocks [..., G, 16] uint8: 32 FP4 (e2m1) codes per group, two per byte, low nibble first.
+    scales [..., G] uint8: one E8M0 exponent per group, bias 127.
+    Returns [..., G * 32] in `dtype`: value = FP4 * 2^(scale - 127). Exact in bf16 and f32, since an
+    FP4 value has one mantissa bit; computed in f32 then cast.
+    """
+    if blocks.shape[-1:] != (MXFP4_GROUP // 2,) or blocks.shape[:-1] != scales.shape:
+        raise ValueError(f"MXFP4 blocks {blocks.shape} and scales {scales.shape} do not match: "
+                         f"expected blocks [..., G, {MXFP4_GROUP // 2}] and scales [..., G]")
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1)  # [..., G, 16, 2]: low nibble first
+    values = FP4_E2M1[codes].reshape(*scales.shape, MXFP4_GROUP)
+    exponents = scales.astype(np.int32)[..., None] - 127
+    # ldexp, not values * 2.0**e: 2^-127 is a float32 subnormal that must stay exact. Exponents
+    # near 127 overflow to inf, as they do in transformers; real checkpoints never use them.
+    with np.errstate(over="ignore"):
+        out = np.ldexp(values, exponents)
+    return out.reshape(*scales.shape[:-1], -1).astype(dtype)
+
+
+# --- config.json -> ModelConfig ----------------------------------------------------------------
+
+def _require(hf: dict, key: str):
+    if hf.get(key) is None:
+        raise ValueError(f"config.json has no {key!r}, which {hf['model_type']} needs")
+    return hf[key]
+
+
+def _rope(hf: dict, default_theta: float) -> tuple[float, YarnScaling | None]:
+    """(rope_theta, YaRN scaling or None) from transformers 5's `rope_parameters` or the older
+    top-level `rope_theta` + `rope_scaling` the published checkpoints use."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    theta = float(params.get("rope_theta", hf.get("rope_theta", default_theta)))
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("unsupported partial_rotary_factor in config.json; lp-jax rotates whole heads")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    if rope_type != "yarn":
+        raise ValueError(f"unsupported rope_type {rope_type!r} in config.json; supported: default, yarn")
+    extra = sorted(k for k in ("attention_factor", "mscale", "mscale_all_dim") if params.get(k) is not None)
+    if extra:
+        raise ValueError(f"unsupported YaRN parameters {extra} in config.json")
+    original = int(params["original_max_position_embeddings"])
+    factor = params.get("factor") or _require(hf, "max_position_embeddings") / original
+    return theta, YarnScaling(factor=float(factor), beta_fast=float(params.get("beta_fast") or 32.0),
+                              beta_slow=float(params.get("beta_slow") or 1.0),
+                              original_max_position_embeddings=original,
+                              truncate=bool(params.get("truncate", True)))
+
+
+def _layer_types(hf: dict, arch: str, num_layers: int) -> tuple[str, ...]:
+    """"full"/"sliding" per layer, with transformers' defaults when config.json lists none."""
+    names = hf.get("layer_types")
+    if names is None:
+        if arch == "gpt_oss":  # alternating, starting with a sliding layer
+            names = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+        elif hf.get("use_sliding_window") and hf.get("sliding_window"):
+            # Qwen3 slides from layer max_window_layers on; Qwen3-MoE slides on every layer.
+            first = hf.get("max_window_layers", 0) if arch == "qwen3" else 0
+            names = ["sliding_attention" if i >= first else "full_attention" for i in range(num_layers)]
+        else:
+            names = ["full_attention"] * num_layers
+    ours = {"full_attention": "full", "sliding_attention": "sliding"}
+    unknown = sorted(set(names) - set(ours))
+    if unknown:
+        raise ValueError(f"unsupported layer_types {unknown} in config.json; supported: {sorted(ours)}")
+    return tuple(ours[n] for n in names)
+
+
+def _eos_ids(*sources: dict | None) -> tuple[int, ...]:
+    """Union, in order, of the eos ids of config.json and generation_config.json (int or list)."""
+    ids: list[int] = []
+    for source in sources:
+        value = (source or {}).get("eos_token_id")
+        for i in [value] if isinstance(value, int) else (value or []):
+            if i not in ids:
+                ids.append(int(i))
+    return tuple(ids)
+
+
+def _ffn_fields(hf: dict, arch: str) -> dict:
+    """ModelConfig fields of the feed-forward part."""
+    if arch == "qwen3":
+        return {"intermediate_size": _require(hf, "intermediate_size")}
+    if arch == "qwen3_moe":
+        if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
+            raise ValueError("unsupported Qwen3-MoE with dense layers (mlp_only_layers / "
+                             "decoder_sparse_step != 1); lp-jax expects every layer to be MoE")
+        num_experts = hf.get("num_experts") or _require(hf, "num_local_experts")
+        return {"num_experts": num_experts, "num_experts_per_tok": _require(hf, "num_experts_per_tok"),
+                "moe_intermediate_size": _require(hf, "moe_intermediate_size"),
+                "intermediate_size": hf.get("intermediate_size", 0),
+                "norm_topk_prob": bool(hf.get("norm_topk_prob", False))}
+    F = _require(hf, "intermediate_size")  # gpt_oss: experts are the only MLP
+    return {"num_experts": _require(hf, "num_local_experts"),
+            "num_experts_per_tok": hf.get("num_experts_per_tok") or _require(hf, "experts_per_token"),
+            "moe_intermediate_size": F, "intermediate_size": F, "router": "topk_softmax",
+            "router_bias": True, "expert_bias": True, "activation": "clamped_swiglu",
+            "swiglu_alpha": float(hf.get("swiglu_alpha", 1.702)),
+            "swiglu_limit": float(hf.get("swiglu_limit", 7.0))}
+
+
+def config_from_hf(hf: dict, generation: dict | None = None, name: str = "hf") -> ModelConfig:
+    """Our ModelConfig from a parsed config.json (and optionally generation_config.json).
+
+    Absent optional keys take transformers' defaults for that model type; absent dimensions are an
+    error. Raises ValueError for an unsupported model_type or feature.
+    """
+    arch = hf.get("model_type")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unsupported model_type {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+    gpt_oss = arch == "gpt_oss"
+    if not gpt_oss and hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} for {arch}; supported: silu")
+    D, H = _require(hf, "hidden_size"), _require(hf, "num_attention_heads")
+    L = _require(hf, "num_hidden_layers")
+    theta, yarn = _rope(hf, default_theta=150000.0 if gpt_oss else 10000.0)
+    layer_types = _layer_types(hf, arch, L)
+    return ModelConfig(
+        name=name, arch=arch, vocab_size=_require(hf, "vocab_size"), hidden_size=D, num_layers=L,
+        num_heads=H, num_kv_heads=hf.get("num_key_value_heads") or H,
+        head_dim=hf.get("head_dim") or D // H,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5 if gpt_oss else 1e-6)), rope_theta=theta,
+        max_position_embeddings=_require(hf, "max_position_embeddings"), qk_norm=not gpt_oss,
+        attention_bias=bool(hf.get("attention_bias", gpt_oss)), attention_sinks=gpt_oss,
+        sliding_window=hf.get("sliding_window") if "sliding" in layer_types else None,
+        layer_types=layer_types, rope_scaling=yarn,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        eos_token_ids=_eos_ids(hf, generation), **_ffn_fields(hf, arch))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def _default_dtype(hf: dict) -> str:
+    """config.json's dtype (transformers 5) or torch_dtype (older), else float32."""
+    return hf.get("dtype") or hf.get("torch_dtype") or "float32"
+
+
+def _load_dtype(requested) -> np.dtype:
+    """The dtype to load weights in, from a dtype, a type or a name such as "bfloat16"."""
+    try:
+        dtype = jnp.dtype(requested)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in LOAD_DTYPES:
+        name = dtype.name if dtype is not None else repr(requested)
+        raise ValueError(f"unsupported dtype {name}; supported: {', '.join(LOAD_DTYPES)}")
+    return dtype
+
+
+# --- the tensors of a checkpoint ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One checkpoint tensor as its safetensors header describes it."""
+
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str  # safetensors' name: "F32", "BF16", "U8", ...
+
+
+def _header(file: Path) -> dict[str, TensorInfo]:
+    """Names, shapes and dtypes of one safetensors file, without reading its data."""
+    try:
+        with safe_open(file, "np") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            return {name: TensorInfo(file, tuple(s.get_shape()), s.get_dtype()) for name, s in slices.items()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"cannot read safetensors file {file}: {e} (truncated or corrupted?)") from None
+
+
+def index_tensors(path: Path) -> dict[str, TensorInfo]:
+    """Every tensor of the checkpoint in `path`: one model.safetensors, or the shards listed in
+    model.safetensors.index.json. Only headers are read."""
+    if (path / INDEX_FILE).exists():
+        weight_map = _read_json(path / INDEX_FILE).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{path / INDEX_FILE} has no weight_map")
+        index: dict[str, TensorInfo] = {}
+        for file in sorted(set(weight_map.values())):
+            index |= _header(path / file)
+        for name, file in weight_map.items():
+            if name not in index or index[name].file.name != file:
+                raise ValueError(f"tensor {name!r} is listed in {INDEX_FILE} under {file} but that file "
+                                 "does not hold it")
+        return index
+    if (path / SINGLE_FILE).exists():
+        return _header(path / SINGLE_FILE)
+    raise ValueError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}")
+
+
+# --- conversion rules --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    """Some of our weights made from some checkpoint tensors.
+
+    targets: where the produced weights go in the params pytree; sources: checkpoint tensor names;
+    shapes: the shape each source must have; packed: the sources are MXFP4 uint8 blocks and scales
+    rather than floating point; convert(*sources) -> one numpy array per target, in our layout.
+    """
+
+    targets: tuple[WeightPath, ...]
+    sources: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    convert: Callable[..., tuple[np.ndarray, ...]]
+    packed: bool = False
+
+
+def _copy(target: WeightPath, source: str, shape) -> Rule:
+    """Same layout in the checkpoint (norms, embedding, sinks, some biases)."""
+    return Rule((target,), (source,), (tuple(shape),), lambda x: (x,))
+
+
+def _flat(target: WeightPath, source: str, shape) -> Rule:
+    """A bias stored flat, e.g. q_proj.bias [H*A] -> bq [H, A]."""
+    return Rule((target,), (source,), ((math.prod(shape),),), lambda b: (b.reshape(shape),))
+
+
+def _linear(target: WeightPath, source: str, shape, n_in: int) -> Rule:
+    """A torch Linear weight [out, in] -> ours, whose first `n_in` axes are the inputs:
+    e.g. q_proj [H*A, D] -> wq [D, H, A] (n_in 1), o_proj [D, H*A] -> wo [H, A, D] (n_in 2)."""
+    hf_shape = (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
+    return Rule((target,), (source,), (hf_shape,), lambda w: (w.T.reshape(shape),))
+
+
+def _per_expert(target: WeightPath, sources: list[str], shape) -> Rule:
+    """E torch Linear weights [out, in] (Qwen3-MoE's experts.e.*_proj) -> ours [E, in, out]."""
+    E, n_in, n_out = shape
+    return Rule((target,), tuple(sources), ((n_out, n_in),) * E, lambda *ws: (np.stack([w.T for w in ws]),))
+
+
+def _deinterleave(x):
+    # GPT-OSS alternates gate and up along the fused axis: gate = even, up = odd.
+    return x[..., 0::2], x[..., 1::2]
+
+
+def _interleaved(targets: tuple[WeightPath, WeightPath], source: str, shape) -> Rule:
+    """GPT-OSS's fused gate_up tensor [..., 2F] (weight or bias) -> gate [..., F], up [..., F]."""
+    hf_shape = (*shape[:-1], 2 * shape[-1])
+    return Rule(targets, (source,), (hf_shape,), _deinterleave)
+
+
+def _mxfp4_experts(targets: tuple[WeightPath, ...], prefix: str, shape) -> Rule:
+    """Published GPT-OSS experts: `prefix`_blocks [E, R, in/32, 16] and _scales [E, R, in/32],
+    rows R = output features (gate/up interleaved when there are two targets) -> ours [E, in, out]
+    per target. Dequantised one expert at a time so host memory stays at one expert's f32 copy."""
+    E, n_in, n_out = shape
+    if n_in % MXFP4_GROUP:
+        raise ValueError(f"{prefix}: input size {n_in} is not a multiple of the MXFP4 group {MXFP4_GROUP}")
+    rows, groups = n_out * len(targets), n_in // MXFP4_GROUP
+
+    def convert(blocks, scales):
+        w = np.stack([dequantize_mxfp4(blocks[e], scales[e]) for e in range(E)])  # [E, R, in]
+        w = w.transpose(0, 2, 1)
+        return _deinterleave(w) if len(targets) == 2 else (w,)
+
+    return Rule(targets, (prefix + "_blocks", prefix + "_scales"),
+                ((E, rows, groups, MXFP4_GROUP // 2), (E, rows, groups)), convert, packed=True)
+
+
+def _in_layer(i: int) -> Callable[[str], WeightPath]:
+    return lambda name: ("layers", i, name)
+
+
+def _attention_rules(config: ModelConfig, i: int, spec: dict[str, ParamSpec]) -> list[Rule]:
+    p, at = f"model.layers.{i}.", _in_layer(i)
+    rules = [
+        _copy(at("input_norm"), p + "input_layernorm.weight", spec["input_norm"].shape),
+        _copy(at("post_norm"), p + "post_attention_layernorm.weight", spec["post_norm"].shape),
+        *(_linear(at(w), f"{p}self_attn.{proj}_proj.weight", spec[w].shape, 1)
+          for w, proj in (("wq", "q"), ("wk", "k"), ("wv", "v"))),
+        _linear(at("wo"), p + "self_attn.o_proj.weight", spec["wo"].shape, 2),
+    ]
+    if config.attention_bias:
+        rules += [_flat(at(b), f"{p}self_attn.{proj}_proj.bias", spec[b].shape)
+                  for b, proj in (("bq", "q"), ("bk", "k"), ("bv", "v"))]
+        rules.append(_copy(at("bo"), p + "self_attn.o_proj.bias", spec["bo"].shape))
+    if config.qk_norm:
+        rules += [_copy(at(n), f"{p}self_attn.{n}.weight", spec[n].shape) for n in ("q_norm", "k_norm")]
+    if config.attention_sinks:
+        rules.append(_copy(at("sinks"), p + "self_attn.sinks", spec["sinks"].shape))
+    return rules
+
+
+def _ffn_rules(config: ModelConfig, i: int, spec: dict[str, ParamSpec], mxfp4: bool) -> list[Rule]:
+    p, at = f"model.layers.{i}.mlp.", _in_layer(i)
+    if not config.is_moe:
+        return [_linear(at(w), f"{p}{w[2:]}_proj.weight", spec[w].shape, 1)
+                for w in ("w_gate", "w_up", "w_down")]
+    if config.arch == "qwen3_moe":
+        experts = range(config.num_experts)
+        return [_linear(at("router"), p + "gate.weight", spec["router"].shape, 1),
+                *(_per_expert(at(w), [f"{p}experts.{e}.{w[2:]}_proj.weight" for e in experts], spec[w].shape)
+                  for w in ("w_gate", "w_up", "w_down"))]
+    rules = [_linear(at("router"), p + "router.weight", spec["router"].shape, 1),
+             _copy(at("router_bias"), p + "router.bias", spec["router_bias"].shape),
+             _interleaved((at("b_gate"), at("b_up")), p + "experts.gate_up_proj_bias", spec["b_gate"].shape),
+             _copy(at("b_down"), p + "experts.down_proj_bias", spec["b_down"].shape)]
+    if mxfp4:
+        return rules + [_mxfp4_experts((at("w_gate"), at("w_up")), p + "experts.gate_up_proj",
+                                       spec["w_gate"].shape),
+                        _mxfp4_experts((at("w_down"),), p + "experts.down_proj", spec["w_down"].shape)]
+    return rules + [_interleaved((at("w_gate"), at("w_up")), p + "experts.gate_up_proj", spec["w_gate"].shape),
+                    _copy(at("w_down"), p + "experts.down_proj", spec["w_down"].shape)]
+
+
+def conversion_plan(config: ModelConfig, mxfp4: bool = False) -> list[Rule]:
+    """Every rule needed to build the params pytree of `config`; `mxfp4` selects the packed GPT-OSS
+    expert layout. Expected checkpoint shapes are derived from `model_spec(config)`."""
+    spec = model_spec(config)
+    rules = [_copy(("embed",), "model.embed_tokens.weight", spec["embed"].shape),
+             _copy(("final_norm",), "model.norm.weight", spec["final_norm"].shape)]
+    if "lm_head" in spec:
+        rules.append(_linear(("lm_head",), "lm_head.weight", spec["lm_head"].shape, 1))
+    for i, layer in enumerate(spec["layers"]):
+        rules += _attention_rules(config, i, layer) + _ffn_rules(config, i, layer, mxfp4)
+    return rules
+
+
+# --- validation --------------------------------------------------------------------------------
+
+def _benign(name: str, config: ModelConfig) -> bool:
+    """Tensors a checkpoint may carry that we do not need: RoPE tables older exports saved, and
+    the copy of the embedding some tied checkpoints still store as lm_head (transformers ignores it)."""
+    return name.endswith("rotary_emb.inv_freq") or (config.tie_word_embeddings and name == "lm_head.weight")
+
+
+def _listed(names) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(repr(n) for n in names[:5]) + more
+
+
+def validate(plan: list[Rule], index: dict[str, TensorInfo], config: ModelConfig) -> None:
+    """ValueError naming the first problem: missing tensors, unexpected tensors, a tensor of the
+    wrong shape, a tensor of the wrong dtype."""
+    expected = {name for rule in plan for name in rule.sources}
+    missing = expected - index.keys()
+    if missing:
+        raise ValueError(f"checkpoint is missing tensor(s) {_listed(missing)}")
+    extra = {n for n in index.keys() - expected if not _benign(n, config)}
+    if extra:
+        raise ValueError(f"checkpoint has unexpected tensor(s) {_listed(extra)} for {config.arch}")
+    for rule in plan:
+        allowed = ("U8",) if rule.packed else FLOAT_DTYPES
+        for name, shape in zip(rule.sources, rule.shapes):
+            info = index[name]
+            if info.shape != shape:
+                raise ValueError(f"tensor {name!r} in {info.file.name} has shape {info.shape}; "
+                                 f"expected {shape}")
+            if info.dtype not in allowed:
+                raise ValueError(f"tensor {name!r} in {info.file.name} has dtype {info.dtype}; "
+                                 f"expected {' or '.join(allowed)}")
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+def _set(tree: dict, path: WeightPath, value) -> None:
+    node = tree
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+def _weight_shapes(config: ModelConfig) -> dict[WeightPath, tuple[int, ...]]:
+    return {path: s.shape for path, s in _leaves(model_spec(config))}
+
+
+def read_weights(config: ModelConfig, plan: list[Rule], index: dict[str, TensorInfo], dtype,
+                 place: Callable[[WeightPath, np.ndarray], jax.Array] = lambda path, x: jnp.asarray(x)) -> dict:
+    """Run a validated plan: the params pytree with every weight cast to `dtype` and put where
+    `place(path, host_array)` puts it. Tensors are read lazily, one rule at a time."""
+    shapes = _weight_shapes(config)
+    params: dict = {"layers": [{} for _ in range(config.num_layers)]}
+    with contextlib.ExitStack() as stack:
+        handles = {}
+        for rule in plan:
+            arrays = []
+            for name in rule.sources:
+                file = index[name].file
+                try:
+                    if file not in handles:
+                        handles[file] = stack.enter_context(safe_open(file, "np"))
+                    arrays.append(handles[file].get_tensor(name))
+                except (SafetensorError, OSError) as e:
+                    raise ValueError(f"cannot read tensor {name!r} from {file}: {e}") from None
+            for path, value in zip(rule.targets, rule.convert(*arrays), strict=True):
+                assert value.shape == shapes[path], f"{path}: made {value.shape}, declared {shapes[path]}"
+                _set(params, path, place(path, value.astype(dtype, copy=False)))
+    return params
+
+
+def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
+    """(config, params) of a HuggingFace checkpoint directory (config.json + safetensors, single file
+    or sharded), for model types qwen3_moe, gpt_oss and qwen3.
+
+    dtype: of every weight; default config.json's dtype (torch_dtype), else float32. MXFP4 experts
+    are dequantised exactly. The whole checkpoint is validated (tensor names, shapes, dtypes, file
+    integrity) before any weight is read; any problem raises ValueError naming it.
+    """
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ValueError(f"no config.json in {path}")
+    hf = _read_json(path / "config.json")
+    generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else None
+    config = config_from_hf(hf, generation, name=path.name)
+    dtype = _load_dtype(dtype or _default_dtype(hf))
+    index = index_tensors(path)
+    mxfp4 = config.arch == "gpt_oss" and any(n.endswith("experts.gate_up_proj_blocks") for n in index)
+    plan = conversion_plan(config, mxfp4)
+    validate(plan, index, config)
+    return config, read_weights(config, plan, index, dtype)
+
+
+# --- our own checkpoints (orbax) ---------------------------------------------------------------
+
+CONFIG_FILE = "lp_jax_config.json"
+PARAMS_DIR = "params"
+
+
+def _leaves(tree, prefix: WeightPath = ()):
+    """(path, leaf) pairs of a params-shaped pytree (dicts and lists)."""
+    if isinstance(tree, dict):
+        for key, sub in tree.items():
+            yield from _leaves(sub, prefix + (key,))
+    elif isinstance(tree, (list, tuple)):
+        for i, sub in enumerate(tree):
+            yield from _leaves(sub, prefix + (i,))
+    else:
+        yield prefix, tree
+
+
+def _dotted(paths) -> str:
+    """("layers", 3, "wq") -> 'layers.3.wq' (the first few of `paths`)."""
+    return _listed(".".join(map(str, p)) for p in paths).replace("'", "")
+
+
+def _check_against_spec(config: ModelConfig, shapes: dict[WeightPath, tuple[int, ...]], what: str) -> None:
+    declared = _weight_shapes(config)
+    if declared.keys() - shapes.keys():
+        raise ValueError(f"{what} lacks weight(s) {_dotted(declared.keys() - shapes.keys())}")
+    if shapes.keys() - declared.keys():
+        raise ValueError(f"{what} has weight(s) {_dotted(shapes.keys() - declared.keys())}, "
+                         f"which {config.name} does not declare")
+    for path, shape in shapes.items():
+        if tuple(shape) != declared[path]:
+            raise ValueError(f"{what}: weight {_dotted([path])} has shape {tuple(shape)}; "
+                             f"expected {declared[path]}")
+
+
+def config_to_json(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_json(d: dict) -> ModelConfig:
+    d = dict(d)
+    if d.get("rope_scaling") is not None:
+        d["rope_scaling"] = YarnScaling(**d["rope_scaling"])
+    d["layer_types"] = tuple(d["layer_types"])
+    d["eos_token_ids"] = tuple(d["eos_token_ids"])
+    return ModelConfig(**d)
+
+
+def save(path, config: ModelConfig, params: dict) -> None:
+    """Write params (checked against the config's declarations) with orbax to `path`/params and
+    the config as JSON to `path`/lp_jax_config.json. `path` must not exist yet."""
+    path = Path(path).absolute()
+    if path.exists():
+        raise ValueError(f"{path} already exists; lp-jax does not overwrite checkpoints")
+    _check_against_spec(config, {p: x.shape for p, x in _leaves(params)}, "params")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path / PARAMS_DIR, params)
+    checkpointer.wait_until_finished()
+    (path / CONFIG_FILE).write_text(json.dumps(config_to_json(config), indent=2) + "\n")
+
+
+def restore(path) -> tuple[ModelConfig, dict]:
+    """(config, params) written by `save`, each weight in the dtype it was saved in, on the default
+    device. The stored shapes are checked against the config before anything is read."""
+    path = Path(path).absolute()
+    if not (path / CONFIG_FILE).exists():
+        raise ValueError(f"no {CONFIG_FILE} in {path}: not an lp-jax checkpoint")
+    config = config_from_json(_read_json(path / CONFIG_FILE))
+    checkpointer = ocp.StandardCheckpointer()
+    stored = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree
+    _check_against_spec(config, {p: m.shape for p, m in _leaves(stored)}, f"checkpoint {path}")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+    return config, checkpointer.restore(path / PARAMS_DIR, target)
