@@ -104,7 +104,8 @@ def plan_tiles(expert_A, num_experts: int, block_m: int):
     slot_sorted = jnp.where(sorted_e < E, tile_start[e_c] * block_m + rank, M_pad)
     slot_A = jnp.zeros((A,), jnp.int32).at[order].set(slot_sorted, unique_indices=True)
     tile_expert = jnp.minimum(
-        jnp.searchsorted(tile_end, jnp.arange(max_tiles, dtype=jnp.int32), side="right"),
+        jnp.searchsorted(tile_end, jnp.arange(max_tiles, dtype=jnp.int32), side="right",
+                         method="compare_all"),
         E - 1).astype(jnp.int32)
     # Padded row m of tile t holds the rank-th row of expert tile_expert[t].
     m = jnp.arange(M_pad, dtype=jnp.int32)
