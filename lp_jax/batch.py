@@ -49,7 +49,8 @@ class RowBatchBuilder:
         self.pad_seq = max_num_seqs
         self.tables = np.full((max_num_seqs + 1, pages_per_seq), TRASH_PAGE, np.int32)
         self.seq_of: dict[int, int] = {}
-        self.rows: list[tuple[int, bool, int, int, int, int, int, int]] = []
+        self.rows: list[tuple[int, bool, int, int, int, int, int]] = []
+        self.owners: list[tuple[int, int]] = []
 
     def _seq(self, req: Request) -> int:
         if req.request_id not in self.seq_of:
@@ -65,6 +66,11 @@ class RowBatchBuilder:
         table, tokens = self.blocks.table(req.request_id), req.tokens
         for i, p in enumerate(positions):
             self.rows.append((tokens[p], from_embed, hidden_row + i, seq, p, table[p // Z], p % Z))
+            self.owners.append((req.request_id, p))
+
+    def row_tokens(self) -> list[tuple[int, int]]:
+        """(request id, position) of each row added so far."""
+        return list(self.owners)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -110,8 +110,7 @@ class SegmentRecord:
     rows_per_request: dict[int, int]
     expert_counts_L: np.ndarray  # distinct experts per layer (0 outside the range)
     routing: np.ndarray | None = None  # [L, T, K] when recorded
-    valid_T: np.ndarray | None = None
-    row_requests: list[int] = field(default_factory=list)  # request id of each valid row
+    row_tokens: list[tuple[int, int]] = field(default_factory=list)  # (request id, position) per row, when recorded
 
 
 @dataclass
@@ -181,7 +180,7 @@ class ModelExecutor:
                     progress(done, total)
 
     # --- one iteration ----------------------------------------------------------------------
-    def _segment_batch(self, plan: IterationPlan, seg) -> tuple[RowBatch, dict[int, int], list[int]]:
+    def _segment_batch(self, plan: IterationPlan, seg) -> tuple[RowBatch, dict[int, int], list[tuple[int, int]]]:
         builder = RowBatchBuilder(self.blocks, self.config.max_num_seqs, self.pages_per_seq, self.trash_row)
         from_embed = seg.layer_lo == 0
         rows: dict[int, int] = {}
@@ -193,18 +192,18 @@ class ModelExecutor:
             for w in plan.prefills:
                 builder.add(w.request, range(w.start, w.end), self.prefill_base + w.offset, from_embed)
                 rows[w.request.request_id] = rows.get(w.request.request_id, 0) + w.num_tokens
-        row_requests = [rid for rid, n in rows.items() for _ in range(n)] if self.record_routing else []
-        return builder.build(bucket_for(len(builder), self.buckets)), rows, row_requests
+        row_tokens = builder.row_tokens() if self.record_routing else []
+        return builder.build(bucket_for(len(builder), self.buckets)), rows, row_tokens
 
     def execute(self, plan: IterationPlan) -> ExecutionResult:
         pending = []
         for seg in plan.segments():
-            batch, rows, row_requests = self._segment_batch(plan, seg)
+            batch, rows, row_tokens = self._segment_batch(plan, seg)
             exe = self._layers_exe[batch.tokens_T.shape[0]]
             self.hidden_RD, self.k_pool, self.v_pool, counts, routing = exe(
                 self.stacked, self.head["embed"], self.windows_L, self.hidden_RD, self.k_pool, self.v_pool,
                 batch, np.int32(seg.layer_lo), np.int32(seg.layer_hi))
-            pending.append((seg, rows, counts, routing, batch.valid_T, row_requests))
+            pending.append((seg, rows, counts, routing, row_tokens))
 
         sampled: list[Request] = list(plan.decodes)
         hidden_rows = list(range(len(plan.decodes)))
@@ -216,8 +215,8 @@ class ModelExecutor:
         tokens = self._sample(sampled, hidden_rows) if sampled else np.zeros(0, np.int32)
 
         segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, np.asarray(counts),
-                                  None if routing is None else np.asarray(routing), valid, row_requests)
-                    for seg, rows, counts, routing, valid, row_requests in pending]
+                                  None if routing is None else np.asarray(routing), row_tokens)
+                    for seg, rows, counts, routing, row_tokens in pending]
         n_dec = len(plan.decodes)
         return ExecutionResult([int(t) for t in tokens[:n_dec]],
                                {r.request_id: int(t) for r, t in zip(sampled[n_dec:], tokens[n_dec:])}, segments)

@@ -1,0 +1,57 @@
+"""Shared pieces of the engine tests: an independent greedy decoder over `reference_logits`, and
+a driver that feeds requests to an engine at chosen iterations (mixed arrival times)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lp_jax.config import ModelConfig
+from lp_jax.model import reference_forward
+
+
+@functools.cache
+def _jitted_reference(config: ModelConfig, length: int):
+    return jax.jit(lambda params, tokens: reference_forward(config, params, tokens))
+
+
+def reference_routing(config: ModelConfig, params, tokens: list[int], length: int) -> np.ndarray:
+    """Expert ids [L, T, K] the reference forward routes each token of `tokens` to."""
+    padded = np.zeros(length, np.int32)
+    padded[:len(tokens)] = tokens
+    _, routing = _jitted_reference(config, length)(params, padded)
+    return np.stack([np.asarray(ids)[:len(tokens)] for ids in routing])
+
+
+def reference_greedy(config: ModelConfig, params, prompt: list[int], num_tokens: int, length: int) -> list[int]:
+    """Plain greedy loop: the whole sequence through `reference_logits` for every new token.
+
+    The sequence is right-padded to `length` so one compilation serves every step; causal
+    attention makes the padding invisible to the real positions."""
+    fwd = _jitted_reference(config, length)
+    seq = list(prompt)
+    for _ in range(num_tokens):
+        tokens = np.zeros(length, np.int32)
+        tokens[:len(seq)] = seq
+        seq.append(int(jnp.argmax(fwd(params, tokens)[0][len(seq) - 1])))
+    return seq[len(prompt):]
+
+
+def run_with_arrivals(llm, prompts, arrival_steps, **request_kwargs):
+    """Add prompt i when the engine has run arrival_steps[i] iterations; step until all finish.
+
+    Returns the outputs in prompt order."""
+    order = sorted(range(len(prompts)), key=lambda i: arrival_steps[i])
+    ids, done, step, k = {}, {}, 0, 0
+    while k < len(order) or llm.has_unfinished():
+        while k < len(order) and arrival_steps[order[k]] <= step:
+            i = order[k]
+            ids[llm.add_request(prompts[i], **request_kwargs)] = i
+            k += 1
+        for out in llm.step():
+            done[ids[out.request_id]] = out
+        step += 1
+    return [done[i] for i in range(len(prompts))]
