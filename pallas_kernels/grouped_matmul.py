@@ -78,10 +78,8 @@ class TileConfig:
 def plan_tiles(expert_A, num_experts: int, block_m: int):
     """Tile-padded placement of A (row, expert) assignments, expert_A in [0, E] (E = dropped).
 
-    Returns a dict of int32 arrays:
-      slot_A [A]          row of each assignment in the padded layout (M_pad for dropped ones)
-      src_M [M_pad]       assignment feeding each padded row (padding rows repeat a real one)
-      tile_expert [max_tiles], num_tiles [1]   the kernel's metadata
+    Returns dict(slot_A [A] int32: row of each assignment in the padded layout (M_pad for
+    dropped ones), tile_expert [max_tiles] int32, num_tiles [1] int32, M_pad: int).
     M_pad = max_tiles * block_m is static: it bounds sum_e ceil(count_e / block_m).
     """
     A = expert_A.shape[0]
@@ -98,7 +96,6 @@ def plan_tiles(expert_A, num_experts: int, block_m: int):
     tiles = (counts + block_m - 1) // block_m
     tile_end = jnp.cumsum(tiles)
     tile_start = tile_end - tiles
-    num_tiles = tile_end[-1:]
     e_c = jnp.minimum(sorted_e, E - 1)
     rank = jnp.arange(A, dtype=jnp.int32) - group_start[e_c]
     slot_sorted = jnp.where(sorted_e < E, tile_start[e_c] * block_m + rank, M_pad)
@@ -107,15 +104,13 @@ def plan_tiles(expert_A, num_experts: int, block_m: int):
         jnp.searchsorted(tile_end, jnp.arange(max_tiles, dtype=jnp.int32), side="right",
                          method="compare_all"),
         E - 1).astype(jnp.int32)
-    # Padded row m of tile t holds the rank-th row of expert tile_expert[t].
-    m = jnp.arange(M_pad, dtype=jnp.int32)
-    t = m // block_m
-    e_m = tile_expert[t]
-    rank_m = (t - tile_start[e_m]) * block_m + m % block_m
-    rank_m = jnp.minimum(rank_m, jnp.maximum(counts[e_m] - 1, 0))
-    src_M = order[jnp.clip(group_start[e_m] + rank_m, 0, A - 1)]
-    return dict(slot_A=slot_A, src_M=src_M, tile_expert=tile_expert, num_tiles=num_tiles,
-                M_pad=M_pad)
+    return dict(slot_A=slot_A, tile_expert=tile_expert, num_tiles=tile_end[-1:], M_pad=M_pad)
+
+
+def scatter_rows(slot_A, values_A, M_pad: int):
+    """[M_pad] array with values_A[a] at row slot_A[a] (dropped slots ignored), 0 elsewhere."""
+    return jnp.zeros((M_pad,), values_A.dtype).at[slot_A].set(values_A, mode="drop",
+                                                                unique_indices=True)
 
 
 def _num_sms() -> int:

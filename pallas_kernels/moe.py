@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import moe_tuning
-from pallas_kernels.grouped_matmul import grouped_matmul, plan_tiles
+from pallas_kernels.grouped_matmul import grouped_matmul, plan_tiles, scatter_rows
 
 
 def moe_experts_pallas(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "swiglu",
@@ -40,10 +40,12 @@ def moe_experts_pallas(x_TD, weights_TK, ids_TK, experts: dict, *, activation: s
         expert_A = jnp.where(jnp.repeat(valid_T, K), expert_A, E)
     plan = plan_tiles(expert_A, E, config.gate_up.block_m)
     M_pad = plan["M_pad"]
-    # Router weight of each padded row (0 on padding rows), applied in the down epilogue.
-    w_A = weights_TK.reshape(A).astype(jnp.float32)
-    scale_M = jnp.zeros((M_pad + 1,), jnp.float32).at[plan["slot_A"]].set(w_A)[:M_pad]
-    xs = x_TD[plan["src_M"] // K]  # [M_pad, D]
+    # Token of each padded row (padding rows read token 0: finite data, results unused) and its
+    # router weight (0 on padding rows), applied in the down kernel's epilogue. Scattered, not
+    # recomputed per element, so the row gather below is a plain copy.
+    token_M = scatter_rows(plan["slot_A"], jnp.arange(A, dtype=jnp.int32) // K, M_pad)
+    scale_M = scatter_rows(plan["slot_A"], weights_TK.reshape(A).astype(jnp.float32), M_pad)
+    xs = x_TD[token_M]  # [M_pad, D]
     meta = (plan["tile_expert"], plan["num_tiles"])
 
     has_bias = "b_gate" in experts

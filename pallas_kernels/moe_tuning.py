@@ -4,8 +4,8 @@ Key: (E, D, F, rows bucket, device kind): E experts, D hidden (the gate/up kerne
 down kernel's N), F expert hidden (gate/up N, down K), rows = tokens x top-k rounded up to a
 power of two. The two kernels of one layer share block_m and the orientation (`swap`), because
 they share the tile-padded row layout. Entries come from `scripts/tune_moe.py` on the named
-device and stored in `moe_tiles.json` beside this file; shapes or devices not in the table get
-`default_config`.
+device and stored in `moe_tiles.json` beside this file; a rows bucket between tuned ones takes the
+nearest tuned bucket, shapes or devices not in the table get `default_config`.
 """
 
 from __future__ import annotations
@@ -69,4 +69,9 @@ TABLE = load_table()
 
 
 def lookup(E: int, D: int, F: int, rows: int, device_kind: str) -> MoETileConfig:
-    return TABLE.get((E, D, F, rows_bucket(rows), device_kind)) or default_config(E, D, F, rows)
+    """The tuned entry of this shape and device at the nearest rows bucket (in log2 steps);
+    `default_config` if the table holds none for this shape and device."""
+    b = rows_bucket(rows).bit_length()
+    near = [(abs(k[3].bit_length() - b), -k[3], cfg) for k, cfg in TABLE.items()
+            if k[:3] == (E, D, F) and k[4] == device_kind]
+    return min(near, key=lambda t: t[:2])[2] if near else default_config(E, D, F, rows)

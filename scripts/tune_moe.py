@@ -20,7 +20,7 @@ import traceback
 
 import jax
 
-from bench_moe import MODELS, TOKENS, jax_time_ms, make_experts, make_sets
+from bench_moe import MODELS, jax_time_ms, make_experts, make_sets
 from pallas_kernels import moe_tuning
 from pallas_kernels.grouped_matmul import TileConfig
 from pallas_kernels.moe import moe_experts_pallas
@@ -49,17 +49,19 @@ def candidates(E: int, D: int, F: int, rows: int) -> list[MoETileConfig]:
     pairs = []
     if per_expert <= 48:
         for bm in (16, 32) if per_expert > 12 else (16,):
-            for gn in _blocks(F, (64, 128, 192))[:2]:
+            gns = _blocks(F, (64, 128, 192))[:2 if bm == 16 else 1]
+            for gn in gns:
                 for dn in _blocks(D, (128, 192, 256, 64))[:2]:
                     pairs.append((TileConfig(bm, gn, stages=6, num_compute_wgs=1, swap=True),
                                   TileConfig(bm, dn, stages=6, num_compute_wgs=1, swap=True)))
     if per_expert >= 24:
-        gn = _blocks(F, (128, 64))[0]
-        dn_big = _blocks(D, (256, 192, 128, 64))[0]
-        dn = _blocks(D, (128, 192, 64))[0]
-        pairs += [(TileConfig(128, gn, stages=4), TileConfig(128, dn, stages=4)),
-                  (TileConfig(128, 64, stages=5), TileConfig(128, dn_big, stages=4)),
-                  (TileConfig(256, 64, stages=4), TileConfig(256, dn, stages=4))]
+        gns = [(128, 4), (64, 5)] if F % 128 == 0 else [(64, 5)]
+        dns = [(b, 4) for b in _blocks(D, (128, 192))[:1]] + [(b, 3) for b in _blocks(D, (256, 64))[:1]]
+        for gn, gs in gns:
+            for dn, ds in dns:
+                pairs.append((TileConfig(128, gn, stages=gs), TileConfig(128, dn, stages=ds)))
+        pairs += [(TileConfig(256, 64, stages=4), TileConfig(256, dn, stages=4))
+                  for dn, _ in dns[:1 if F % 128 == 0 else 2]]
     out = []
     for gu, down in pairs:
         cfg = MoETileConfig(_fit(gu, 2), _fit(down, 1))
@@ -71,7 +73,8 @@ def candidates(E: int, D: int, F: int, rows: int) -> list[MoETileConfig]:
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    ap.add_argument("--tokens", default="1,32,256,2048,16384",
+                    help="token counts to tune; other rows buckets take the nearest tuned one")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--log", default="moe_tune.json")
     args = ap.parse_args(argv)
