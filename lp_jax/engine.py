@@ -114,12 +114,14 @@ class Engine:
         return rid
 
     def abort(self, request_id: int) -> bool:
-        """Cancel a request in any state; False if it had already ended. ValueError if unknown."""
-        req = self.requests.get(request_id)
+        """Cancel a request in any state; False if it had already ended. ValueError if the id was
+        never issued. Ended requests are forgotten (the engine keeps no per-request state after a
+        request ends, so a long-running server does not grow)."""
+        req = self.requests.pop(request_id, None)
         if req is None:
+            if isinstance(request_id, int) and 0 <= request_id < self._next_id:
+                return False
             raise ValueError(f"unknown request id {request_id!r}")
-        if req.status.done:
-            return False
         self.state.remove(req)
         req.status = Status.CANCELLED
         req.finish_reason = "abort"
@@ -159,13 +161,16 @@ class Engine:
         now = self.clock()
         finished = self._apply(plan, result, now)
         spent = self._account_expert_bytes(result)
+        outputs = [RequestOutput.of(r) for r in finished]
+        for r in finished:
+            del self.requests[r.request_id]
         if self.trace:
             self.records.append(IterationRecord(
                 self.state.iteration, start, now, [r.request_id for r in plan.decodes],
                 [(w.request.request_id, w.start, w.end) for w in plan.prefills], plan.prefill_layers,
                 [r.request_id for r in plan.preempted], spent, result.segments))
         self.state.iteration += 1
-        return [RequestOutput.of(r) for r in finished]
+        return outputs
 
     def _apply(self, plan: IterationPlan, result: ExecutionResult, now: float) -> list[Request]:
         finished = []
