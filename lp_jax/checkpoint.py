@@ -454,6 +454,17 @@ def read_weights(config: ModelConfig, plan: list[Rule], index: dict[str, TensorI
     return params
 
 
+def read_hf_config(path) -> ModelConfig:
+    """The ModelConfig of a HuggingFace checkpoint directory (config.json, generation_config.json's
+    eos ids), without touching its weights."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ValueError(f"no config.json in {path}")
+    hf = _read_json(path / "config.json")
+    generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else None
+    return config_from_hf(hf, generation, name=path.name)
+
+
 def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
     """(config, params) of a HuggingFace checkpoint directory (config.json + safetensors, single file
     or sharded), for model types qwen3_moe, gpt_oss and qwen3.
@@ -463,12 +474,8 @@ def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
     integrity) before any weight is read; any problem raises ValueError naming it.
     """
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise ValueError(f"no config.json in {path}")
-    hf = _read_json(path / "config.json")
-    generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else None
-    config = config_from_hf(hf, generation, name=path.name)
-    dtype = _load_dtype(dtype or _default_dtype(hf))
+    config = read_hf_config(path)
+    dtype = _load_dtype(dtype or _default_dtype(_read_json(path / "config.json")))
     index = index_tensors(path)
     mxfp4 = config.arch == "gpt_oss" and any(n.endswith("experts.gate_up_proj_blocks") for n in index)
     plan = conversion_plan(config, mxfp4)

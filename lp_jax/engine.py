@@ -12,14 +12,14 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import jax
 import numpy as np
 
 from lp_jax import compile_counter
 from lp_jax.config import ModelConfig, ceil_div, expert_bytes
 from lp_jax.engine_config import EngineConfig
 from lp_jax.executor import ExecutionResult, ModelExecutor
-from lp_jax.kv_cache import BlockManager, kv_bytes_per_page
+from lp_jax.kv_cache import BlockManager
+from lp_jax.memory import plan_num_pages
 from lp_jax.request import Request, RequestOutput, SamplingParams, Status
 from lp_jax.scheduler import IterationPlan, SchedulerState, make_scheduler
 
@@ -39,32 +39,13 @@ class IterationRecord:
     segments: list  # executor SegmentRecords
 
 
-def default_num_pages(model: ModelConfig, config: EngineConfig, dtype) -> int:
-    """Pages per layer pool when the user gives none: on a GPU, what fits in the memory left
-    after the weights (kv_memory_fraction of it); elsewhere, room for max_num_seqs full-length
-    sequences. Raises ValueError when not even one full-length sequence fits."""
-    per_page = kv_bytes_per_page(model, config.page_size, dtype)
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() if dev.platform == "gpu" else None
-    if stats and "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-        pages = int(free * config.kv_memory_fraction) // per_page
-    else:
-        pages = config.max_num_seqs * config.pages_per_seq(model) + 1
-    if pages < config.pages_per_seq(model) + 1:
-        raise ValueError(f"the KV pool fits only {pages} pages of {config.page_size} tokens "
-                         f"({per_page / 2**20:.1f} MiB each); one {config.model_len(model)}-token sequence needs "
-                         f"{config.pages_per_seq(model) + 1}: lower max_model_len or free memory")
-    return pages
-
-
 class Engine:
     def __init__(self, model: ModelConfig, config: EngineConfig, params: dict, dtype,
                  clock: Callable[[], float] = time.perf_counter, backend: str | None = None,
                  trace: bool = False, record_routing: bool = False, progress=None):
         self.model, self.config, self.clock, self.trace = model, config, clock, trace
         self.dtype = np.dtype(dtype)
-        num_pages = config.num_pages or default_num_pages(model, config, dtype)
+        num_pages = plan_num_pages(model, config, dtype)
         self.blocks = BlockManager(num_pages, config.page_size)
         self.state = SchedulerState(config, model.num_layers, self.blocks)
         self.scheduler = make_scheduler(config.schedule)

@@ -50,8 +50,10 @@ def _compiled(kind: tuple, jitted, *abstract_args):
     return _EXECUTABLES[key]
 
 
-def stack_layers(layers: list[dict]) -> dict:
-    """[L] per-layer dicts -> one dict of [L, ...] arrays."""
+def stack_layers(layers: list[dict] | dict) -> dict:
+    """[L] per-layer dicts -> one dict of [L, ...] arrays (an already stacked dict is returned)."""
+    if isinstance(layers, dict):
+        return layers
     return {name: jnp.stack([lp[name] for lp in layers]) for name in layers[0]}
 
 

@@ -11,22 +11,27 @@ import jax.numpy as jnp
 from lp_jax.config import ModelConfig, get_preset
 from lp_jax.engine import Engine
 from lp_jax.engine_config import EngineConfig
+from lp_jax.memory import plan_num_pages
 from lp_jax.model.init import init_params
 from lp_jax.request import RequestOutput, SamplingParams
 
 
-def resolve_model(model: str | ModelConfig | os.PathLike, params: dict | None, seed: int, dtype):
-    """(ModelConfig, params) from a preset name, a ModelConfig or a transformers checkpoint
-    directory; random weights (seeded) unless params are given or loaded."""
+def resolve_config(model: str | ModelConfig | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a preset name, a ModelConfig or a transformers checkpoint directory."""
     if isinstance(model, ModelConfig):
-        config = model
-    elif os.path.isdir(model):
+        return model
+    if os.path.isdir(model):
+        from lp_jax.checkpoint import read_hf_config
+        return read_hf_config(model)
+    return get_preset(str(model))
+
+
+def load_weights(model, config: ModelConfig, seed: int, dtype) -> dict:
+    """Weights of a checkpoint directory, or seeded random weights generated on the device."""
+    if not isinstance(model, ModelConfig) and os.path.isdir(model):
         from lp_jax.checkpoint import load_hf
-        config, loaded = load_hf(model, dtype=dtype)
-        return config, params if params is not None else loaded
-    else:
-        config = get_preset(str(model))
-    return config, params if params is not None else init_params(config, seed, dtype)
+        return load_hf(model, dtype=dtype)[1]
+    return init_params(config, seed, dtype, stacked=True)
 
 
 def default_dtype() -> str:
@@ -53,7 +58,10 @@ class LLM:
                              f"known: {', '.join(sorted(EngineConfig.__dataclass_fields__))}")
         self.engine_config = EngineConfig(schedule=schedule, **engine_options)
         dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
-        self.model_config, params = resolve_model(model, params, self.engine_config.seed, dtype)
+        self.model_config = resolve_config(model)
+        plan_num_pages(self.model_config, self.engine_config, dtype)  # fail before allocating anything
+        if params is None:
+            params = load_weights(model, self.model_config, self.engine_config.seed, dtype)
         self.engine = Engine(self.model_config, self.engine_config, params, dtype, backend=backend, trace=trace,
                              record_routing=record_routing, progress=progress)
 

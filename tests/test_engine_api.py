@@ -186,3 +186,25 @@ def test_200_requests_compile_nothing_after_startup(schedule):
     assert finished == 200
     assert llm.engine.compiles_since_startup() == 0
     assert llm.engine.blocks.all_free()
+
+
+def test_model_that_does_not_fit_fails_before_allocating():
+    from lp_jax.engine_config import EngineConfig
+    from lp_jax.memory import plan_num_pages
+
+    cfg = get_preset("qwen3-30b-a3b")
+    with pytest.raises(ValueError, match=r"qwen3-30b-a3b does not fit: weights 56\.9 GiB"):
+        plan_num_pages(cfg, EngineConfig(max_model_len=4096), "bfloat16", available=58 * 2**30)
+    with pytest.raises(ValueError, match="num_pages=100000 needs"):
+        plan_num_pages(cfg, EngineConfig(max_model_len=4096, num_pages=100000), "bfloat16", available=80 * 2**30)
+    pages = plan_num_pages(cfg, EngineConfig(max_model_len=4096), "bfloat16", available=80 * 2**30)
+    assert 4096 // 16 < pages <= 64 * 256 + 1
+
+
+def test_llm_from_a_checkpoint_directory():
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "tiny-qwen3"
+    llm = lp_jax.LLM(str(path), "chunked", **ENGINE)
+    [out] = llm.generate([[1, 2, 3, 4]], max_tokens=4)
+    assert len(out.token_ids) == 4 and llm.model_config.tie_word_embeddings

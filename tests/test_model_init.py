@@ -37,3 +37,14 @@ def test_info_command(capsys):
     assert "20.91B" in out and "3.61B" in out and "MiB" in out
     assert cli_main(["info", "--model", "nope"]) == 2
     assert "unknown model preset 'nope'" in capsys.readouterr().err
+
+
+def test_stacked_init_equals_per_layer_init():
+    cfg = get_preset("tiny-gpt-oss")
+    per_layer = init_params(cfg, seed=4)
+    stacked = init_params(cfg, seed=4, stacked=True)
+    for name, stack in stacked["layers"].items():
+        assert stack.shape[0] == cfg.num_layers
+        for i, lp in enumerate(per_layer["layers"]):
+            assert np.array_equal(stack[i], lp[name]), (name, i)
+    assert np.array_equal(stacked["embed"], per_layer["embed"])

@@ -41,9 +41,31 @@ def init_layer(config: ModelConfig, layer: int, seed: int = 0, dtype=jnp.float32
     return {name: init_weight(s, seed, layer, name, dtype) for name, s in layer_spec(config).items()}
 
 
-def init_params(config: ModelConfig, seed: int = 0, dtype=jnp.float32) -> dict:
-    """The whole params pytree (see `lp_jax.model.spec`) on the default device."""
+def init_params(config: ModelConfig, seed: int = 0, dtype=jnp.float32, stacked: bool = False) -> dict:
+    """The whole params pytree (see `lp_jax.model.spec`) on the default device.
+
+    stacked=True gives "layers" as one dict of [L, ...] arrays (what the engine runs on), built
+    layer by layer in place, so memory peaks at the model plus one weight, not twice the model.
+    The values are the same either way.
+    """
     spec = model_spec(config)
     params = {name: init_weight(s, seed, -1, name, dtype) for name, s in spec.items() if name != "layers"}
-    params["layers"] = [init_layer(config, i, seed, dtype) for i in range(config.num_layers)]
+    if stacked:
+        params["layers"] = {name: _init_stacked(s, seed, name, jnp.dtype(dtype), config.num_layers)
+                            for name, s in layer_spec(config).items()}
+    else:
+        params["layers"] = [init_layer(config, i, seed, dtype) for i in range(config.num_layers)]
     return params
+
+
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("shape", "init", "fan_in"))
+def _put_layer(stack, layer, key, *, shape, init, fan_in):
+    return stack.at[layer].set(_draw(key, shape=shape, dtype=stack.dtype, init=init, fan_in=fan_in))
+
+
+def _init_stacked(spec: ParamSpec, seed: int, name: str, dtype, num_layers: int) -> jax.Array:
+    stack = jnp.zeros((num_layers, *spec.shape), dtype)
+    for layer in range(num_layers):
+        stack = _put_layer(stack, layer, _weight_key(seed, layer, name), shape=spec.shape, init=spec.init,
+                           fan_in=spec.fan_in)
+    return stack

@@ -1,0 +1,77 @@
+"""Device-memory planning: does a model fit, and how many KV pages fit beside it.
+
+Checked before anything is allocated, so a model or pool that cannot fit fails at once with the
+figures, instead of after minutes of weight generation with an allocator error.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from lp_jax.config import ModelConfig
+from lp_jax.engine_config import EngineConfig
+from lp_jax.kv_cache import kv_bytes_per_page
+
+GIB = 2**30
+
+
+def device_memory_bytes(device=None) -> int:
+    """Memory JAX may use on the device (GPU: the allocator's limit; CPU: the host's available
+    memory from /proc/meminfo, or 8 GiB where that is unreadable)."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if device.platform == "gpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * GIB
+
+
+def weight_bytes(model: ModelConfig, dtype) -> int:
+    return model.total_params() * np.dtype(dtype).itemsize
+
+
+def workspace_bytes(model: ModelConfig, config: EngineConfig, dtype) -> int:
+    """A bound on what one layer-range call needs besides weights and pools: the hidden buffer,
+    a layer's activations at the largest row bucket (q/k/v/o, the K routed copies of each row
+    through the experts' gate/up/down in f32), the logits of the sampled rows, plus 1 GiB for
+    the runtime and compiled code."""
+    item = np.dtype(dtype).itemsize
+    rows = max(config.buckets()[-1], config.hidden_rows())
+    D, H, N, A = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim
+    K = max(model.num_experts_per_tok, 1)
+    per_row = item * (4 * D + 2 * (H + 2 * N) * A) + 4 * K * (3 * model.ffn_size + D)
+    logits = 4 * config.max_num_seqs * model.vocab_size * 2
+    return rows * per_row + logits + GIB
+
+
+def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: int | None = None) -> int:
+    """KV pages per layer pool (the reserved trash page included).
+
+    With config.num_pages, check that they fit; without, take config.kv_memory_fraction of what
+    the weights and workspace leave, capped at what max_num_seqs full-length sequences can use.
+    Raises ValueError, with the figures, when the model or the pool does not fit.
+    """
+    available = device_memory_bytes() if available is None else available
+    w, ws = weight_bytes(model, dtype), workspace_bytes(model, config, dtype)
+    per_page = kv_bytes_per_page(model, config.page_size, dtype)
+    min_pages = config.pages_per_seq(model) + 1
+    left = available - w - ws
+    if left < min_pages * per_page:
+        raise ValueError(
+            f"{model.name} does not fit: weights {w / GIB:.1f} GiB + workspace {ws / GIB:.1f} GiB + one "
+            f"{config.model_len(model)}-token sequence of KV ({min_pages * per_page / GIB:.2f} GiB) > "
+            f"{available / GIB:.1f} GiB available; use a smaller dtype, max_model_len or max_num_batched_tokens")
+    if config.num_pages is not None:
+        if config.num_pages * per_page > left:
+            raise ValueError(f"num_pages={config.num_pages} needs {config.num_pages * per_page / GIB:.1f} GiB of KV; "
+                             f"only {left / GIB:.1f} GiB are left after weights and workspace")
+        return config.num_pages
+    useful = config.max_num_seqs * config.pages_per_seq(model) + 1
+    return max(min_pages, min(useful, int(left * config.kv_memory_fraction) // per_page))
