@@ -1,0 +1,141 @@
+"""Serving metrics with vLLM's benchmark definitions, from per-token timestamps.
+
+For one request (times in seconds on one clock):
+    TTFT = first token - arrival
+    TBT (ITL) = every gap between consecutive tokens (none for a one-token output)
+    TPOT = (E2E - TTFT) / (output tokens - 1), for outputs of two tokens or more
+    E2E = last token - arrival
+Distributions are reported as {mean, p50, p90, p99}; the TBT distribution pools every gap of
+every request. A request meets the SLO when its TTFT and *every* one of its gaps are within
+their bounds (the layered-prefill paper's check); SLO attainment is the share of all requests
+that meet it, counting requests that did not finish as misses.
+
+Nothing here reads a clock: the same code serves real runs and simulated ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class RequestRecord:
+    """One request of a run (one line of requests.jsonl). Times in seconds on the engine clock;
+    token_times_s[i] is when output token i was emitted; expert_bytes is the expert-weight
+    traffic (bytes) attributed to the request."""
+
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    token_times_s: list[float] = field(default_factory=list)
+    status: str = "finished"
+    expert_bytes: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """Latencies of one request, seconds: ttft, e2e, the gaps [n_tokens - 1], tpot (None for a
+    one-token output)."""
+
+    ttft: float
+    e2e: float
+    gaps: np.ndarray
+    tpot: float | None
+
+
+def latencies(arrival_s: float, token_times_s: Sequence[float]) -> Latencies:
+    """Latencies of one request. ValueError if it has no token, if a token precedes the
+    arrival, or if the timestamps are not in order."""
+    t = np.asarray(token_times_s, float)
+    if t.size == 0:
+        raise ValueError("a request with no output token has no latencies")
+    if t[0] < arrival_s:
+        raise ValueError(f"first token at {t[0]} s precedes the arrival at {arrival_s} s")
+    gaps = np.diff(t)
+    if np.any(gaps < 0):
+        i = int(np.argmax(gaps < 0))
+        raise ValueError(f"token timestamps are not sorted: token {i + 1} at {t[i + 1]} s follows {t[i]} s")
+    ttft, e2e = float(t[0] - arrival_s), float(t[-1] - arrival_s)
+    tpot = (e2e - ttft) / (t.size - 1) if t.size > 1 else None
+    return Latencies(ttft, e2e, gaps, tpot)
+
+
+def distribution(values: Sequence[float]) -> dict[str, float | None]:
+    """{mean, p50, p90, p99} of the values (None each when there are none)."""
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return dict(mean=None, p50=None, p90=None, p99=None)
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return dict(mean=float(v.mean()), p50=float(p50), p90=float(p90), p99=float(p99))
+
+
+def meets_slo(lat: Latencies, ttft_bound_s: float, tbt_bound_s: float) -> bool:
+    """TTFT within its bound and every gap between tokens within the TBT bound."""
+    return lat.ttft <= ttft_bound_s and bool(np.all(lat.gaps <= tbt_bound_s))
+
+
+def slo_attainment(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_bound_s: float) -> float:
+    """Share of requests (0..1) that finished and met the SLO. ValueError for no requests."""
+    if not records:
+        raise ValueError("SLO attainment of no requests is undefined")
+    met = sum(r.finished and meets_slo(latencies(r.arrival_s, r.token_times_s), ttft_bound_s, tbt_bound_s)
+              for r in records)
+    return met / len(records)
+
+
+def max_rate_meeting_slo(rates: Sequence[float], attainments: Sequence[float], target: float = 0.9) -> float | None:
+    """Highest measured rate up to which attainment stays >= target at every measured rate
+    (no interpolation); None if the lowest rate already misses it."""
+    best = None
+    for rate, att in sorted(zip(rates, attainments)):
+        if att < target:
+            break
+        best = rate
+    return best
+
+
+def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_bound_s: float) -> dict:
+    """Everything summary.json reports about latency, throughput and expert traffic.
+
+    Latency distributions cover finished requests. Throughputs are per second of the window
+    from the first arrival to the last token (None for an empty window): output tokens
+    (`throughput_tok_s`, vLLM's output throughput), prompt + output tokens, and finished
+    requests. Expert bytes per request are the mean over all requests, in bytes.
+    """
+    if not records:
+        raise ValueError("no requests to measure")
+    done = [r for r in records if r.finished]
+    lats = [latencies(r.arrival_s, r.token_times_s) for r in done]
+    start = min(r.arrival_s for r in records)
+    end = max([t for r in records for t in r.token_times_s[-1:]], default=start)
+    duration = end - start
+    out_tokens = sum(len(r.token_times_s) for r in records)
+    # A prompt counts once its prefill completed, i.e. once it emitted a token.
+    prompt_tokens = sum(r.prompt_tokens for r in records if r.token_times_s)
+    per_s = (lambda n: n / duration) if duration > 0 else (lambda n: None)
+    return dict(
+        num_requests=len(records),
+        num_finished=len(done),
+        duration_s=duration,
+        prompt_tokens=prompt_tokens,
+        output_tokens=out_tokens,
+        ttft_s=distribution([x.ttft for x in lats]),
+        tbt_s=distribution(np.concatenate([x.gaps for x in lats]) if lats else []),
+        tpot_s=distribution([x.tpot for x in lats if x.tpot is not None]),
+        e2e_s=distribution([x.e2e for x in lats]),
+        throughput_tok_s=per_s(out_tokens),
+        total_throughput_tok_s=per_s(prompt_tokens + out_tokens),
+        request_throughput_per_s=per_s(len(done)),
+        slo=dict(ttft_s=ttft_bound_s, tbt_s=tbt_bound_s),
+        slo_attainment=slo_attainment(records, ttft_bound_s, tbt_bound_s),
+        expert_bytes_total=float(sum(r.expert_bytes for r in records)),
+        expert_bytes_per_request=float(np.mean([r.expert_bytes for r in records])),
+    )
