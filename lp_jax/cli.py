@@ -1,9 +1,11 @@
-"""`lp-jax`: the command line. Subcommands register themselves in COMMANDS."""
+"""`lp-jax`: the command line (info, generate, bench, compare)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 from lp_jax.config import PRESETS, get_preset
 
@@ -70,7 +72,164 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# --- bench and compare ------------------------------------------------------------------------
+def _resolve(args, command: str):
+    """Fill the options left unset from the model's defaults (lp_jax.compare.DEMO for tiny-*
+    presets, FULL otherwise), check everything that can be checked before an engine starts, and
+    return (configurations, rates, workload keywords, out dir)."""
+    from lp_jax.bench import prepare_out_dir
+    from lp_jax.compare import defaults_for, parse_config, parse_option, parse_rate
+    from lp_jax.workload import make_workload
+
+    if not os.path.isdir(args.model):
+        get_preset(args.model)
+    d = defaults_for(args.model)
+    for name, value in (("num_requests", d.num_requests), ("length_scale", d.length_scale),
+                        ("slo_ttft_s", d.ttft_bound_s), ("slo_tbt_s", d.tbt_bound_s), ("warmup", d.warmup)):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    common = dict(d.engine_options)
+    common.update(parse_option(o) for o in args.engine_option)
+    given = args.schedule if command == "compare" else [args.schedule] if args.schedule else None
+    specs = given or (list(d.configs) if command == "compare" else [d.configs[0]])
+    configs = [parse_config(spec, common) for spec in specs]
+    if len({c.label for c in configs}) < len(configs):
+        raise ValueError("the same configuration is given twice")
+    if command == "compare":
+        rates = [parse_rate(r) for r in args.rates.split(",")] if args.rates else list(d.rates)
+    elif args.rate is not None:
+        rates = [parse_rate(args.rate)]
+    else:
+        rates = [None if args.arrival == "trace" else d.rates[len(d.rates) // 2]]
+    if args.num_requests < 1 or args.warmup < 0:
+        raise ValueError("--num-requests must be >= 1 and --warmup >= 0")
+    if not (args.slo_ttft_s > 0 and args.slo_tbt_s > 0):
+        raise ValueError("SLO bounds must be > 0 seconds")
+    workload = dict(source=args.workload, num_requests=args.num_requests, arrival=args.arrival, cv=args.cv,
+                    seed=args.seed, length_scale=args.length_scale, context_policy=args.context_policy)
+    make_workload(rate=rates[0], **workload)  # fail now on a bad trace or argument, not after start-up
+    out = args.out or os.path.join("lp-jax-results", f"{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return configs, rates, workload, prepare_out_dir(out)
+
+
+def cmd_bench(args) -> int:
+    """One model x configuration x workload x rate; writes requests.jsonl and summary.json."""
+    from lp_jax.bench import make_llm, run_bench, write_bench
+    from lp_jax.workload import make_workload
+
+    (config,), (rate,), workload, out = _resolve(args, "bench")
+    llm = make_llm(args.model, config.schedule, config.options, config.label, not args.no_progress)
+    limit = llm.engine_config.model_len(llm.model_config)
+    result = run_bench(llm, make_workload(rate=rate, context_limit=limit, **workload),
+                       ttft_bound_s=args.slo_ttft_s, tbt_bound_s=args.slo_tbt_s, label=config.label,
+                       warmup=args.warmup, progress=not args.no_progress)
+    paths = write_bench(result, out)
+    s = result.summary
+    ms = lambda d, k: "n/a" if d[k] is None else f"{d[k] * 1e3:.1f} ms"  # noqa: E731
+    print(f"{config.label} on {s['model']} ({s['device']['name']}), {s['workload']['source']} at "
+          f"{'trace times' if rate is None else f'{rate:g} requests/s'}: {s['num_finished']}/{s['num_requests']} "
+          f"finished in {s['duration_s']:.1f} s")
+    print(f"  TTFT mean {ms(s['ttft_s'], 'mean')}, p99 {ms(s['ttft_s'], 'p99')}; TBT p50 {ms(s['tbt_s'], 'p50')}, "
+          f"p99 {ms(s['tbt_s'], 'p99')}; output {s['throughput_tok_s'] or 0:.1f} tokens/s")
+    print(f"  SLO attainment {100 * s['slo_attainment']:.0f}% (TTFT <= {args.slo_ttft_s:g} s, every gap <= "
+          f"{args.slo_tbt_s * 1e3:g} ms); expert weights {s['expert_bytes_per_request'] / 1e9:.4g} GB per request")
+    print("  energy: " + (f"{s['energy_mj_per_token']:.3g} mJ/token, {s['energy_mj_per_output_token']:.3g} mJ/output token"
+                          if s["energy_j"] is not None else f"not measured ({s['energy_reason']})"))
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Every configuration x every rate; a results folder with runs, table, CSV and plots."""
+    from lp_jax.compare import CompareSpec, run_compare
+
+    configs, rates, workload, out = _resolve(args, "compare")
+    if not 0 < args.slo_target <= 1:
+        raise ValueError(f"--slo-target must be in (0, 1], got {args.slo_target}")
+    spec = CompareSpec(args.model, configs, rates, workload, args.slo_ttft_s, args.slo_tbt_s, args.warmup,
+                       args.slo_target)
+    t = time.perf_counter()
+    run_compare(spec, out, progress=not args.no_progress)
+    with open(os.path.join(out, "results.md")) as f:
+        print(f.read())
+    print(f"wrote {out}/ (results.md, summary.csv, compare.json, runs/, plots/) in {time.perf_counter() - t:.0f} s")
+    return 0
+
+
+def _option_text(value) -> str:
+    """An engine option as -o takes it."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The options bench and compare share. None defaults are filled by _resolve."""
+    from lp_jax.compare import DEMO, FULL
+    from lp_jax.workload import ARRIVALS, CONTEXT_POLICIES, PRESET_NAMES
+
+    def both(name: str, fmt=str) -> str:
+        return f"default: {fmt(getattr(DEMO, name))} for tiny-* models, {fmt(getattr(FULL, name))} otherwise"
+
+    p.add_argument("--model", default="tiny-qwen3-moe",
+                   help=f"model preset ({', '.join(PRESETS)}) or a transformers checkpoint directory; "
+                        "random weights for presets (default: %(default)s)")
+    if command == "compare":
+        p.add_argument("--schedule", action="append", metavar="CONFIG",
+                       help="a configuration to compare, SCHEDULE[:KEY=VALUE]... with SCHEDULE one of prefill_first, "
+                            "chunked, layered and KEY=VALUE engine options for it alone (e.g. chunked:token_budget=512, "
+                            "layered:group_rule=pow2); repeat for each; it also labels the results "
+                            f"({both('configs', ' and '.join)})")
+        p.add_argument("--rates", metavar="R1,R2,...",
+                       help="request rates to run each configuration at, requests/s, comma-separated; 'inf' sends "
+                            f"everything at once ({both('rates', lambda r: ','.join(f'{x:g}' for x in r))})")
+        p.add_argument("--slo-target", type=float, default=0.9,
+                       help="SLO attainment (0..1) the report's 'highest rate within the SLO' asks for "
+                            "(default: %(default)s)")
+    else:
+        p.add_argument("--schedule", metavar="CONFIG",
+                       help="SCHEDULE[:KEY=VALUE]...: prefill_first, chunked or layered, with engine options for it "
+                            f"(e.g. chunked:token_budget=512) (default: the first of compare's: "
+                            f"{DEMO.configs[0]} for tiny-* models, {FULL.configs[0]} otherwise)")
+        p.add_argument("--rate", metavar="R",
+                       help="request rate, requests/s ('inf' = all at once); with --arrival trace, leave it out to "
+                            "keep the trace's own times, or give it to rescale them to that mean rate (default: the "
+                            "middle of compare's rates, or the trace's times)")
+    p.add_argument("--workload", default="sharegpt",
+                   help=f"request lengths: a preset ({', '.join(PRESET_NAMES)}) or the path of a CSV trace with "
+                        "columns num_prefill_tokens, num_decode_tokens and optionally arrived_at (s) "
+                        "(default: %(default)s)")
+    p.add_argument("--num-requests", type=int, metavar="N", help=f"measured requests per run ({both('num_requests')})")
+    p.add_argument("--arrival", default="poisson", choices=ARRIVALS,
+                   help="arrival process: poisson, gamma (bursty, see --cv), or trace (the CSV's arrived_at) "
+                        "(default: %(default)s)")
+    p.add_argument("--cv", type=float, default=1.0,
+                   help="coefficient of variation of the gaps between arrivals with --arrival gamma; > 1 is "
+                        "burstier than Poisson (default: %(default)s)")
+    p.add_argument("--length-scale", type=float, metavar="F",
+                   help="multiply every prompt and output length by F, keeping the shape of the distribution "
+                        f"({both('length_scale', lambda x: f'{x:g}')})")
+    p.add_argument("--context-policy", default="drop", choices=CONTEXT_POLICIES,
+                   help="requests longer than the engine's max_model_len: drop them (and draw others) or truncate "
+                        "them (output first, then prompt) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of lengths, arrivals and prompt tokens (default: 0)")
+    p.add_argument("-o", "--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine option for every configuration (see below); repeat for several. Tiny-* models "
+                        "default to " + " ".join(f"{k}={_option_text(v)}" for k, v in DEMO.engine_options.items())
+                        + "; other models to the engine's defaults")
+    p.add_argument("--slo-ttft-s", type=float, metavar="S",
+                   help=f"SLO bound on time to first token, seconds ({both('ttft_bound_s', lambda x: f'{x:g}')})")
+    p.add_argument("--slo-tbt-s", type=float, metavar="S",
+                   help="SLO bound on every gap between tokens, seconds "
+                        f"({both('tbt_bound_s', lambda x: f'{x:g}')})")
+    p.add_argument("--warmup", type=int, metavar="N",
+                   help=f"requests run before each measured run and left out of it ({both('warmup')})")
+    p.add_argument("--out", metavar="DIR",
+                   help="results folder, created if needed (default: lp-jax-results/" + command + "-<date>-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from lp_jax.engine_config import EngineConfig
+
     parser = argparse.ArgumentParser(prog="lp-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -86,11 +245,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=16, help="tokens to generate per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
+
+    engine_doc = ("engine options (-o KEY=VALUE, or KEY=VALUE in a configuration):\n" + (EngineConfig.__doc__ or "")
+                  + "seed: weights (random for presets) and sampling seed. dtype: float32 or bfloat16 (default: "
+                  "bfloat16 on a GPU, float32 elsewhere).\n    kv_memory_fraction: share of the free GPU memory "
+                  "the KV pool takes when num_pages is unset.\n    Values: integers, 'none' for an unset option, "
+                  "comma-separated integers for row_buckets.\n")
+    p = sub.add_parser(
+        "bench", help="serve one workload at one rate with one schedule and measure it",
+        description="Serve a workload in real time (requests enter when the clock reaches their arrival time) "
+                    "and write requests.jsonl (per-request token timestamps, expert bytes) and summary.json "
+                    "(TTFT, TBT, TPOT, E2E, throughput, SLO attainment, expert traffic, energy, and the model, "
+                    "schedule, options, device, jax version and date).",
+        epilog=engine_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_bench_options(p, "bench")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "compare", help="compare schedules across request rates (no arguments: the embedded CPU demo)",
+        description="Run every configuration at every rate and write one results folder: runs/ (a bench "
+                    "folder per run), summary.csv, results.md (table, highest rate within the SLO) and plots/ "
+                    "(TTFT and TBT CDFs, SLO attainment vs rate, mean TTFT vs p99 TBT, expert GB per request, "
+                    "energy per token). With no arguments: tiny-qwen3-moe on this machine, ShareGPT-shaped "
+                    "lengths scaled down, layered vs chunked at three rates, a few minutes on two CPU cores.",
+        epilog=engine_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_bench_options(p, "compare")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("bench", "compare"):
+        try:
+            return args.func(args)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

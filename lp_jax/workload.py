@@ -197,12 +197,11 @@ class Workload:
     def __len__(self) -> int:
         return len(self.arrival_s)
 
-    def prompts(self, vocab_size: int, first: int = 0, count: int | None = None) -> list[list[int]]:
-        """Token ids of prompts [first, first + count): uniform over [0, vocab_size), seeded by the
-        workload seed and the request index, so every schedule sees the same prompts."""
-        stop = len(self) if count is None else first + count
-        return [np.random.default_rng((self.seed, i)).integers(0, vocab_size, int(self.prompt_tokens[i])).tolist()
-                for i in range(first, stop)]
+    def prompts(self, vocab_size: int) -> list[list[int]]:
+        """Token ids of every prompt: uniform over [0, vocab_size), seeded by the workload seed
+        and the request index, so every schedule sees the same prompts."""
+        return [np.random.default_rng((self.seed, i)).integers(0, vocab_size, int(n)).tolist()
+                for i, n in enumerate(self.prompt_tokens)]
 
 
 def make_workload(source: str, num_requests: int, rate: float | None = None, arrival: str = "poisson",
