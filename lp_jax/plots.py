@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lp_jax.metrics import latencies  # noqa: E402
@@ -64,7 +65,10 @@ def cdf_figure(results, what: str):
         ax.set_title(f"{rate:g} requests/s")
         ax.set_xlabel("time to first token (s)" if what == "ttft" else "time between tokens (ms)")
         if what == "tbt":
+            # Gaps span decode-only iterations to prefill stalls: a log axis, plainly numbered.
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("cumulative fraction of " + ("requests" if what == "ttft" else "gaps") + " (0-1)")
     axes[0][-1].legend(fontsize=8)
