@@ -45,17 +45,20 @@ def make_llm(model, schedule: str, options: dict, label: str, progress: bool = T
     import lp_jax
 
     bar = tqdm(desc=f"{label}: compiling", unit="executable", disable=not progress, leave=False)
+    count = [0]
 
     def advance(done: int, total: int) -> None:
         bar.total = total
-        bar.update(done - bar.n)
+        bar.update(done - count[0])
+        count[0] = done
 
     t = time.perf_counter()
     try:
         llm = lp_jax.LLM(model, schedule, progress=advance, **options)
     finally:
         bar.close()
-    log(f"[{label}] engine ready in {time.perf_counter() - t:.1f} s ({bar.n} executables compiled or reused)")
+    log(f"[{label}] engine ready in {time.perf_counter() - t:.1f} s ({count[0]} executables compiled or "
+        "taken from this process's cache)")
     return llm
 
 
