@@ -64,8 +64,8 @@ FULL = Defaults(configs=("layered", "chunked:token_budget=512"), rates=(1.0, 2.0
 
 
 def defaults_for(model: str) -> Defaults:
-    """DEMO for the tiny presets, FULL otherwise."""
-    return DEMO if str(model).startswith("tiny-") else FULL
+    """DEMO for the tiny presets (and checkpoint folders named tiny-*), FULL otherwise."""
+    return DEMO if os.path.basename(os.path.normpath(str(model))).startswith("tiny-") else FULL
 
 
 # --- configurations ---------------------------------------------------------------------------
