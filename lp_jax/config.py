@@ -193,7 +193,7 @@ QWEN3_8B = ModelConfig(
 TINY_QWEN3_MOE = QWEN3_30B_A3B.replace(
     name="tiny-qwen3-moe", vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2,
     head_dim=16, max_position_embeddings=4096, layer_types=("full",) * 4, num_experts=8,
-    num_experts_per_tok=2, moe_intermediate_size=32, intermediate_size=128, eos_token_ids=(),
+    num_experts_per_tok=2, moe_intermediate_size=64, intermediate_size=128, eos_token_ids=(),
 )
 
 TINY_GPT_OSS = GPT_OSS_20B.replace(
@@ -201,7 +201,7 @@ TINY_GPT_OSS = GPT_OSS_20B.replace(
     head_dim=16, max_position_embeddings=4096, sliding_window=32, layer_types=_gpt_oss_layer_types(4),
     rope_scaling=YarnScaling(factor=4.0, beta_fast=32.0, beta_slow=1.0,
                              original_max_position_embeddings=1024, truncate=False),
-    num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, intermediate_size=32,
+    num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, intermediate_size=64,
     eos_token_ids=(),
 )
 

@@ -31,10 +31,22 @@ def resolve_backend(backend: str | None = None) -> str:
     return backend
 
 
+def pallas_moe_supports(D: int, F: int) -> bool:
+    """The grouped-matmul kernels tile D and F in multiples of 64 (wgmma and TMA granularity)."""
+    return D % 64 == 0 and F % 64 == 0
+
+
 def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "swiglu",
                 alpha: float = 1.702, limit: float = 7.0, valid_T=None, backend: str | None = None):
-    """Routed expert computation of one MoE layer; see `moe_reference.moe_experts_reference`."""
-    if resolve_backend(backend) == "pallas":
+    """Routed expert computation of one MoE layer; see `moe_reference.moe_experts_reference`.
+
+    Automatic choice (backend None) takes the reference for shapes the kernels do not tile;
+    an explicit backend="pallas" lets the kernel raise instead."""
+    _, D, F = experts["w_gate"].shape
+    chosen = resolve_backend(backend)
+    if chosen == "pallas" and backend is None and not pallas_moe_supports(D, F):
+        chosen = "reference"
+    if chosen == "pallas":
         from pallas_kernels.moe import moe_experts_pallas as impl
     else:
         from pallas_kernels.moe_reference import moe_experts_reference as impl

@@ -1,0 +1,27 @@
+"""The engine, unchanged, on a Hopper GPU in bf16 with the Pallas kernels: agreement with the CPU
+float32 outputs committed in tests/fixtures/engine_cpu_f32.json (see scripts/check_engine_gpu.py
+for the full table over presets and schedules)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "check_engine_gpu.py"
+
+
+def _check_module():
+    spec = importlib.util.spec_from_file_location("check_engine_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", ["chunked", "layered"])
+def test_bf16_gpu_engine_matches_cpu_float32(schedule):
+    check = _check_module()
+    expected = json.loads(check.FIXTURE.read_text())["outputs"]["tiny-qwen3-moe"]
+    llm = check.make_llm("tiny-qwen3-moe", schedule, "bfloat16")
+    assert check.teacher_forced(llm, expected) >= 0.95
