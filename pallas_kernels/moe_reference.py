@@ -58,3 +58,17 @@ def moe_experts_reference(x_TD, weights_TK, ids_TK, experts: dict, *, activation
         w = jnp.where(jnp.repeat(valid_T, K)[order], w, 0.0)
     y = jnp.zeros((T, D), acc).at[token_of].add(out * w[:, None])
     return y.astype(x_TD.dtype)
+
+
+def random_experts(key, E: int, D: int, F: int, bias: bool, dtype=jnp.bfloat16) -> dict:
+    """Random expert weights in `moe_experts`' layout (w_gate/w_up [E, D, F], w_down [E, F, D],
+    biases [E, F] / [E, D] if asked), scaled 1/sqrt(fan_in): inputs for kernel tests and benches."""
+    ks = jax.random.split(key, 6)
+    ex = {"w_gate": jax.random.normal(ks[0], (E, D, F), dtype) / D**0.5,
+          "w_up": jax.random.normal(ks[1], (E, D, F), dtype) / D**0.5,
+          "w_down": jax.random.normal(ks[2], (E, F, D), dtype) / F**0.5}
+    if bias:
+        ex["b_gate"] = 0.5 * jax.random.normal(ks[3], (E, F), dtype)
+        ex["b_up"] = 0.5 * jax.random.normal(ks[4], (E, F), dtype)
+        ex["b_down"] = 0.5 * jax.random.normal(ks[5], (E, D), dtype)
+    return ex

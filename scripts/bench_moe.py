@@ -40,7 +40,7 @@ import numpy as np
 
 from pallas_kernels.activations import apply_activation
 from pallas_kernels.moe import moe_experts_pallas
-from pallas_kernels.moe_reference import moe_experts_reference
+from pallas_kernels.moe_reference import moe_experts_reference, random_experts
 
 MODELS = {
     # name: E, top-k, D, F, activation, biases
@@ -143,17 +143,6 @@ def ceilings(reps=10):
 
 
 # ---------------------------------------------------------------- inputs
-
-def make_experts(key, E, D, F, bias):
-    ks = jax.random.split(key, 6)
-    ex = {"w_gate": jax.random.normal(ks[0], (E, D, F), jnp.bfloat16) / D**0.5,
-          "w_up": jax.random.normal(ks[1], (E, D, F), jnp.bfloat16) / D**0.5,
-          "w_down": jax.random.normal(ks[2], (E, F, D), jnp.bfloat16) / F**0.5}
-    if bias:
-        ex["b_gate"] = 0.5 * jax.random.normal(ks[3], (E, F), jnp.bfloat16)
-        ex["b_up"] = 0.5 * jax.random.normal(ks[4], (E, F), jnp.bfloat16)
-        ex["b_down"] = 0.5 * jax.random.normal(ks[5], (E, D), jnp.bfloat16)
-    return ex
 
 
 def make_sets(key, T, D, E, K):
@@ -284,7 +273,7 @@ def rdm_config(rows, D, F):
 
 def bench_model(name, tokens, ceil, peers, reps, log):
     E, K, D, F, act, bias = MODELS[name]
-    ex = make_experts(jax.random.key(7), E, D, F, bias)
+    ex = random_experts(jax.random.key(7), E, D, F, bias)
     wgu = jnp.concatenate([ex["w_gate"], ex["w_up"]], axis=-1)  # peers: one [E, D, 2F] product
     bgu = jnp.concatenate([ex["b_gate"], ex["b_up"]], axis=-1) if bias else None
     bd = ex.get("b_down")
@@ -369,7 +358,7 @@ def breakdown(name, T, log):
     """Per-kernel GPU time (CUPTI) of one call of our layer, for the notes' profile."""
     from jax.experimental.mosaic.gpu import profiler
     E, K, D, F, act, bias = MODELS[name]
-    ex = make_experts(jax.random.key(7), E, D, F, bias)
+    ex = random_experts(jax.random.key(7), E, D, F, bias)
     x, w, ids = make_sets(jax.random.key(T), T, D, E, K)[0]
     fn = jax.jit(functools.partial(moe_experts_pallas, activation=act))
     jax.block_until_ready(fn(x, w, ids, ex))
@@ -433,7 +422,7 @@ def main(argv=None):
                     breakdown(name, T, log)
                     continue
                 E, K, D, F, act, bias = MODELS[name]
-                ex = make_experts(jax.random.key(7), E, D, F, bias)
+                ex = random_experts(jax.random.key(7), E, D, F, bias)
                 x, w, ids = make_sets(jax.random.key(T), T, D, E, K)[0]
                 fn = jax.jit(functools.partial(moe_experts_pallas, activation=act))
                 for _ in range(2):

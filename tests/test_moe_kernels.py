@@ -15,7 +15,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.activations import apply_activation
 from pallas_kernels.grouped_matmul import TileConfig, grouped_matmul, plan_tiles, scatter_rows
 from pallas_kernels.moe import moe_experts_pallas
-from pallas_kernels.moe_reference import moe_experts_reference
+from pallas_kernels.moe_reference import moe_experts_reference, random_experts
 from pallas_kernels.moe_tuning import MoETileConfig, default_config
 
 PREFILL = MoETileConfig(gate_up=TileConfig(128, 64, stages=2, num_compute_wgs=2),
@@ -33,18 +33,6 @@ def rel_err(out, ref):
     ref = np.asarray(ref, np.float32)
     assert np.all(np.isfinite(out))
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-
-
-def make_experts(key, E, D, F, bias):
-    ks = jax.random.split(key, 6)
-    ex = {"w_gate": jax.random.normal(ks[0], (E, D, F), jnp.bfloat16) / D**0.5,
-          "w_up": jax.random.normal(ks[1], (E, D, F), jnp.bfloat16) / D**0.5,
-          "w_down": jax.random.normal(ks[2], (E, F, D), jnp.bfloat16) / F**0.5}
-    if bias:
-        ex["b_gate"] = 0.5 * jax.random.normal(ks[3], (E, F), jnp.bfloat16)
-        ex["b_up"] = 0.5 * jax.random.normal(ks[4], (E, F), jnp.bfloat16)
-        ex["b_down"] = 0.5 * jax.random.normal(ks[5], (E, D), jnp.bfloat16)
-    return ex
 
 
 def routing(key, T, K, E, kind):
@@ -127,7 +115,7 @@ def test_grouped_matmul_interpret(cfg, nw, bias, scale):
 def test_moe_layer_interpret(cfg, activation, bias, kind, T, valid):
     E, K, D, F = 8, 2, 128, 128
     k1, k2, k3 = jax.random.split(jax.random.key(T), 3)
-    ex = make_experts(k1, E, D, F, bias)
+    ex = random_experts(k1, E, D, F, bias)
     x = jax.random.normal(k2, (T, D), jnp.bfloat16)
     w, ids = routing(k3, T, K, E, kind)
     valid_T = None if valid is None else jnp.arange(T) < valid
@@ -154,7 +142,7 @@ def test_moe_layer_gpu(model, T):
     E, K, D, F, act, bias = ((128, 8, 2048, 768, "swiglu", False) if model == "qwen3"
                              else (32, 4, 2880, 2880, "clamped_swiglu", True))
     k1, k2, k3 = jax.random.split(jax.random.key(T), 3)
-    ex = make_experts(k1, E, D, F, bias)
+    ex = random_experts(k1, E, D, F, bias)
     x = jax.random.normal(k2, (T, D), jnp.bfloat16)
     w, ids = routing(k3, T, K, E, "uniform")
     out = jax.jit(lambda *a: moe_experts_pallas(*a, activation=act))(x, w, ids, ex)
