@@ -27,7 +27,7 @@ from lp_jax.config import ModelConfig
 from lp_jax.engine_config import EngineConfig, bucket_for
 from lp_jax.kv_cache import BlockManager, allocate_pools
 from lp_jax.model.forward import decoder_layer, unembed
-from lp_jax.model.layers import distinct_experts
+from lp_jax.model.layers import EXPERT_WEIGHTS, distinct_experts
 from lp_jax.request import Request
 from lp_jax.sampling import greedy, sample
 from lp_jax.scheduler.base import IterationPlan
@@ -71,7 +71,10 @@ def run_layers(model: ModelConfig, backend, record_routing: bool, stacked, embed
 
     def body(layer, carry):
         x, k_pool, v_pool, counts, routing = carry
-        lp = jax.tree.map(lambda w: w[layer], stacked)
+        # Expert stacks go whole to the MoE kernels, which index the layer in place (slicing them
+        # here would copy every layer's experts); the rest is sliced.
+        in_place = EXPERT_WEIGHTS if model.is_moe else ()
+        lp = {name: w if name in in_place else w[layer] for name, w in stacked.items()}
         pools = {}
 
         def attend(q, k, v):
@@ -82,7 +85,8 @@ def run_layers(model: ModelConfig, backend, record_routing: bool, stacked, embed
             return paged_attention(q, kp, vp, layer, batch.block_tables_BM, batch.seq_T, batch.pos_T,
                                    window=windows_L[layer], sinks_H=lp.get("sinks"), backend=backend)
 
-        x, ids = decoder_layer(model, lp, x, batch.pos_T, attend, batch.valid_T, backend)
+        x, ids = decoder_layer(model, lp, x, batch.pos_T, attend, batch.valid_T, backend,
+                               layer if model.is_moe else None)
         if ids is not None:
             counts = counts.at[layer].set(distinct_experts(ids, model.num_experts, batch.valid_T))
             if record_routing:

@@ -37,12 +37,13 @@ def pallas_moe_supports(D: int, F: int) -> bool:
 
 
 def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "swiglu",
-                alpha: float = 1.702, limit: float = 7.0, valid_T=None, backend: str | None = None):
-    """Routed expert computation of one MoE layer; see `moe_reference.moe_experts_reference`.
+                alpha: float = 1.702, limit: float = 7.0, valid_T=None, layer=None, backend: str | None = None):
+    """Routed expert computation of one MoE layer; see `moe_reference.moe_experts_reference`
+    (`layer`: index into layer-stacked expert arrays, read in place by the kernels).
 
     Automatic choice (backend None) takes the reference for shapes the kernels do not tile;
     an explicit backend="pallas" lets the kernel raise instead."""
-    _, D, F = experts["w_gate"].shape
+    D, F = experts["w_gate"].shape[-2:]
     chosen = resolve_backend(backend)
     if chosen == "pallas" and backend is None and not pallas_moe_supports(D, F):
         chosen = "reference"
@@ -51,7 +52,7 @@ def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "s
     else:
         from pallas_kernels.moe_reference import moe_experts_reference as impl
     return impl(x_TD, weights_TK, ids_TK, experts, activation=activation, alpha=alpha, limit=limit,
-                valid_T=valid_T)
+                valid_T=valid_T, layer=layer)
 
 
 def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, *,

@@ -20,16 +20,22 @@ from pallas_kernels.grouped_matmul import grouped_matmul, plan_tiles, scatter_ro
 
 def moe_experts_pallas(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "swiglu",
                        alpha: float = 1.702, limit: float = 7.0, valid_T=None,
-                       config: moe_tuning.MoETileConfig | None = None,
+                       layer=None, config: moe_tuning.MoETileConfig | None = None,
                        num_sms: int | None = None):
     """y[t] = sum_k weights[t, k] * expert_{ids[t, k]}(x[t]); [T, D] in x's dtype.
 
+    layer: None, or a (traced) layer index when every expert array is stacked over layers
+        ([L, E, ...]): the stacks are viewed as [L * E, ...] (a free reshape) and the tiles'
+        expert ids offset by layer * E, so the kernels read the layer's weights in place instead
+        of XLA copying a slice of the stack out first.
     config: tile sizes of the two kernels (default: the tuned table for this shape and device).
     num_sms: persistent-grid size (default: the device's SM count).
     """
     T, D = x_TD.shape
     K = ids_TK.shape[1]
-    E, _, F = experts["w_gate"].shape
+    E, _, F = experts["w_gate"].shape[-3:]
+    if layer is not None:
+        experts = {name: w.reshape(-1, *w.shape[2:]) for name, w in experts.items()}
     A = T * K
     if config is None:
         config = moe_tuning.lookup(E, D, F, A, jax.devices()[0].device_kind)
@@ -46,7 +52,8 @@ def moe_experts_pallas(x_TD, weights_TK, ids_TK, experts: dict, *, activation: s
     token_M = scatter_rows(plan["slot_A"], jnp.arange(A, dtype=jnp.int32) // K, M_pad)
     scale_M = scatter_rows(plan["slot_A"], weights_TK.reshape(A).astype(jnp.float32), M_pad)
     xs = x_TD[token_M]  # [M_pad, D]
-    meta = (plan["tile_expert"], plan["num_tiles"])
+    tile_expert = plan["tile_expert"] if layer is None else plan["tile_expert"] + layer * E
+    meta = (tile_expert, plan["num_tiles"])
 
     has_bias = "b_gate" in experts
     h = grouped_matmul(

@@ -30,12 +30,15 @@ def sort_by_expert(ids_TK, num_experts: int, valid_T=None):
 
 
 def moe_experts_reference(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "swiglu",
-                          alpha: float = 1.702, limit: float = 7.0, valid_T=None):
+                          alpha: float = 1.702, limit: float = 7.0, valid_T=None, layer=None):
     """y[t] = sum_k weights[t, k] * expert_{ids[t, k]}(x[t]); rows with valid_T False give 0.
 
     experts: w_gate [E, D, F], w_up [E, D, F], w_down [E, F, D], optional b_gate [E, F],
-    b_up [E, F], b_down [E, D]. Returns [T, D] in x's dtype.
+    b_up [E, F], b_down [E, D]; or each stacked over layers ([L, E, ...]) with `layer` the
+    (traced) layer to use. Returns [T, D] in x's dtype.
     """
+    if layer is not None:
+        experts = {name: w[layer] for name, w in experts.items()}
     T, D = x_TD.shape
     K = ids_TK.shape[1]
     E = experts["w_gate"].shape[0]

@@ -6,6 +6,8 @@ single-row groups, padding tokens, both orientations (tokens on wgmma M / on N),
 router-weight scale. GPU (marker `gpu`): the model shapes on the device.
 """
 
+import functools
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -127,6 +129,25 @@ def test_moe_layer_interpret(cfg, activation, bias, kind, T, valid):
     assert rel_err(out, ref) <= 1e-2
     if valid is not None:
         assert np.all(np.asarray(out[valid:], np.float32) == 0.0)
+
+
+@pytest.mark.parametrize("cfg", [PREFILL, DECODE])
+def test_moe_layer_reads_a_layer_of_stacked_weights_in_place(cfg):
+    """Experts stacked over 3 layers with a traced layer index give exactly what the layer's own
+    weights give (the engine passes whole stacks so no slice of them is copied)."""
+    L, E, K, D, F, T = 3, 8, 2, 128, 128, 40
+    keys = jax.random.split(jax.random.key(5), L + 2)
+    layers = [random_experts(k, E, D, F, True) for k in keys[:L]]
+    stacked = {name: jnp.stack([ex[name] for ex in layers]) for name in layers[0]}
+    x = jax.random.normal(keys[L], (T, D), jnp.bfloat16)
+    w, ids = routing(keys[L + 1], T, K, E, "uniform")
+    run = functools.partial(moe_experts_pallas, activation="clamped_swiglu", config=cfg, num_sms=4)
+    with plgpu.force_gpu_interpret_mode():
+        from_stack = jax.jit(lambda l: run(x, w, ids, stacked, layer=l))(1)
+        alone = run(x, w, ids, layers[1])
+    np.testing.assert_array_equal(np.asarray(from_stack, np.float32), np.asarray(alone, np.float32))
+    ref = moe_experts_reference(x, w, ids, stacked, activation="clamped_swiglu", layer=1)
+    assert rel_err(from_stack, ref) <= 1e-2
 
 
 def test_default_config_orientation():

@@ -20,16 +20,17 @@ Attend = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def decoder_layer(config: ModelConfig, lp: dict, x_TD, positions_T, attend: Attend, valid_T=None,
-                  backend: str | None = None):
+                  backend: str | None = None, expert_layer=None):
     """Pre-norm attention block then pre-norm feed-forward block, both residual.
 
+    expert_layer: see `feed_forward` (expert weights passed as whole layer stacks).
     Returns (x [T, D], routing ids [T, K] or None).
     """
     h = rms_norm(x_TD, lp["input_norm"], config.rms_norm_eps)
     q, k, v = qkv(config, lp, h, positions_T)
     x_TD = x_TD + attention_out(lp, attend(q, k, v))
     h = rms_norm(x_TD, lp["post_norm"], config.rms_norm_eps)
-    y, ids = feed_forward(config, lp, h, valid_T, backend)
+    y, ids = feed_forward(config, lp, h, valid_T, backend, expert_layer)
     return x_TD + y, ids
 
 

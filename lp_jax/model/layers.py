@@ -118,8 +118,16 @@ def distinct_experts(ids_TK, num_experts: int, valid_T=None):
     return jnp.sum(counts > 0).astype(jnp.int32)
 
 
-def feed_forward(config: ModelConfig, lp: dict, h_TD, valid_T=None, backend: str | None = None):
-    """(output [T, D], routing ids [T, K] or None for dense models)."""
+EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")
+
+
+def feed_forward(config: ModelConfig, lp: dict, h_TD, valid_T=None, backend: str | None = None,
+                 expert_layer=None):
+    """(output [T, D], routing ids [T, K] or None for dense models).
+
+    expert_layer: None, or a (traced) layer index when lp's expert weights (EXPERT_WEIGHTS of
+    an MoE layer) are the whole [L, E, ...] stacks, which the kernels then index in place.
+    """
     if not config.is_moe:
         gate = jnp.einsum("td,df->tf", h_TD, lp["w_gate"], preferred_element_type=jnp.float32)
         up = jnp.einsum("td,df->tf", h_TD, lp["w_up"], preferred_element_type=jnp.float32)
@@ -127,8 +135,8 @@ def feed_forward(config: ModelConfig, lp: dict, h_TD, valid_T=None, backend: str
         y = jnp.einsum("tf,fd->td", act, lp["w_down"], preferred_element_type=jnp.float32)
         return y.astype(h_TD.dtype), None
     weights, ids = route(config, lp, h_TD)
-    experts = {k: lp[k] for k in ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down") if k in lp}
+    experts = {k: lp[k] for k in EXPERT_WEIGHTS if k in lp}
     y = moe_experts(h_TD, weights, ids, experts, activation=config.activation,
                     alpha=config.swiglu_alpha, limit=config.swiglu_limit, valid_T=valid_T,
-                    backend=backend)
+                    layer=expert_layer, backend=backend)
     return y, ids
