@@ -144,7 +144,7 @@ def _summary(llm, workload: Workload, records: list[RequestRecord], label: str |
     per_mj = lambda n: energy.joules * 1e3 / n if energy.joules is not None and n else None  # noqa: E731
     cfg = llm.engine_config
     dev = jax.devices()[0]
-    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("schedule", "extra")}
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "schedule"}
     options.update(num_pages=llm.engine.blocks.num_pages, max_model_len=cfg.model_len(llm.model_config))
     return dict(
         label=label or cfg.schedule,

@@ -69,7 +69,7 @@ def defaults_for(model: str) -> Defaults:
 
 
 # --- configurations ---------------------------------------------------------------------------
-ENGINE_OPTIONS = {f.name: f.type for f in dataclasses.fields(EngineConfig) if f.name not in ("schedule", "extra")}
+ENGINE_OPTIONS = {f.name: f.type for f in dataclasses.fields(EngineConfig) if f.name != "schedule"}
 
 
 def parse_option(text: str) -> tuple[str, object]:

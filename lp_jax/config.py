@@ -223,11 +223,6 @@ def get_preset(name: str) -> ModelConfig:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}") from None
 
 
-def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
-    """Bytes of K and V one token keeps in the cache, over all layers."""
-    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * dtype_bytes
-
-
 def expert_bytes(config: ModelConfig, dtype_bytes: int) -> int:
     """Bytes of one expert's weights (what one distinct expert costs in HBM reads)."""
     return config.expert_params() * dtype_bytes

@@ -42,14 +42,14 @@ class IterationRecord:
 class Engine:
     def __init__(self, model: ModelConfig, config: EngineConfig, params: dict, dtype,
                  clock: Callable[[], float] = time.perf_counter, backend: str | None = None,
-                 trace: bool = False, record_routing: bool = False, progress=None):
+                 trace: bool = False, progress=None, num_pages: int | None = None):
         self.model, self.config, self.clock, self.trace = model, config, clock, trace
         self.dtype = np.dtype(dtype)
-        num_pages = plan_num_pages(model, config, dtype)
+        num_pages = num_pages or plan_num_pages(model, config, dtype)
         self.blocks = BlockManager(num_pages, config.page_size)
         self.state = SchedulerState(config, model.num_layers, self.blocks)
         self.scheduler = make_scheduler(config.schedule)
-        self.executor = ModelExecutor(model, config, params, self.blocks, dtype, backend, record_routing)
+        self.executor = ModelExecutor(model, config, params, self.blocks, dtype, backend, record_rows=trace)
         self.executor.precompile(progress)
         self.compiles_after_startup = compile_counter.count()
         self.expert_bytes_each = expert_bytes(model, self.dtype.itemsize) if model.is_moe else 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lp_jax.config import ModelConfig, ceil_div
 
@@ -42,7 +42,6 @@ class EngineConfig:
     dtype: str | None = None
     row_buckets: tuple[int, ...] | None = None
     kv_memory_fraction: float = 0.9
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:

@@ -57,20 +57,18 @@ def stack_layers(layers: list[dict] | dict) -> dict:
     return {name: jnp.stack([lp[name] for lp in layers]) for name in layers[0]}
 
 
-def run_layers(model: ModelConfig, backend, record_routing: bool, stacked, embed_VD, windows_L,
-               hidden_RD, k_pool, v_pool, batch: RowBatch, layer_lo, layer_hi):
+def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, hidden_RD, k_pool, v_pool,
+               batch: RowBatch, layer_lo, layer_hi):
     """Run the batch's rows through layers [layer_lo, layer_hi) (traced bounds).
 
     Returns (hidden buffer with the rows' outputs written, K pool, V pool,
-    distinct experts per layer [L] int32 (0 outside the range), routing ids [L, T, K] or None).
+    distinct experts per layer [L] int32 (0 outside the range)).
     """
-    L, T = model.num_layers, batch.tokens_T.shape[0]
     x = jnp.where(batch.from_embed_T[:, None], embed_VD[batch.tokens_T], hidden_RD[batch.src_T])
-    counts = jnp.zeros((L,), jnp.int32)
-    routing = jnp.zeros((L, T, model.num_experts_per_tok), jnp.int32) if record_routing else None
+    counts = jnp.zeros((model.num_layers,), jnp.int32)
 
     def body(layer, carry):
-        x, k_pool, v_pool, counts, routing = carry
+        x, k_pool, v_pool, counts = carry
         # Expert stacks go whole to the MoE kernels, which index the layer in place (slicing them
         # here would copy every layer's experts); the rest is sliced.
         in_place = EXPERT_WEIGHTS if model.is_moe else ()
@@ -89,13 +87,10 @@ def run_layers(model: ModelConfig, backend, record_routing: bool, stacked, embed
                                layer if model.is_moe else None)
         if ids is not None:
             counts = counts.at[layer].set(distinct_experts(ids, model.num_experts, batch.valid_T))
-            if record_routing:
-                routing = routing.at[layer].set(ids)
-        return x, pools["k"], pools["v"], counts, routing
+        return x, pools["k"], pools["v"], counts
 
-    x, k_pool, v_pool, counts, routing = jax.lax.fori_loop(
-        layer_lo, layer_hi, body, (x, k_pool, v_pool, counts, routing))
-    return hidden_RD.at[batch.dst_T].set(x), k_pool, v_pool, counts, routing
+    x, k_pool, v_pool, counts = jax.lax.fori_loop(layer_lo, layer_hi, body, (x, k_pool, v_pool, counts))
+    return hidden_RD.at[batch.dst_T].set(x), k_pool, v_pool, counts
 
 
 def head_and_sample(model: ModelConfig, greedy_only: bool, head, hidden_RD, rows_B, temperature_B, top_k_B,
@@ -115,7 +110,6 @@ class SegmentRecord:
     layer_hi: int
     rows_per_request: dict[int, int]
     expert_counts_L: np.ndarray  # distinct experts per layer (0 outside the range)
-    routing: np.ndarray | None = None  # [L, T, K] when recorded
     row_tokens: list[tuple[int, int]] = field(default_factory=list)  # (request id, position) per row, when recorded
 
 
@@ -130,10 +124,10 @@ class ModelExecutor:
     """Owns the device state (weights, KV pools, hidden buffer) and the compiled executables."""
 
     def __init__(self, model: ModelConfig, config: EngineConfig, params: dict, blocks: BlockManager,
-                 dtype, backend: str | None = None, record_routing: bool = False):
+                 dtype, backend: str | None = None, record_rows: bool = False):
         self.model, self.config, self.blocks = model, config, blocks
         self.dtype = jnp.dtype(dtype)
-        self.record_routing = record_routing
+        self.record_rows = record_rows
         cast = functools.partial(jax.tree.map, lambda w: jnp.asarray(w, self.dtype))
         self.stacked = cast(stack_layers(params["layers"]))
         self.head = cast({k: params[k] for k in ("embed", "final_norm", "lm_head") if k in params})
@@ -147,10 +141,9 @@ class ModelExecutor:
         self.pages_per_seq = config.pages_per_seq(model)
         self.buckets = config.buckets()
         self.seq_buckets = config.seq_buckets()
-        self._layers_fn = jax.jit(functools.partial(run_layers, model, backend, record_routing),
-                                  donate_argnums=(3, 4, 5))
+        self._layers_fn = jax.jit(functools.partial(run_layers, model, backend), donate_argnums=(3, 4, 5))
         self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,))
-        self._kind = (model, backend, record_routing)
+        self._kind = (model, backend)
         self._layers_exe: dict[int, object] = {}
         self._sample_exe: dict[tuple[int, bool], object] = {}
 
@@ -198,7 +191,7 @@ class ModelExecutor:
             for w in plan.prefills:
                 builder.add(w.request, range(w.start, w.end), self.prefill_base + w.offset, from_embed)
                 rows[w.request.request_id] = rows.get(w.request.request_id, 0) + w.num_tokens
-        row_tokens = builder.row_tokens() if self.record_routing else []
+        row_tokens = builder.row_tokens() if self.record_rows else []
         return builder.build(bucket_for(len(builder), self.buckets)), rows, row_tokens
 
     def execute(self, plan: IterationPlan) -> ExecutionResult:
@@ -206,10 +199,10 @@ class ModelExecutor:
         for seg in plan.segments():
             batch, rows, row_tokens = self._segment_batch(plan, seg)
             exe = self._layers_exe[batch.tokens_T.shape[0]]
-            self.hidden_RD, self.k_pool, self.v_pool, counts, routing = exe(
+            self.hidden_RD, self.k_pool, self.v_pool, counts = exe(
                 self.stacked, self.head["embed"], self.windows_L, self.hidden_RD, self.k_pool, self.v_pool,
                 batch, np.int32(seg.layer_lo), np.int32(seg.layer_hi))
-            pending.append((seg, rows, counts, routing, row_tokens))
+            pending.append((seg, rows, counts, row_tokens))
 
         sampled: list[Request] = list(plan.decodes)
         hidden_rows = list(range(len(plan.decodes)))
@@ -220,9 +213,8 @@ class ModelExecutor:
                     hidden_rows.append(self.prefill_base + w.offset + w.num_tokens - 1)
         tokens = self._sample(sampled, hidden_rows) if sampled else np.zeros(0, np.int32)
 
-        segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, np.asarray(counts),
-                                  None if routing is None else np.asarray(routing), row_tokens)
-                    for seg, rows, counts, routing, row_tokens in pending]
+        segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, np.asarray(counts), row_tokens)
+                    for seg, rows, counts, row_tokens in pending]
         n_dec = len(plan.decodes)
         return ExecutionResult([int(t) for t in tokens[:n_dec]],
                                {r.request_id: int(t) for r, t in zip(sampled[n_dec:], tokens[n_dec:])}, segments)

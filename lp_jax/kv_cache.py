@@ -75,16 +75,9 @@ def kv_bytes_per_page(model: ModelConfig, page_size: int, dtype) -> int:
     return 2 * model.num_layers * page_size * model.num_kv_heads * model.head_dim * jnp.dtype(dtype).itemsize
 
 
-def pages_for_memory(model: ModelConfig, page_size: int, dtype, free_bytes: int) -> int:
-    return int(free_bytes // kv_bytes_per_page(model, page_size, dtype))
-
 
 def allocate_pools(model: ModelConfig, num_pages: int, page_size: int, dtype):
     """Zeroed K and V pools, each [L, P, Z, N, A], on the default device."""
     shape = (model.num_layers, num_pages, page_size, model.num_kv_heads, model.head_dim)
     make = jax.jit(lambda: (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)))
     return make()
-
-
-def pages_to_hold(num_tokens: int, page_size: int) -> int:
-    return ceil_div(num_tokens, page_size)

@@ -46,24 +46,25 @@ class LLM:
     max_num_seqs, max_num_batched_tokens, token_budget, group_tokens, group_rule, num_groups,
     max_model_len, seed, dtype, row_buckets). Extra keywords: params (weights to use),
     backend ("pallas" / "reference"), trace (keep per-iteration records),
-    record_routing (keep routing decisions, for tests), progress (callback(done, total) during
+    progress (callback(done, total) during
     start-up compilation).
     """
 
     def __init__(self, model, schedule: str = "layered", *, params: dict | None = None, backend: str | None = None,
-                 trace: bool = False, record_routing: bool = False, progress=None, **engine_options):
-        unknown = set(engine_options) - set(EngineConfig.__dataclass_fields__) - {"extra"}
+                 trace: bool = False, progress=None, **engine_options):
+        unknown = set(engine_options) - set(EngineConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown engine options: {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(sorted(EngineConfig.__dataclass_fields__))}")
         self.engine_config = EngineConfig(schedule=schedule, **engine_options)
         dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
         self.model_config = resolve_config(model)
-        plan_num_pages(self.model_config, self.engine_config, dtype)  # fail before allocating anything
+        # Decided (or refused) before anything is allocated, and not again once weights take memory.
+        num_pages = plan_num_pages(self.model_config, self.engine_config, dtype)
         if params is None:
             params = load_weights(model, self.model_config, self.engine_config.seed, dtype)
         self.engine = Engine(self.model_config, self.engine_config, params, dtype, backend=backend, trace=trace,
-                             record_routing=record_routing, progress=progress)
+                             progress=progress, num_pages=num_pages)
 
     # --- incremental API --------------------------------------------------------------------
     def add_request(self, prompt: Sequence[int], max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
