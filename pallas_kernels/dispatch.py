@@ -55,11 +55,28 @@ def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "s
                 valid_T=valid_T, layer=layer)
 
 
+def pallas_attention_supports(H: int, N: int, A: int, Z: int, dtype) -> bool:
+    """The paged-attention kernel tiles bf16/f16, A in {64, 128}, H / N dividing 128, pages
+    dividing 64 tokens (see `paged_attention.supports`)."""
+    from pallas_kernels.paged_attention import supports
+    return jax.numpy.dtype(dtype) in (jax.numpy.bfloat16, jax.numpy.float16) and supports(H, N, A, Z)
+
+
 def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, *,
                     window, sinks_H=None, backend: str | None = None):
-    """Attention of a ragged batch over paged K/V; see
-    `attention_reference.paged_attention_reference`. The Pallas kernel is issue 5's work: until it
-    lands, both backends run the reference."""
-    from pallas_kernels.attention_reference import paged_attention_reference
-    return paged_attention_reference(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T,
-                                     window=window, sinks_H=sinks_H)
+    """Attention of a ragged batch over paged K/V (this call's K/V already written to the pages);
+    see `attention_reference.paged_attention_reference`.
+
+    Automatic choice (backend None) takes the reference for shapes the kernel does not tile;
+    an explicit backend="pallas" lets the kernel raise instead."""
+    _, H, A = q_THA.shape
+    Z, N = k_pool_LPZNA.shape[2:4]
+    chosen = resolve_backend(backend)
+    if chosen == "pallas" and backend is None and not pallas_attention_supports(H, N, A, Z, q_THA.dtype):
+        chosen = "reference"
+    if chosen == "pallas":
+        from pallas_kernels.paged_attention import paged_attention as impl
+    else:
+        from pallas_kernels.attention_reference import paged_attention_reference as impl
+    return impl(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T,
+                window=window, sinks_H=sinks_H)

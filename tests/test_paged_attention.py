@@ -1,0 +1,184 @@
+"""Ragged paged-attention Pallas kernel against the float32 reference.
+
+CPU: the real Mosaic GPU kernel in GPU interpret mode on tiny ragged batches: decode-only,
+prefill-only, mixed (decodes + a chunk over a paged prefix + a whole prompt), prompts crossing page
+boundaries, kv_len a multiple of the key block, sliding windows smaller than a block with queries
+right at the window edge, sinks, GQA 8 and 16, head dims 64 and 128, padding rows, a traced layer
+and window (as the executor passes them), and the dispatch. GPU (marker `gpu`): model shapes.
+"""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import dispatch
+from pallas_kernels.attention_reference import FULL_WINDOW, paged_attention_reference
+from pallas_kernels.attention_tuning import default_config
+from pallas_kernels.paged_attention import AttentionTileConfig, paged_attention, plan_tiles
+
+Z = 16  # page size (lp_jax's default)
+DECODE_R8 = AttentionTileConfig(block_q=8, block_kv=64, stages=3)
+PREFILL_R8 = AttentionTileConfig(block_q=16, block_kv=64, stages=2, ctas_per_sm=2)
+DECODE_R16 = AttentionTileConfig(block_q=4, block_kv=64, stages=2)
+PREFILL_R16 = AttentionTileConfig(block_q=8, block_kv=128, stages=2)
+
+
+def ragged_batch(key, seqs, *, H, N, A, L=2, pad_rows=0, max_pages=None, dtype=jnp.bfloat16):
+    """A call's arrays for sequences [(kv_len, q_len)]: each sequence's rows are its last q_len
+    positions; pages are distinct random ids >= 1 (page 0 = trash); the last table row is the
+    padding sequence's (all trash), and `pad_rows` rows of it (pos 0) close the batch."""
+    B = len(seqs) + 1
+    M = max_pages or max(-(-kv // Z) for kv, _ in seqs) + 1
+    need = sum(-(-kv // Z) for kv, _ in seqs)
+    P = need + 3
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 1 << 30)))
+    pages = rng.permutation(np.arange(1, P))[:need]
+    table = np.zeros((B, M), np.int32)
+    seq, pos, used = [], [], 0
+    for b, (kv, q) in enumerate(seqs):
+        n = -(-kv // Z)
+        table[b, :n] = pages[used:used + n]
+        used += n
+        seq += [b] * q
+        pos += list(range(kv - q, kv))
+    seq += [B - 1] * pad_rows
+    pos += [0] * pad_rows
+    ks = jax.random.split(key, 4)
+    T = len(seq)
+    return dict(
+        q_THA=jax.random.normal(ks[0], (T, H, A), dtype),
+        k_pool_LPZNA=jax.random.normal(ks[1], (L, P, Z, N, A), dtype),
+        v_pool_LPZNA=jax.random.normal(ks[2], (L, P, Z, N, A), dtype),
+        block_table_BM=jnp.asarray(table), seq_T=jnp.asarray(seq, jnp.int32),
+        pos_T=jnp.asarray(pos, jnp.int32))
+
+
+def reference(batch, layer, **kw):
+    f32 = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in batch.items()}
+    return paged_attention_reference(layer=layer, **f32, **kw)
+
+
+def rel_err(out, ref):
+    out, ref = np.asarray(out, np.float32), np.asarray(ref, np.float32)
+    assert np.all(np.isfinite(out))
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def check(batch, cfg, *, layer=1, window=FULL_WINDOW, sinks_H=None):
+    with plgpu.force_gpu_interpret_mode():
+        out = paged_attention(layer=layer, **batch, window=window, sinks_H=sinks_H, config=cfg, num_sms=3)
+    ref = reference(batch, layer, window=window, sinks_H=sinks_H)
+    assert out.shape == batch["q_THA"].shape and out.dtype == batch["q_THA"].dtype
+    assert rel_err(out, ref) <= 1e-2
+    return out
+
+
+def test_plan_tiles_cuts_runs_and_bounds_key_blocks():
+    seq = jnp.array([0, 1, 1, 1, 1, 1, 2, 3, 3], jnp.int32)
+    pos = jnp.array([80, 10, 11, 12, 13, 14, 200, 0, 0], jnp.int32)
+    p = plan_tiles(seq, pos, num_seqs=4, block_q=4, block_kv=64, window=jnp.int32(8))
+    assert int(p["num_tiles"]) == 5 and p["max_tiles"] == (9 + 4 * 3) // 4
+    assert p["tile_T"].tolist() == [0, 1, 1, 1, 1, 2, 3, 4, 4]
+    assert p["slot_T"].tolist() == [0, 0, 1, 2, 3, 0, 0, 0, 1]
+    info = np.asarray(p["info"])[:5]
+    # (sequence, first key block, end key block): window 8 keeps 80 in block 1 only; 200 -> block 3.
+    assert info.tolist() == [[0, 1, 2], [1, 0, 1], [1, 0, 1], [2, 3, 4], [3, 0, 1]]
+    assert np.asarray(p["qpos"])[2].tolist() == [14, -1, -1, -1]
+    assert sorted(np.asarray(p["order"])[:5].tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_decode_only_gqa8_head128_with_padding():
+    # kv_len 1, one page exactly, a whole block (64), crossing pages, two blocks + 1.
+    b = ragged_batch(jax.random.key(0), [(1, 1), (16, 1), (64, 1), (100, 1), (129, 1)], H=16, N=2, A=128,
+                     pad_rows=3)
+    check(b, DECODE_R8)
+
+
+def test_prefill_only_prompts_crossing_pages_gqa8():
+    # One prompt of exactly two blocks (128 keys: kv_len a multiple of the block), one of 37.
+    b = ragged_batch(jax.random.key(1), [(128, 128), (37, 37)], H=8, N=1, A=128)
+    check(b, PREFILL_R8)
+
+
+def test_mixed_decodes_chunk_over_paged_prefix_and_prompt():
+    # Decodes, a 30-row chunk over a 120-key prefix, a whole 20-token prompt, padding rows.
+    b = ragged_batch(jax.random.key(2), [(70, 1), (150, 30), (9, 1), (20, 20)], H=16, N=2, A=64, pad_rows=5)
+    check(b, PREFILL_R8)
+    check(b, DECODE_R8)  # the decode tile shape on a mixed batch gives the same result
+
+
+@pytest.mark.parametrize("window", [8, 40])
+def test_sliding_window_edges_with_sinks(window):
+    # window 8 (< block): keys before the window's block are skipped. Decode queries at 64 +
+    # window - 1 (window starts exactly on a block boundary) and at 64 + window (one past), and a
+    # prefill chunk whose rows cross the boundary.
+    seqs = [(64 + window, 1), (65 + window, 1), (140, 24), (3, 3)]
+    b = ragged_batch(jax.random.key(3), seqs, H=8, N=1, A=64, pad_rows=2)
+    sinks = jax.random.normal(jax.random.key(4), (8,), jnp.float32) * 2
+    check(b, PREFILL_R8, window=window, sinks_H=sinks)
+    check(b, DECODE_R8, window=window, sinks_H=sinks)
+
+
+def test_sinks_full_window_decode():
+    b = ragged_batch(jax.random.key(5), [(33, 1), (80, 1), (1, 1)], H=16, N=2, A=128)
+    sinks = jax.random.normal(jax.random.key(6), (16,), jnp.float32) * 3
+    check(b, DECODE_R8, sinks_H=sinks)
+
+
+@pytest.mark.parametrize("cfg", [DECODE_R16, PREFILL_R16])
+def test_gqa16(cfg):
+    b = ragged_batch(jax.random.key(7), [(90, 1), (45, 12), (128, 1)], H=16, N=1, A=64, pad_rows=1)
+    check(b, cfg, layer=0)
+
+
+def test_traced_layer_and_window_under_jit_match_eager():
+    """The executor passes layer and window as traced int32 scalars inside its layer loop."""
+    b = ragged_batch(jax.random.key(8), [(50, 1), (30, 10)], H=8, N=1, A=64)
+
+    def run(layer, window):
+        return paged_attention(layer=layer, **b, window=window, config=DECODE_R8, num_sms=2)
+    with plgpu.force_gpu_interpret_mode():
+        traced = jax.jit(run)(jnp.int32(1), jnp.int32(16))
+        eager = run(1, 16)
+    np.testing.assert_array_equal(np.asarray(traced, np.float32), np.asarray(eager, np.float32))
+    assert rel_err(traced, reference(b, 1, window=16)) <= 1e-2
+
+
+def test_dispatch_pallas_runs_the_kernel_and_falls_back_for_untiled_shapes():
+    b = ragged_batch(jax.random.key(9), [(40, 1), (20, 4)], H=8, N=1, A=64)
+    with plgpu.force_gpu_interpret_mode():
+        out = dispatch.paged_attention(layer=0, **b, window=FULL_WINDOW, backend="pallas")
+    assert rel_err(out, reference(b, 0)) <= 1e-2
+    assert dispatch.pallas_attention_supports(32, 4, 128, Z, jnp.bfloat16)
+    assert not dispatch.pallas_attention_supports(12, 4, 128, Z, jnp.bfloat16)  # R = 3
+    assert not dispatch.pallas_attention_supports(8, 1, 32, Z, jnp.bfloat16)  # A = 32
+    assert not dispatch.pallas_attention_supports(8, 1, 64, Z, jnp.float32)
+
+
+def test_default_configs_fit_and_tile():
+    for H, N, A in [(32, 4, 128), (64, 8, 64), (16, 1, 128)]:
+        for T, B in [(64, 65), (8192, 65), (2048, 257)]:
+            default_config(H, N, A, T, B).validate(H // N, A, Z)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["decode", "prefill"])
+@pytest.mark.parametrize("model", ["qwen3", "gpt_oss_sliding", "gpt_oss_full"])
+def test_paged_attention_gpu(model, kind):
+    """Model shapes in bf16 on the device: 48 decodes (1..4K keys), a 1000-row chunk over a
+    1500-key prefix and a 700-token prompt, padding rows; with the decode and the prefill default
+    tiles (the table picks one per call)."""
+    H, N, A = (32, 4, 128) if model == "qwen3" else (64, 8, 64)
+    cfg = default_config(H, N, A, 1, 2) if kind == "decode" else default_config(H, N, A, 2, 1)
+    window = 128 if model == "gpt_oss_sliding" else FULL_WINDOW
+    rng = np.random.default_rng(0)
+    seqs = [(int(k), 1) for k in rng.integers(1, 4096, 48)] + [(2500, 1000), (700, 700)]
+    b = ragged_batch(jax.random.key(10), seqs, H=H, N=N, A=A, L=2, pad_rows=30)
+    sinks = jax.random.normal(jax.random.key(11), (H,), jnp.float32) if model != "qwen3" else None
+    out = jax.jit(lambda b: paged_attention(layer=1, **b, window=window, sinks_H=sinks, config=cfg))(b)
+    ref = jax.jit(lambda b: paged_attention_reference(layer=1, **b, window=window, sinks_H=sinks,
+                                                      rows_per_block=32))(
+        {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in b.items()})
+    assert rel_err(out, ref) <= 1e-2
