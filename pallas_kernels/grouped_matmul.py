@@ -75,40 +75,81 @@ class TileConfig:
             raise ValueError(f"{self}: K={K}, N={N} must be multiples of block_k, block_n")
 
 
+# Up to this many assignments, the plan is built from compare matrices ([A, A], [A, E],
+# [M_pad, A]) instead of a sort and scatters: a handful of fused XLA kernels instead of ~15, which
+# is what decode-sized layers pay for (each kernel launch costs a few microseconds).
+SMALL_PLAN_MAX_ROWS = 1024
+
+
 def plan_tiles(expert_A, num_experts: int, block_m: int):
     """Tile-padded placement of A (row, expert) assignments, expert_A in [0, E] (E = dropped).
 
     Returns dict(slot_A [A] int32: row of each assignment in the padded layout (M_pad for
     dropped ones), tile_expert [max_tiles] int32, num_tiles [1] int32, M_pad: int).
     M_pad = max_tiles * block_m is static: it bounds sum_e ceil(count_e / block_m).
+    Rows of one expert keep the order of their assignments. The layout does not depend on which
+    of the two constructions (compare-based up to SMALL_PLAN_MAX_ROWS, sort-based above) runs.
     """
     A = expert_A.shape[0]
     E = num_experts
     max_tiles = (A + min(E, A) * (block_m - 1)) // block_m
     M_pad = max_tiles * block_m
     expert_A = expert_A.astype(jnp.int32)
-    # One single-key sort gives both the stable order and the sorted expert ids.
+    build = _counts_and_ranks_small if A <= SMALL_PLAN_MAX_ROWS else _counts_and_ranks_sorted
+    counts, rank_A = build(expert_A, E)
+    tiles = (counts + block_m - 1) // block_m
+    tile_start = _exclusive_cumsum(tiles)
+    tile_end = tile_start + tiles
+    e_c = jnp.minimum(expert_A, E - 1)
+    slot_A = jnp.where(expert_A < E, tile_start[e_c] * block_m + rank_A, M_pad).astype(jnp.int32)
+    # Expert of tile i = number of experts whose tiles end at or before i (searchsorted, right).
+    tile_expert = jnp.minimum(
+        jnp.sum(tile_end[None, :] <= jnp.arange(max_tiles, dtype=jnp.int32)[:, None], axis=1,
+                dtype=jnp.int32), E - 1)
+    num_tiles = jnp.sum(tiles, dtype=jnp.int32).reshape(1)
+    return dict(slot_A=slot_A, tile_expert=tile_expert, num_tiles=num_tiles, M_pad=M_pad)
+
+
+def _exclusive_cumsum(v_E):
+    """sum_{e' < e} v[e'] as one masked reduction (E is small): fuses, unlike a scan."""
+    E = v_E.shape[0]
+    below = jnp.arange(E)[None, :] < jnp.arange(E)[:, None]
+    return jnp.sum(jnp.where(below, v_E[None, :], 0), axis=1, dtype=jnp.int32)
+
+
+def _counts_and_ranks_small(expert_A, E: int):
+    """counts [E] (rows per expert, dropped rows excluded) and rank_A [A] (earlier rows with the
+    same expert), from [A, E] and [A, A] compare matrices."""
+    A = expert_A.shape[0]
+    counts = jnp.sum(expert_A[:, None] == jnp.arange(E, dtype=jnp.int32)[None, :], axis=0,
+                     dtype=jnp.int32)
+    idx = jnp.arange(A, dtype=jnp.int32)
+    earlier_same = (expert_A[None, :] == expert_A[:, None]) & (idx[None, :] < idx[:, None])
+    return counts, jnp.sum(earlier_same, axis=1, dtype=jnp.int32)
+
+
+def _counts_and_ranks_sorted(expert_A, E: int):
+    """Same as `_counts_and_ranks_small` from one single-key sort (stable order + expert ids)."""
+    A = expert_A.shape[0]
     keys = jnp.sort(expert_A * A + jnp.arange(A, dtype=jnp.int32))
     order = keys % A
     sorted_e = keys // A
     counts = jnp.bincount(expert_A, length=E + 1)[:E].astype(jnp.int32)
     group_start = jnp.cumsum(counts) - counts
-    tiles = (counts + block_m - 1) // block_m
-    tile_end = jnp.cumsum(tiles)
-    tile_start = tile_end - tiles
-    e_c = jnp.minimum(sorted_e, E - 1)
-    rank = jnp.arange(A, dtype=jnp.int32) - group_start[e_c]
-    slot_sorted = jnp.where(sorted_e < E, tile_start[e_c] * block_m + rank, M_pad)
-    slot_A = jnp.zeros((A,), jnp.int32).at[order].set(slot_sorted, unique_indices=True)
-    tile_expert = jnp.minimum(
-        jnp.searchsorted(tile_end, jnp.arange(max_tiles, dtype=jnp.int32), side="right",
-                         method="compare_all"),
-        E - 1).astype(jnp.int32)
-    return dict(slot_A=slot_A, tile_expert=tile_expert, num_tiles=tile_end[-1:], M_pad=M_pad)
+    rank_sorted = jnp.arange(A, dtype=jnp.int32) - group_start[jnp.minimum(sorted_e, E - 1)]
+    rank_A = jnp.zeros((A,), jnp.int32).at[order].set(rank_sorted, unique_indices=True)
+    return counts, rank_A
 
 
 def scatter_rows(slot_A, values_A, M_pad: int):
-    """[M_pad] array with values_A[a] at row slot_A[a] (dropped slots ignored), 0 elsewhere."""
+    """[M_pad] array with values_A[a] at row slot_A[a] (dropped slots ignored), 0 elsewhere.
+
+    Small layouts select through a [M_pad, A] compare (fused with its consumers); large ones
+    scatter."""
+    A = slot_A.shape[0]
+    if A <= SMALL_PLAN_MAX_ROWS:
+        hit = jnp.arange(M_pad, dtype=jnp.int32)[:, None] == slot_A[None, :]
+        return jnp.sum(jnp.where(hit, values_A[None, :], 0), axis=1).astype(values_A.dtype)
     return jnp.zeros((M_pad,), values_A.dtype).at[slot_A].set(values_A, mode="drop",
                                                                 unique_indices=True)
 

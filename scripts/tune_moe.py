@@ -5,7 +5,8 @@ the orientation) for every candidate of `candidates`, and stores the fastest und
 (E, D, F, rows bucket, device kind) in pallas_kernels/moe_tiles.json (entries of other devices
 and shapes are kept). The full sweep goes to --log as JSON.
 
-Usage (GPU machine): PYTHONPATH=. python3 scripts/tune_moe.py --log $OUT/moe_tune.json
+Usage (GPU machine): PYTHONPATH=. python3 scripts/tune_moe.py --log $OUT/moe_tune.json \
+    --table-out $OUT/moe_tiles.json
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import traceback
 
 import jax
 
-from bench_moe import MODELS, jax_time_ms, make_experts, make_sets
+from bench_moe import MODELS, jax_time_ms, make_sets
 from pallas_kernels import moe_tuning
 from pallas_kernels.grouped_matmul import TileConfig
 from pallas_kernels.moe import moe_experts_pallas
+from pallas_kernels.moe_reference import random_experts
 from pallas_kernels.moe_tuning import MoETileConfig
 
 
@@ -54,7 +56,12 @@ def candidates(E: int, D: int, F: int, rows: int) -> list[MoETileConfig]:
                 for dn in _blocks(D, (128, 192, 256, 64))[:2]:
                     pairs.append((TileConfig(bm, gn, stages=6, num_compute_wgs=1, swap=True),
                                   TileConfig(bm, dn, stages=6, num_compute_wgs=1, swap=True)))
-    if per_expert >= 24:
+    if 8 <= per_expert <= 64:  # one 64-row warpgroup per tile: less padding than 128-row tiles
+        for gn in _blocks(F, (128, 64))[:1]:
+            for dn in _blocks(D, (128, 192, 64))[:1]:
+                pairs.append((TileConfig(64, gn, stages=5, num_compute_wgs=1),
+                              TileConfig(64, dn, stages=5, num_compute_wgs=1)))
+    if per_expert >= 16:
         gns = [(128, 4), (64, 5)] if F % 128 == 0 else [(64, 5)]
         dns = [(b, 4) for b in _blocks(D, (128, 192))[:1]] + [(b, 3) for b in _blocks(D, (256, 64))[:1]]
         for gn, gs in gns:
@@ -77,6 +84,9 @@ def main(argv=None):
                     help="token counts to tune; other rows buckets take the nearest tuned one")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--log", default="moe_tune.json")
+    ap.add_argument("--table-out", default=moe_tuning.TABLE_PATH,
+                    help="where to write the updated table (default: the package's table; on a "
+                         "machine whose files do not come back, point it at the results folder)")
     args = ap.parse_args(argv)
     device = jax.devices()[0].device_kind
     with open(moe_tuning.TABLE_PATH) as fh:
@@ -84,7 +94,7 @@ def main(argv=None):
     sweep = []
     for name in args.models.split(","):
         E, K, D, F, act, bias = MODELS[name]
-        ex = make_experts(jax.random.key(7), E, D, F, bias)
+        ex = random_experts(jax.random.key(7), E, D, F, bias)
         for T in map(int, args.tokens.split(",")):
             sets = make_sets(jax.random.key(T), T, D, E, K)
             best = None
@@ -110,7 +120,7 @@ def main(argv=None):
             table = [e for e in table if {k: e[k] for k in key} != key]
             table.append(dict(**key, gate_up=dataclasses.asdict(best[1].gate_up),
                               down=dataclasses.asdict(best[1].down), ms=best[0]))
-            with open(moe_tuning.TABLE_PATH, "w") as fh:
+            with open(args.table_out, "w") as fh:
                 json.dump(table, fh, indent=1)
             with open(args.log, "w") as fh:
                 json.dump(sweep, fh, indent=1)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import grouped_matmul as gm
 from pallas_kernels.activations import apply_activation
 from pallas_kernels.grouped_matmul import TileConfig, grouped_matmul, plan_tiles, scatter_rows
 from pallas_kernels.moe import moe_experts_pallas
@@ -72,6 +73,24 @@ def test_plan_tiles_layout():
     assert slot[0] < slot[2] < slot[5] and slot[1] < slot[4]
     src = np.asarray(scatter_rows(p["slot_A"], jnp.arange(13, dtype=jnp.int32) + 1, p["M_pad"]))
     assert sorted(src[src > 0].tolist()) == [a + 1 for a in range(13) if a != 3]
+
+
+@pytest.mark.parametrize("A,E,bm", [(1, 128, 16), (13, 5, 8), (512, 128, 16), (700, 32, 64)])
+def test_plan_small_and_sorted_agree(A, E, bm, monkeypatch):
+    """The compare-based plan (small layouts) and the sort-based one give the same layout."""
+    rng = np.random.default_rng(A)
+    expert_A = rng.integers(0, E + 1, A).astype(np.int32)  # E = dropped
+    expert_A[: A // 3] = rng.integers(0, 2, A // 3)  # a couple of hot experts
+    values = jnp.asarray(rng.normal(size=A), jnp.float32)
+    small = plan_tiles(jnp.asarray(expert_A), E, bm)
+    rows_small = scatter_rows(small["slot_A"], values, small["M_pad"])
+    monkeypatch.setattr(gm, "SMALL_PLAN_MAX_ROWS", 0)
+    big = plan_tiles(jnp.asarray(expert_A), E, bm)
+    rows_big = scatter_rows(big["slot_A"], values, big["M_pad"])
+    assert small["M_pad"] == big["M_pad"]
+    for k in ("slot_A", "tile_expert", "num_tiles"):
+        np.testing.assert_array_equal(np.asarray(small[k]), np.asarray(big[k]), err_msg=k)
+    np.testing.assert_array_equal(np.asarray(rows_small), np.asarray(rows_big))
 
 
 @pytest.mark.parametrize("cfg,nw,bias,scale", [
