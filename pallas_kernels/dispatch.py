@@ -56,8 +56,8 @@ def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "s
 
 
 def pallas_attention_supports(H: int, N: int, A: int, Z: int, dtype) -> bool:
-    """The paged-attention kernel tiles bf16/f16, A in {64, 128}, H / N dividing 128, pages
-    dividing 64 tokens (see `paged_attention.supports`)."""
+    """The paged-attention kernel tiles bf16/f16, A in {64, 128}, H / N dividing 128, pages of
+    8, 16, 32 or 64 tokens (see `paged_attention.supports`)."""
     from pallas_kernels.paged_attention import supports
     return jax.numpy.dtype(dtype) in (jax.numpy.bfloat16, jax.numpy.float16) and supports(H, N, A, Z)
 

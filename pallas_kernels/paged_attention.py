@@ -88,8 +88,9 @@ class AttentionTileConfig:
 
 
 def supports(H: int, N: int, A: int, Z: int) -> bool:
-    """Shapes the kernel tiles: A in {64, 128}, R = H / N dividing 128, 64 a multiple of Z."""
-    return A in (64, 128) and H % N == 0 and 128 % (H // N) == 0 and 64 % Z == 0
+    """Shapes the kernel tiles: A in {64, 128}, R = H / N dividing 128, pages of Z tokens that
+    tile a 64-key block in whole SMEM row tiles (Z a multiple of 8 dividing 64)."""
+    return A in (64, 128) and H % N == 0 and 128 % (H // N) == 0 and 64 % Z == 0 and Z % 8 == 0
 
 
 def plan_tiles(seq_T, pos_T, *, num_seqs: int, block_q: int, block_kv: int, window):

@@ -1,0 +1,104 @@
+"""Sweep the paged-attention kernel's tile configurations on this GPU and write the winners to the
+tile table.
+
+For each model shape and each representative call (decode batches, a long prefill, mixed batches
+as the schedules make them; the cases of bench_attention), times every candidate of `candidates`
+and stores the fastest under (H, N, A, rows bucket, kind, device kind) in
+pallas_kernels/attention_tiles.json (entries of other devices and shapes are kept). The whole
+sweep goes to --log as JSON.
+
+Usage (GPU machine): PYTHONPATH=. python3 scripts/tune_attention.py --log $OUT/attention_tune.json \
+    --table-out $OUT/attention_tiles.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import time
+import traceback
+
+import jax
+
+from bench_attention import MIXED, SHAPES, ragged_case
+from bench_moe import jax_time_ms
+from pallas_kernels import attention_tuning
+from pallas_kernels.moe_tuning import rows_bucket
+from pallas_kernels.paged_attention import AttentionTileConfig, paged_attention
+
+CALLS = {  # name: sequences [(kv_len, q_len)]
+    "decode 64x4K": [(4096, 1)] * 64,
+    "decode 256x1K": [(1024, 1)] * 256,
+    "decode 8x16K": [(16384, 1)] * 8,
+    "prefill 1x8K": [(8192, 8192)],
+    "prefill 1x2K": [(2048, 2048)],
+    **{name.split(":")[0]: seqs for name, seqs in MIXED.items()},
+}
+
+
+def candidates(H: int, N: int, A: int, kind: str) -> list[AttentionTileConfig]:
+    """Configurations that tile this shape and fit in SMEM: 64 wgmma rows for decode (more only
+    pads), 64 or 128 for prefill; 64/128-key blocks, 2-6 stages, 1-2 CTAs per SM."""
+    R = H // N
+    rows = (64,) if kind == "decode" else (64, 128)
+    out = []
+    for r, bk, stages, ctas in itertools.product(rows, (64, 128), (2, 3, 4, 6), (1, 2)):
+        cfg = AttentionTileConfig(block_q=r // R, block_kv=bk, stages=stages, ctas_per_sm=ctas)
+        try:
+            cfg.validate(R, A, 16)
+        except ValueError:
+            continue
+        out.append(cfg)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(SHAPES))
+    ap.add_argument("--calls", default=",".join(CALLS))
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--log", default="attention_tune.json")
+    ap.add_argument("--table-out", default=attention_tuning.TABLE_PATH,
+                    help="where to write the updated table (default: the package's table; on a "
+                         "machine whose files do not come back, point it at the results folder)")
+    args = ap.parse_args(argv)
+    device = jax.devices()[0].device_kind
+    with open(attention_tuning.TABLE_PATH) as fh:
+        table = json.load(fh)
+    sweep = []
+    for model in args.models.split(","):
+        H, N, A = SHAPES[model]
+        for call in args.calls.split(","):
+            sets, meta = ragged_case(CALLS[call], H, N, A, key=len(call))
+            kind = attention_tuning.call_kind(meta["T"], meta["B"])
+            best = None
+            for cfg in candidates(H, N, A, kind):
+                t0 = time.time()
+                fn = jax.jit(lambda q, kp, vp, table, seq, pos, cfg=cfg: paged_attention(
+                    q, kp, vp, 0, table, seq, pos, config=cfg))
+                try:
+                    ms, err = jax_time_ms(fn, sets, args.reps), None
+                except Exception as e:  # noqa: BLE001 - e.g. a register spill failure: skip it
+                    traceback.print_exc()
+                    ms, err = None, f"{type(e).__name__}: {str(e)[:200]}"
+                sweep.append(dict(model=model, call=call, kind=kind, ms=ms, error=err, device=device,
+                                  config=dataclasses.asdict(cfg)))
+                print(f"{model} {call} {ms} ms ({time.time() - t0:.1f}s) {cfg}", flush=True)
+                if ms is not None and (best is None or ms < best[0]):
+                    best = (ms, cfg)
+            with open(args.log, "w") as fh:
+                json.dump(sweep, fh, indent=1)
+            if best is None:
+                continue
+            key = dict(H=H, N=N, A=A, rows_bucket=rows_bucket(meta["T"]), kind=kind, device=device)
+            table = [e for e in table if {k: e[k] for k in key} != key]
+            table.append(dict(**key, config=dataclasses.asdict(best[1]), ms=best[0], call=call))
+            with open(args.table_out, "w") as fh:
+                json.dump(table, fh, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
