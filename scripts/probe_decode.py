@@ -23,6 +23,7 @@ import numpy as np
 from lp_jax.config import get_preset
 from lp_jax.engine_config import EngineConfig
 from lp_jax.executor import ModelExecutor
+from lp_jax.kernel_times import KernelTimes
 from lp_jax.kv_cache import BlockManager, kv_bytes_per_page
 from lp_jax.memory import plan_num_pages
 from lp_jax.model import init_params
@@ -51,6 +52,8 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--profile", action="store_true",
+                    help="also time every kernel of 3 iterations (CUPTI) and print the busiest")
     args = ap.parse_args()
 
     cfg = get_preset(args.model)
@@ -98,7 +101,23 @@ def main() -> None:
                iteration_ms_median=med * 1e3, floor_ms=floor * 1e3, ratio=med / floor, copy_TBps=bw / 1e12,
                expert_GB=expert_bytes / 1e9, other_weights_GB=other / 1e9, kv_GB=kv / 1e9,
                distinct_experts_per_layer=statistics.mean(counts) / max(cfg.num_layers, 1))
+    if args.profile:
+        out.update(profile(ex, plan, 3))
     print(json.dumps(out, indent=1))
+
+
+def profile(ex, plan, n: int) -> dict:
+    """Device busy time per iteration (sum of kernel times) against wall time, and the kernels
+    that take it, aggregated by name (ms per iteration)."""
+    with KernelTimes() as kt:
+        t = time.perf_counter()
+        for _ in range(n):
+            ex.execute(plan)
+        wall = (time.perf_counter() - t) / n
+    top = [dict(kernel=name[:90], launches_per_iteration=c / n, ms_per_iteration=ms / n)
+           for name, c, ms in kt.by_name(top=15)]
+    return dict(profiled_wall_ms=wall * 1e3, device_busy_ms=kt.busy_ms / n,
+                kernels_per_iteration=len(kt.kernels) / n, top_kernels=top)
 
 
 if __name__ == "__main__":
