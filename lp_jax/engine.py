@@ -3,6 +3,13 @@
 The engine is generic over its executor and clock: `ModelExecutor` with the wall clock serves
 for real; a cost-model executor with a virtual clock (the simulator) can drive the same
 schedulers and bookkeeping.
+
+Pipelined (as vLLM's async scheduling): `step` schedules and dispatches iteration i+1, then
+reads iteration i's sampled tokens back, so the host's scheduling, row building and bookkeeping
+overlap the device's work. Everything a plan implies except the tokens' values is applied when
+it is dispatched (positions, prefill progress, a request finishing at max_tokens). A token's time
+is when the host has it. A stop token is seen one iteration late: the request has already been
+scheduled once more, and that extra token is discarded.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import numpy as np
 from lp_jax import compile_counter
 from lp_jax.config import ModelConfig, ceil_div, expert_bytes
 from lp_jax.engine_config import EngineConfig
-from lp_jax.executor import ExecutionResult, ModelExecutor
+from lp_jax.executor import ExecutionResult, InFlight, ModelExecutor
 from lp_jax.kv_cache import BlockManager
 from lp_jax.memory import plan_num_pages
 from lp_jax.request import Request, RequestOutput, SamplingParams, Status
@@ -57,6 +64,7 @@ class Engine:
         self.records: list[IterationRecord] = []
         self.total_expert_bytes = 0.0
         self._next_id = 0
+        self._in_flight: tuple[IterationPlan, InFlight, float, int] | None = None  # plan, handle, start, iteration
 
     # --- requests ---------------------------------------------------------------------------
     def validate(self, prompt: Sequence[int], params: SamplingParams) -> list[int]:
@@ -110,14 +118,19 @@ class Engine:
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self.state.waiting or self.state.running)
+        return bool(self.state.waiting or self.state.running or self._in_flight)
 
     def compiles_since_startup(self) -> int:
         return compile_counter.count() - self.compiles_after_startup
 
     # --- one iteration ----------------------------------------------------------------------
-    def _plan(self) -> IterationPlan:
+    def _plan(self, finished: list[Request]) -> IterationPlan:
         plan = self.scheduler.schedule(self.state)
+        if plan.empty and self._in_flight:
+            # What blocks it (pages of requests that stopped, a preempted request's token) may be
+            # released by the iteration in flight: read it back, then try again.
+            finished += self._resolve()
+            plan = self.scheduler.schedule(self.state)
         while plan.empty and self.state.running:
             # Prefills stuck waiting for pages only their peers hold: free the newest, retry.
             victim = self.state.running[-1]
@@ -130,35 +143,34 @@ class Engine:
         return plan
 
     def step(self) -> list[RequestOutput]:
-        """Run one iteration; returns the requests that finished in it."""
+        """Dispatch one iteration and read back the previous one; returns the requests whose
+        last token came back in this call."""
         if not self.has_unfinished():
             return []
         start = self.clock()
-        plan = self._plan()
-        for r in plan.decodes + [w.request for w in plan.prefills]:
-            if r.scheduled_s is None:
-                r.scheduled_s = start
-        result = self.executor.execute(plan)
-        now = self.clock()
-        finished = self._apply(plan, result, now)
-        spent = self._account_expert_bytes(result)
+        finished: list[Request] = []
+        plan = self._plan(finished)
+        dispatched = None
+        if not plan.empty:
+            for r in plan.decodes + [w.request for w in plan.prefills]:
+                if r.scheduled_s is None:
+                    r.scheduled_s = start
+            dispatched = (plan, self.executor.dispatch(plan), start, self.state.iteration)
+            self._advance(plan)
+            self.state.iteration += 1
+        if self._in_flight:
+            finished += self._resolve()
+        self._in_flight = dispatched
         outputs = [RequestOutput.of(r) for r in finished]
         for r in finished:
-            del self.requests[r.request_id]
-        if self.trace:
-            self.records.append(IterationRecord(
-                self.state.iteration, start, now, [r.request_id for r in plan.decodes],
-                [(w.request.request_id, w.start, w.end) for w in plan.prefills], plan.prefill_layers,
-                [r.request_id for r in plan.preempted], spent, result.segments))
-        self.state.iteration += 1
+            self.requests.pop(r.request_id, None)
         return outputs
 
-    def _apply(self, plan: IterationPlan, result: ExecutionResult, now: float) -> list[Request]:
-        finished = []
-        for req, token in zip(plan.decodes, result.decode_tokens):
+    def _advance(self, plan: IterationPlan) -> None:
+        """Apply what a dispatched plan implies, before its tokens are known."""
+        for req in plan.decodes:
             req.num_computed += 1
-            if self._emit(req, token, now):
-                finished.append(req)
+            self._token_in_flight(req)
         if plan.prefill_finishes_layers:
             for w in plan.prefills:
                 req = w.request
@@ -166,12 +178,38 @@ class Engine:
                 req.prefill_group = None
                 if w.completes_prompt:
                     req.status = Status.DECODING
-                    if self._emit(req, result.prefill_tokens[req.request_id], now):
-                        finished.append(req)
+                    self._token_in_flight(req)
+
+    def _token_in_flight(self, req: Request) -> None:
+        req.num_pending += 1
+        if len(req.output) + req.num_pending >= req.params.max_tokens:
+            # Its last token is in flight: it needs no more iterations, pages or slot.
+            self.state.remove(req)
+
+    def _resolve(self) -> list[Request]:
+        """Read back the iteration in flight: emit its tokens, account its expert bytes."""
+        plan, flight, start, iteration = self._in_flight
+        self._in_flight = None
+        result = self.executor.fetch(flight)
+        now = self.clock()
+        finished = [r for r, t in zip(plan.decodes, result.decode_tokens) if self._emit(r, t, now)]
+        finished += [r for r in flight.sampled[len(plan.decodes):]
+                     if self._emit(r, result.prefill_tokens[r.request_id], now)]
+        spent = self._account_expert_bytes(result)
+        if self.trace:
+            self.records.append(IterationRecord(
+                iteration, start, now, [r.request_id for r in plan.decodes],
+                [(w.request.request_id, w.start, w.end) for w in plan.prefills], plan.prefill_layers,
+                [r.request_id for r in plan.preempted], spent, result.segments))
         return finished
 
     def _emit(self, req: Request, token: int, now: float) -> bool:
-        """Append a token; finish the request if it is done. True if it finished."""
+        """Append a token that came back; finish the request if it is done. True if it finished.
+        A token of a request that ended while it was in flight (stopped one iteration earlier,
+        or aborted) is discarded."""
+        req.num_pending -= 1
+        if req.status.done:
+            return False
         req.output.append(token)
         req.token_times_s.append(now)
         p = req.params
@@ -189,13 +227,15 @@ class Engine:
 
     def _account_expert_bytes(self, result: ExecutionResult) -> float:
         """Expert-weight bytes of this iteration: distinct experts per layer x bytes per expert,
-        shared among a call's requests in proportion to their rows."""
+        shared among a call's requests in proportion to their rows (requests aborted meanwhile
+        are skipped)."""
         spent = 0.0
         for seg in result.segments:
             seg_bytes = float(seg.expert_counts_L.sum()) * self.expert_bytes_each
             spent += seg_bytes
             total_rows = sum(seg.rows_per_request.values())
             for rid, n in seg.rows_per_request.items():
-                self.requests[rid].expert_bytes += seg_bytes * n / total_rows
+                if rid in self.requests:
+                    self.requests[rid].expert_bytes += seg_bytes * n / total_rows
         self.total_expert_bytes += spent
         return spent

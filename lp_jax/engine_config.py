@@ -26,6 +26,8 @@ class EngineConfig:
         ("linear") or the power-of-two table <=512:1, <=1024:2, <=2048:4, <=4096:8, else 16
         ("pow2"); num_groups fixes G (tests use it to force several groups on short prompts).
     row_buckets: the ladder token rows are padded to (None = derived from the limits).
+    compiler_options: XLA options the step functions are compiled with, as (name, value) pairs
+        (e.g. (("xla_gpu_enable_dynamic_slice_fusion", True),)); part of the executables' key.
     """
 
     schedule: str = "layered"
@@ -42,6 +44,7 @@ class EngineConfig:
     dtype: str | None = None
     row_buckets: tuple[int, ...] | None = None
     kv_memory_fraction: float = 0.9
+    compiler_options: tuple[tuple[str, bool | int | float | str], ...] = ()
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -66,30 +69,39 @@ class EngineConfig:
     def pages_per_seq(self, model: ModelConfig) -> int:
         return ceil_div(self.model_len(model), self.page_size)
 
-    def max_prefill_rows(self) -> int:
-        """Most prefill token rows one iteration of this schedule can carry."""
-        return self.token_budget if self.schedule == "chunked" else self.max_num_batched_tokens
-
     def hidden_rows(self) -> int:
         """Rows of the executor's hidden buffer: decode rows, prefill rows and one trash row.
         The same for every schedule, so engines that differ only in schedule share executables."""
         return self.max_num_seqs + max(self.token_budget, self.max_num_batched_tokens) + 1
 
     def max_rows(self) -> int:
-        return self.max_prefill_rows() + self.max_num_seqs
+        """Most token rows one call of this schedule can carry (chunked's budget counts its
+        decodes; prefill_first runs prefill and decodes in different iterations)."""
+        if self.schedule == "chunked":
+            return self.token_budget
+        if self.schedule == "prefill_first":
+            return max(self.max_num_batched_tokens, self.max_num_seqs)
+        return self.max_num_batched_tokens + self.max_num_seqs
 
     def buckets(self) -> tuple[int, ...]:
-        """Row-count ladder: powers of two and their 1.5x from 8 up, ending at max_rows."""
+        """Row-count ladder: powers of two from 8, the decode batch (max_num_seqs) and max_rows,
+        dropping a power of two within 1/8 of max_rows (its bucket would cost at most 14% less).
+
+        Each bucket compiles a whole-model step (10-20 s at full size on the GPU), so the ladder is
+        short: up to ~max_num_seqs rows an iteration is weight-bandwidth bound and padding rows
+        cost little; above, padding costs compute, but mixed iterations mostly sit at the limits
+        (a chunk fills its budget, a loaded cohort its cap), which are buckets of their own.
+        Defaults: layered 8..4096, 8256 (11 buckets); chunked 8..512 (7); prefill_first 8..4096, 8192 (11)."""
         if self.row_buckets:
             ladder = sorted(set(self.row_buckets))
             if ladder[-1] < self.max_rows():
                 raise ValueError(f"row_buckets end at {ladder[-1]} < max rows {self.max_rows()}")
             return tuple(ladder)
-        top, ladder, b = self.max_rows(), [], 8
-        while b < top:
-            ladder += [b] + ([b * 3 // 2] if b * 3 // 2 < top else [])
+        top, ladder, b = self.max_rows(), {self.max_num_seqs, self.max_rows()}, 8
+        while 8 * b < 7 * top:
+            ladder.add(b)
             b *= 2
-        return tuple(ladder + [top])
+        return tuple(sorted(ladder))
 
     def seq_buckets(self) -> tuple[int, ...]:
         """Ladder for the number of rows sampled in one iteration (<= max_num_seqs): powers of

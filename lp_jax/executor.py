@@ -5,10 +5,15 @@ compiled step functions and returns the sampled tokens.
   contiguous layer range [layer_lo, layer_hi) with a loop over traced layer indices, so one
   compiled executable per row bucket serves every group size and every schedule; its argument
   count does not grow with the number of layers.
-- KV pools ([L, P, Z, N, A]) and the hidden-state buffer are donated into every call.
+- KV pools ([L, P, Z, N, A]), the hidden-state buffer and the sampled-token buffer are donated
+  into every call.
 - The hidden buffer keeps the hidden states of a layered cohort on the device between
-  iterations (rows [max_num_seqs, max_num_seqs + max_prefill_rows)); decode rows use rows
-  [0, max_num_seqs) within an iteration; the last row is the padding rows' trash.
+  iterations (max(token_budget, max_num_batched_tokens) rows from row max_num_seqs on); decode
+  rows use rows [0, max_num_seqs) within an iteration; the last row is the padding rows' trash.
+- Asynchronous: `dispatch(plan)` enqueues an iteration and returns at once; `fetch` reads its
+  sampled tokens (and expert counts) back in one transfer. The sampled tokens also stay in a
+  device buffer [max_num_seqs], from which the next iteration's decode rows take their input
+  tokens, so iteration i+1 can be dispatched before iteration i's tokens reach the host.
 - Every executable (each row bucket; each sampled-row bucket, greedy or not) is compiled at
   start-up; `compile_counter` checks that serving compiles nothing more.
 """
@@ -22,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.batch import RowBatch, RowBatchBuilder
+from lp_jax.batch import ON_HOST, RowBatch, RowBatchBuilder
 from lp_jax.config import ModelConfig
 from lp_jax.engine_config import EngineConfig, bucket_for
 from lp_jax.kv_cache import BlockManager, allocate_pools
@@ -41,12 +46,14 @@ from pallas_kernels.dispatch import paged_attention
 _EXECUTABLES: dict[tuple, object] = {}
 
 
-def _compiled(kind: tuple, jitted, *abstract_args):
-    """The executable of `jitted` for these abstract arguments, compiled once per process."""
+def _compiled(kind: tuple, jitted, *abstract_args, options: tuple = ()):
+    """The executable of `jitted` for these abstract arguments and XLA options ((name, value)
+    pairs), compiled once per process."""
     leaves, tree = jax.tree.flatten(abstract_args)
-    key = kind + (tree, tuple((leaf.shape, str(leaf.dtype)) if hasattr(leaf, "shape") else leaf for leaf in leaves))
+    key = kind + options + (tree, tuple((leaf.shape, str(leaf.dtype)) if hasattr(leaf, "shape") else leaf
+                                        for leaf in leaves))
     if key not in _EXECUTABLES:
-        _EXECUTABLES[key] = jitted.lower(*abstract_args).compile()
+        _EXECUTABLES[key] = jitted.lower(*abstract_args).compile(compiler_options=dict(options) or None)
     return _EXECUTABLES[key]
 
 
@@ -57,14 +64,17 @@ def stack_layers(layers: list[dict] | dict) -> dict:
     return {name: jnp.stack([lp[name] for lp in layers]) for name in layers[0]}
 
 
-def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, hidden_RD, k_pool, v_pool,
+def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, sampled_S, hidden_RD, k_pool, v_pool,
                batch: RowBatch, layer_lo, layer_hi):
-    """Run the batch's rows through layers [layer_lo, layer_hi) (traced bounds).
+    """Run the batch's rows through layers [layer_lo, layer_hi) (traced bounds). sampled_S
+    [max_num_seqs] int32: the previous iteration's sampled tokens (rows with prev_T >= 0 read
+    theirs there).
 
     Returns (hidden buffer with the rows' outputs written, K pool, V pool,
     distinct experts per layer [L] int32 (0 outside the range)).
     """
-    x = jnp.where(batch.from_embed_T[:, None], embed_VD[batch.tokens_T], hidden_RD[batch.src_T])
+    tokens_T = jnp.where(batch.prev_T >= 0, sampled_S[jnp.maximum(batch.prev_T, 0)], batch.tokens_T)
+    x = jnp.where(batch.from_embed_T[:, None], embed_VD[tokens_T], hidden_RD[batch.src_T])
     counts = jnp.zeros((model.num_layers,), jnp.int32)
 
     def body(layer, carry):
@@ -93,13 +103,17 @@ def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, hidden
     return hidden_RD.at[batch.dst_T].set(x), k_pool, v_pool, counts
 
 
-def head_and_sample(model: ModelConfig, greedy_only: bool, head, hidden_RD, rows_B, temperature_B, top_k_B,
-                    top_p_B, seed_B, step_B):
-    """Final norm, LM head and sampling of the hidden rows `rows_B`: token ids [B] int32."""
+def head_and_sample(model: ModelConfig, greedy_only: bool, head, hidden_RD, sampled_S, rows_B, temperature_B,
+                    top_k_B, top_p_B, seed_B, step_B):
+    """Final norm, LM head and sampling of the hidden rows `rows_B` (B <= S).
+
+    Returns (sampled_S with the B tokens written to slots [0, B), token ids [B] int32)."""
     logits = unembed(model, head, hidden_RD[rows_B])
     if greedy_only:
-        return greedy(logits)
-    return sample(logits, temperature_B, top_k_B, top_p_B, seed_B, step_B)
+        tokens = greedy(logits)
+    else:
+        tokens = sample(logits, temperature_B, top_k_B, top_p_B, seed_B, step_B)
+    return jax.lax.dynamic_update_slice(sampled_S, tokens, (0,)), tokens
 
 
 @dataclass
@@ -120,8 +134,29 @@ class ExecutionResult:
     segments: list[SegmentRecord]
 
 
+@dataclass
+class Prepared:
+    """An iteration's host-built inputs, ready to launch (launching one twice reruns it)."""
+
+    calls: list[tuple]  # (Segment, RowBatch, rows per request, row tokens) per layer-range call
+    sampled: list[Request]  # requests a token is sampled for: the plan's decodes, then completing prefills
+    num_decodes: int
+    sample_args: tuple | None  # see ModelExecutor._sample_args; None when nothing is sampled
+
+
+@dataclass
+class InFlight:
+    """An iteration dispatched to the device and not yet read back."""
+
+    segments: list[tuple]  # (Segment, rows per request, expert counts [L] on device, row tokens)
+    sampled: list[Request]  # requests a token was sampled for: the plan's decodes, then completing prefills
+    num_decodes: int
+    tokens_B: jax.Array | None  # [B >= len(sampled)] on device, None when nothing was sampled
+
+
 class ModelExecutor:
-    """Owns the device state (weights, KV pools, hidden buffer) and the compiled executables."""
+    """Owns the device state (weights, KV pools, hidden and sampled-token buffers) and the
+    compiled executables."""
 
     def __init__(self, model: ModelConfig, config: EngineConfig, params: dict, blocks: BlockManager,
                  dtype, backend: str | None = None, record_rows: bool = False):
@@ -138,11 +173,13 @@ class ModelExecutor:
         num_rows = config.hidden_rows()
         self.trash_row = num_rows - 1
         self.hidden_RD = jnp.zeros((num_rows, model.hidden_size), self.dtype)
+        self.sampled_S = jnp.zeros((config.max_num_seqs,), jnp.int32)
+        self.slot_of: dict[int, int] = {}  # request id -> slot of its token in sampled_S (last sampling call)
         self.pages_per_seq = config.pages_per_seq(model)
         self.buckets = config.buckets()
         self.seq_buckets = config.seq_buckets()
-        self._layers_fn = jax.jit(functools.partial(run_layers, model, backend), donate_argnums=(3, 4, 5))
-        self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,))
+        self._layers_fn = jax.jit(functools.partial(run_layers, model, backend), donate_argnums=(4, 5, 6))
+        self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,), donate_argnums=(3,))
         self._kind = (model, backend)
         self._layers_exe: dict[int, object] = {}
         self._sample_exe: dict[tuple[int, bool], object] = {}
@@ -151,20 +188,24 @@ class ModelExecutor:
     def _batch_struct(self, T: int) -> RowBatch:
         i32, b = jax.ShapeDtypeStruct((T,), jnp.int32), jax.ShapeDtypeStruct((T,), jnp.bool_)
         tables = jax.ShapeDtypeStruct((self.config.max_num_seqs + 1, self.pages_per_seq), jnp.int32)
-        return RowBatch(tokens_T=i32, from_embed_T=b, src_T=i32, dst_T=i32, pos_T=i32, seq_T=i32, page_T=i32,
-                        offset_T=i32, valid_T=b, block_tables_BM=tables)
+        return RowBatch(tokens_T=i32, prev_T=i32, from_embed_T=b, src_T=i32, dst_T=i32, pos_T=i32, seq_T=i32,
+                        page_T=i32, offset_T=i32, valid_T=b, block_tables_BM=tables)
 
     def precompile(self, progress=None) -> None:
-        """Compile every executable serving can need; `progress(done, total)` is told as it goes."""
+        """Compile every executable serving can need; `progress(done, total)` is told before the
+        first and after each one (a full-size row bucket takes 10-20 s on the GPU)."""
         shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
         total = len(self.buckets) + 2 * len(self.seq_buckets)
         done = 0
+        if progress:
+            progress(done, total)
         for T in self.buckets:
             self._layers_exe[T] = _compiled(
                 ("layers",) + self._kind, self._layers_fn, jax.tree.map(shape, self.stacked),
-                shape(self.head["embed"]), shape(self.windows_L), shape(self.hidden_RD), shape(self.k_pool),
-                shape(self.v_pool), self._batch_struct(T), scalar, scalar)
+                shape(self.head["embed"]), shape(self.windows_L), shape(self.sampled_S), shape(self.hidden_RD),
+                shape(self.k_pool), shape(self.v_pool), self._batch_struct(T), scalar, scalar,
+                options=self.config.compiler_options)
             done += 1
             if progress:
                 progress(done, total)
@@ -173,37 +214,33 @@ class ModelExecutor:
             for greedy_only in (True, False):
                 self._sample_exe[B, greedy_only] = _compiled(
                     ("sample",) + self._kind, self._sample_fn, greedy_only, jax.tree.map(shape, self.head),
-                    shape(self.hidden_RD), i32, f32, i32, f32, i32, i32)
+                    shape(self.hidden_RD), shape(self.sampled_S), i32, f32, i32, f32, i32, i32,
+                    options=self.config.compiler_options)
                 done += 1
                 if progress:
                     progress(done, total)
 
     # --- one iteration ----------------------------------------------------------------------
     def _segment_batch(self, plan: IterationPlan, seg) -> tuple[RowBatch, dict[int, int], list[tuple[int, int]]]:
-        builder = RowBatchBuilder(self.blocks, self.config.max_num_seqs, self.pages_per_seq, self.trash_row)
-        from_embed = seg.layer_lo == 0
+        builder = RowBatchBuilder(self.blocks, self.config.max_num_seqs, self.pages_per_seq, self.trash_row,
+                                  from_embed=seg.layer_lo == 0)
         rows: dict[int, int] = {}
-        if seg.decode:
-            for i, r in enumerate(plan.decodes):
-                builder.add(r, range(r.num_computed, r.num_computed + 1), i, from_embed)
-                rows[r.request_id] = 1
+        if seg.decode and plan.decodes:
+            # A decode's input token is still on the device if the iteration in flight sampled it.
+            prev = np.asarray([self.slot_of[r.request_id] if r.num_pending else ON_HOST for r in plan.decodes],
+                              np.int32)
+            builder.add_decodes(plan.decodes, prev)
+            rows.update((r.request_id, 1) for r in plan.decodes)
         if seg.prefill:
             for w in plan.prefills:
-                builder.add(w.request, range(w.start, w.end), self.prefill_base + w.offset, from_embed)
+                builder.add_prefill(w.request, w.start, w.end, self.prefill_base + w.offset)
                 rows[w.request.request_id] = rows.get(w.request.request_id, 0) + w.num_tokens
         row_tokens = builder.row_tokens() if self.record_rows else []
         return builder.build(bucket_for(len(builder), self.buckets)), rows, row_tokens
 
-    def execute(self, plan: IterationPlan) -> ExecutionResult:
-        pending = []
-        for seg in plan.segments():
-            batch, rows, row_tokens = self._segment_batch(plan, seg)
-            exe = self._layers_exe[batch.tokens_T.shape[0]]
-            self.hidden_RD, self.k_pool, self.v_pool, counts = exe(
-                self.stacked, self.head["embed"], self.windows_L, self.hidden_RD, self.k_pool, self.v_pool,
-                batch, np.int32(seg.layer_lo), np.int32(seg.layer_hi))
-            pending.append((seg, rows, counts, row_tokens))
-
+    def prepare(self, plan: IterationPlan) -> Prepared:
+        """The host work of an iteration: its row batches and sampling arrays (numpy)."""
+        calls = [(seg, *self._segment_batch(plan, seg)) for seg in plan.segments()]
         sampled: list[Request] = list(plan.decodes)
         hidden_rows = list(range(len(plan.decodes)))
         if plan.prefill_finishes_layers:
@@ -211,27 +248,58 @@ class ModelExecutor:
                 if w.completes_prompt:
                     sampled.append(w.request)
                     hidden_rows.append(self.prefill_base + w.offset + w.num_tokens - 1)
-        tokens = self._sample(sampled, hidden_rows) if sampled else np.zeros(0, np.int32)
+        return Prepared(calls, sampled, len(plan.decodes), self._sample_args(sampled, hidden_rows) if sampled else None)
 
-        segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, np.asarray(counts), row_tokens)
-                    for seg, rows, counts, row_tokens in pending]
-        n_dec = len(plan.decodes)
-        return ExecutionResult([int(t) for t in tokens[:n_dec]],
-                               {r.request_id: int(t) for r, t in zip(sampled[n_dec:], tokens[n_dec:])}, segments)
+    def launch(self, prep: Prepared) -> InFlight:
+        """Enqueue a prepared iteration's layer-range calls and its sampling on the device;
+        returns without waiting for them."""
+        segments = []
+        for seg, batch, rows, row_tokens in prep.calls:
+            exe = self._layers_exe[batch.tokens_T.shape[0]]
+            self.hidden_RD, self.k_pool, self.v_pool, counts = exe(
+                self.stacked, self.head["embed"], self.windows_L, self.sampled_S, self.hidden_RD, self.k_pool,
+                self.v_pool, batch, np.int32(seg.layer_lo), np.int32(seg.layer_hi))
+            segments.append((seg, rows, counts, row_tokens))
+        tokens = None
+        if prep.sample_args is not None:
+            greedy_only, *args = prep.sample_args
+            self.sampled_S, tokens = self._sample_exe[args[0].shape[0], greedy_only](
+                self.head, self.hidden_RD, self.sampled_S, *args)
+        self.slot_of = {r.request_id: i for i, r in enumerate(prep.sampled)}
+        return InFlight(segments, prep.sampled, prep.num_decodes, tokens)
 
-    def _sample(self, requests: list[Request], hidden_rows: list[int]) -> np.ndarray:
+    def dispatch(self, plan: IterationPlan) -> InFlight:
+        """Prepare and launch one iteration. Decode requests with a token pending
+        (num_pending > 0) must have had it sampled by the previous dispatch."""
+        return self.launch(self.prepare(plan))
+
+    def fetch(self, flight: InFlight) -> ExecutionResult:
+        """Wait for a dispatched iteration; its tokens and expert counts come back in one transfer."""
+        tokens, counts = jax.device_get((flight.tokens_B, [c for _, _, c, _ in flight.segments]))
+        tokens = [] if tokens is None else tokens[:len(flight.sampled)].tolist()
+        segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, c, row_tokens)
+                    for (seg, rows, _, row_tokens), c in zip(flight.segments, counts)]
+        n_dec = flight.num_decodes
+        first = {r.request_id: t for r, t in zip(flight.sampled[n_dec:], tokens[n_dec:])}
+        return ExecutionResult(tokens[:n_dec], first, segments)
+
+    def execute(self, plan: IterationPlan) -> ExecutionResult:
+        """Dispatch and fetch one iteration (synchronous; for probes and benchmarks)."""
+        return self.fetch(self.dispatch(plan))
+
+    def _sample_args(self, requests: list[Request], hidden_rows: list[int]) -> tuple:
+        """(greedy only, hidden rows, temperature, top_k, top_p, seed, step), each padded to a
+        sampled-row bucket."""
         n = len(requests)
-        B = bucket_for(n, self.seq_buckets)
-        pad = B - n
+        pad = bucket_for(n, self.seq_buckets) - n
 
         def arr(values, dtype, fill=0):
             return np.concatenate([np.asarray(values, dtype), np.full(pad, fill, dtype)])
 
         p = [r.params for r in requests]
         temperature = arr([q.temperature for q in p], np.float32)
-        greedy_only = not np.any(temperature > 0)
-        tokens = self._sample_exe[B, greedy_only](
-            self.head, self.hidden_RD, arr(hidden_rows, np.int32), temperature, arr([q.top_k for q in p], np.int32),
-            arr([q.top_p for q in p], np.float32, 1), arr([r.seed for r in requests], np.int32),
-            arr([len(r.output) for r in requests], np.int32))
-        return np.asarray(tokens)[:n]
+        # A request's n-th token is drawn with key fold_in(seed, n), counting tokens still in flight.
+        return (not np.any(temperature > 0), arr(hidden_rows, np.int32), temperature,
+                arr([q.top_k for q in p], np.int32), arr([q.top_p for q in p], np.float32, 1),
+                arr([r.seed for r in requests], np.int32),
+                arr([len(r.output) + r.num_pending for r in requests], np.int32))

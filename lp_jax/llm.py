@@ -44,10 +44,10 @@ class LLM:
     model: a preset name (see `lp-jax info`), a ModelConfig, or a transformers checkpoint
     directory. Engine options are the fields of `EngineConfig` (page_size, num_pages,
     max_num_seqs, max_num_batched_tokens, token_budget, group_tokens, group_rule, num_groups,
-    max_model_len, seed, dtype, row_buckets). Extra keywords: params (weights to use),
-    backend ("pallas" / "reference"), trace (keep per-iteration records),
-    progress (callback(done, total) during
-    start-up compilation).
+    max_model_len, seed, dtype, row_buckets, kv_memory_fraction, compiler_options). Extra
+    keywords: params (weights to use), backend ("pallas" / "reference"), trace (keep
+    per-iteration records), progress (callback(done, total), told before the first and after
+    each start-up compilation).
     """
 
     def __init__(self, model, schedule: str = "layered", *, params: dict | None = None, backend: str | None = None,

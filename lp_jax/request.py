@@ -79,11 +79,25 @@ class Request:
     admitted_iter: int | None = None
     num_preemptions: int = 0
     expert_bytes: float = 0.0
+    # Tokens sampled by an iteration still in flight (not yet read back, so not in `output`).
+    num_pending: int = 0
 
     @property
     def tokens(self) -> list[int]:
         """Prompt followed by the generated tokens: what the KV cache must hold."""
         return self.prompt + self.output
+
+    def token_at(self, position: int) -> int:
+        """tokens[position], without building the whole list."""
+        n = len(self.prompt)
+        return self.prompt[position] if position < n else self.output[position - n]
+
+    def tokens_between(self, start: int, end: int) -> list[int]:
+        """tokens[start:end], without building the whole list."""
+        n = len(self.prompt)
+        if end <= n:
+            return self.prompt[start:end]
+        return self.prompt[start:n] + self.output[max(start - n, 0):end - n]
 
     @property
     def max_len(self) -> int:

@@ -208,3 +208,22 @@ def test_llm_from_a_checkpoint_directory():
     llm = lp_jax.LLM(str(path), "chunked", **ENGINE)
     [out] = llm.generate([[1, 2, 3, 4]], max_tokens=4)
     assert len(out.token_ids) == 4 and llm.model_config.tie_word_embeddings
+
+
+def test_next_iteration_is_dispatched_before_tokens_are_read_back():
+    """Pipelining: iteration i+1 goes to the device before iteration i's tokens come back, and
+    a token's time is when the host read it (after the next iteration's dispatch)."""
+    llm = make_llm("chunked", trace=True)
+    ex, log = llm.engine.executor, []
+    dispatch, fetch = ex.dispatch, ex.fetch
+    ex.dispatch = lambda plan: log.append("dispatch") or dispatch(plan)
+    ex.fetch = lambda flight: log.append("fetch") or fetch(flight)
+    prompts = prompts_of([30, 12], seed=6)
+    outs = llm.generate(prompts, max_tokens=6)
+    cfg, params = tiny()
+    assert [o.token_ids for o in outs] == [reference_greedy(cfg, params, p, 6, CONTEXT) for p in prompts]
+    n = log.count("dispatch")
+    assert n == 6 and log == ["dispatch"] + ["dispatch", "fetch"] * (n - 1) + ["fetch"]
+    recs = llm.engine.records
+    assert all(a.end_s > b.start_s for a, b in zip(recs, recs[1:]))
+    assert {t for o in outs for t in o.token_times_s} <= {r.end_s for r in recs}

@@ -169,8 +169,8 @@ def take_prefill_chunks(state: SchedulerState, budget: int, *, whole_prompts: bo
         if budget <= 0:
             break
         new = req.status == Status.WAITING
-        if new and len(state.running) >= cfg.max_num_seqs:
-            break
+        if new and (len(state.running) >= cfg.max_num_seqs or req.num_pending):
+            break  # no slot; or preempted with a token still in flight, which its recompute needs
         start = req.num_computed
         remaining = (len(req.tokens) if new else req.prefill_target) - start
         if whole_prompts and new and remaining > budget and works:
