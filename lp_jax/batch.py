@@ -67,7 +67,7 @@ class RowBatchBuilder:
     def _seq(self, req: Request) -> int:
         if req.request_id not in self.seq_of:
             b = len(self.seq_of)
-            table = self.blocks.table(req.request_id)
+            table = self.blocks.table_array(req.request_id)
             self.tables[b, :len(table)] = table
             self.seq_of[req.request_id] = b
         return self.seq_of[req.request_id]

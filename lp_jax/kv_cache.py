@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lp_jax.config import ModelConfig, ceil_div
 
@@ -30,6 +31,7 @@ class BlockManager:
         self.page_size = page_size
         self.free: list[int] = list(range(num_pages - 1, TRASH_PAGE, -1))  # pop() gives low ids first
         self.tables: dict[int, list[int]] = {}
+        self._arrays: dict[int, np.ndarray] = {}  # tables as int32 arrays, dropped when a table changes
 
     @property
     def usable_pages(self) -> int:
@@ -53,13 +55,24 @@ class BlockManager:
             raise OutOfPages(f"request {request_id} needs {need} pages, {len(self.free)} free")
         table = self.tables.setdefault(request_id, [])
         table.extend(self.free.pop() for _ in range(need))
+        if need:
+            self._arrays.pop(request_id, None)
 
     def release(self, request_id: int) -> None:
         """Return all of the request's pages to the free list (no-op if it holds none)."""
         self.free.extend(reversed(self.tables.pop(request_id, [])))
+        self._arrays.pop(request_id, None)
 
     def table(self, request_id: int) -> list[int]:
         return self.tables.get(request_id, [])
+
+    def table_array(self, request_id: int) -> np.ndarray:
+        """The block table as an int32 array (kept until the table changes: a decode adds a page
+        only every page_size tokens, so row building mostly copies array to array)."""
+        arr = self._arrays.get(request_id)
+        if arr is None:
+            arr = self._arrays[request_id] = np.asarray(self.table(request_id), np.int32)
+        return arr
 
     def slot(self, request_id: int, position: int) -> int:
         """Flat pool slot (page * Z + offset) of a token position."""
