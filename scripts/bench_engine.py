@@ -4,7 +4,7 @@ One engine per run (random bf16 weights generated on the device, the kernels `di
 with a row-bucket ladder of only the sizes the cases need. In the same run, before the model
 takes the memory: copy bandwidth (read + write of an elementwise op) and bf16 matmul rate.
 
-Cases (each timed three ways, median of --reps after 2 warm-ups):
+Cases (each timed three ways over --reps iterations, after warm-ups):
 - decode at batch 1/16/64/128, 2K context (context shortened to what the KV pool holds);
 - one 8192-token prefill through the whole model;
 - a layered mixed iteration: 64 decodes through every layer, an 8192-token cohort (4 prompts of
@@ -17,7 +17,8 @@ once, so only launch costs remain, hidden behind device work); serial = build ro
 wait for the tokens (the engine before pipelining); pipelined = build and launch iteration i+1,
 then read iteration i's tokens (the engine's loop without its scheduler); engine (decode only)
 = steady-state `Engine.step()`, scheduler and bookkeeping included. Host overhead = wall
-(engine for decode, pipelined otherwise) - device.
+(engine for decode, pipelined otherwise) - device busy time, where busy time is the sum of kernel
+times CUPTI recorded during that wall loop (`lp_jax.kernel_times`; GPU), else the device time.
 
 Floor of a call = max(bytes / copy bandwidth, FLOPs / matmul rate); bytes = distinct experts
 actually routed to (counted by the step) x expert bytes + the other weights of its layers + K/V
@@ -55,6 +56,7 @@ import numpy as np
 import lp_jax
 from lp_jax import compile_counter
 from lp_jax.config import ModelConfig, even_split
+from lp_jax.kernel_times import KernelTimes
 from lp_jax.request import SamplingParams, Status
 from lp_jax.scheduler import IterationPlan, PrefillWork
 
@@ -174,6 +176,26 @@ def random_prompt(rng, cfg: ModelConfig, n: int) -> list[int]:
 
 # --- timing of one plan -----------------------------------------------------------------------
 
+def timed(fn, reps: int) -> tuple[float, float | None]:
+    """(wall ms per call of fn() over `reps` calls, device busy ms per call from CUPTI kernel
+    times over the same window, or None where CUPTI is unavailable). The window starts and ends
+    with an iteration in flight, so busy time is per call only on average."""
+    def cupti(step):
+        try:
+            return step()
+        except Exception as e:  # noqa: BLE001 - CUPTI missing or refused: the wall time still stands
+            log(f"  CUPTI kernel timing failed ({type(e).__name__}: {e}); host overhead from device time")
+
+    kt = KernelTimes() if KernelTimes.available() else None
+    kt = kt and cupti(kt.__enter__)
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    wall = (time.perf_counter() - t) / reps * 1e3
+    ok = kt and cupti(lambda: kt.__exit__(None, None, None) is False)
+    return wall, kt.busy_ms / reps if ok else None
+
+
 def time_plan(ex, plan: IterationPlan, reps: int) -> dict:
     """device / serial / pipelined ms of one plan (see the module docstring) and its expert counts."""
     prep = ex.prepare(plan)
@@ -192,28 +214,32 @@ def time_plan(ex, plan: IterationPlan, reps: int) -> dict:
         t = time.perf_counter()
         ex.execute(plan)
         serial.append(time.perf_counter() - t)
-    prev = ex.dispatch(plan)
-    t = time.perf_counter()
-    for _ in range(reps):
-        flight = ex.dispatch(plan)
-        ex.fetch(prev)
-        prev = flight
-    ex.fetch(prev)
-    pipelined = (time.perf_counter() - t) / reps
-    return dict(device_ms=device * 1e3, serial_ms=statistics.median(serial) * 1e3, pipelined_ms=pipelined * 1e3,
+    in_flight = [ex.dispatch(plan)]
+
+    def pipelined_step():
+        in_flight.append(ex.dispatch(plan))
+        ex.fetch(in_flight.pop(0))
+
+    pipelined, busy = timed(pipelined_step, reps)
+    ex.fetch(in_flight.pop())
+    return dict(device_ms=device * 1e3, serial_ms=statistics.median(serial) * 1e3, pipelined_ms=pipelined,
+                pipelined_busy_ms=busy,
                 buckets=[int(b.tokens_T.shape[0]) for _, b, _, _ in prep.calls],
                 counts=[s.expert_counts_L for s in result.segments])
 
 
 def summarise(name: str, cfg, plan, timing: dict, item: int, ceil: dict, wall_key: str, **extra) -> dict:
     floor = plan_floor(cfg, plan, timing.pop("counts"), item, ceil)
-    wall = timing[wall_key]
-    row = dict(case=name, **extra, **timing, **floor, wall=wall_key.removesuffix("_ms"),
-               ratio=wall / floor["floor_ms"], device_ratio=timing["device_ms"] / floor["floor_ms"],
-               host_overhead_ms=wall - timing["device_ms"], host_overhead_pct=100 * (wall - timing["device_ms"]) / wall)
-    log(f"  {name}: wall {wall:.2f} ms ({row['wall']}), device {timing['device_ms']:.2f} ms, serial "
+    wall, kind = timing[wall_key], wall_key.removesuffix("_ms")
+    busy = timing[kind + "_busy_ms"]
+    basis = "CUPTI kernel time in the wall loop" if busy is not None else "back-to-back launches"
+    busy = timing["device_ms"] if busy is None else busy
+    row = dict(case=name, **extra, **timing, **floor, wall=kind, ratio=wall / floor["floor_ms"],
+               device_ratio=timing["device_ms"] / floor["floor_ms"], host_overhead_ms=wall - busy,
+               host_overhead_pct=100 * (wall - busy) / wall, host_overhead_basis=basis)
+    log(f"  {name}: wall {wall:.2f} ms ({kind}), device {timing['device_ms']:.2f} ms, serial "
         f"{timing['serial_ms']:.2f} ms, floor {floor['floor_ms']:.2f} ms, ratio {row['ratio']:.2f}, host overhead "
-        f"{row['host_overhead_ms']:.2f} ms ({row['host_overhead_pct']:.1f}%)")
+        f"{row['host_overhead_ms']:.2f} ms ({row['host_overhead_pct']:.1f}%, {basis})")
     return row
 
 
@@ -229,10 +255,7 @@ def decode_case(llm, B: int, context: int, reps: int, item: int, ceil: dict, rng
     for _ in range(2):
         engine.step()
     spent = engine.total_expert_bytes
-    t = time.perf_counter()
-    for _ in range(reps):
-        engine.step()
-    timing["engine_ms"] = (time.perf_counter() - t) / reps * 1e3
+    timing["engine_ms"], timing["engine_busy_ms"] = timed(engine.step, reps)
     engine_experts = (engine.total_expert_bytes - spent) / reps
     drain(llm)
     return summarise(f"decode B={B}", cfg, plan, timing, item, ceil, "engine_ms", batch=B, context=context,
@@ -363,9 +386,10 @@ def write(out_dir: pathlib.Path, device: str, entry: dict) -> None:
 def markdown(data: dict) -> str:
     lines = [f"# Engine iterations vs floors on {data['device']}", "",
              "Written by `scripts/bench_engine.py` (see its docstring for what each column measures). ms per "
-             "iteration, median; wall = engine steps (decode) or the pipelined executor loop (others); device = "
-             "the prepared iteration launched back to back; floor = max(bytes / copy bandwidth, FLOPs / matmul "
-             "rate) per call; host overhead = wall - device.", ""]
+             "iteration; wall = engine steps (decode) or the pipelined executor loop (others), mean; device = "
+             "the prepared iteration launched back to back, mean; serial = rows built, launched and read back, "
+             "median; floor = max(bytes / copy bandwidth, FLOPs / matmul rate) per call; host overhead = wall - "
+             "device busy time (CUPTI kernel time during the wall loop where available, else device).", ""]
     for entry in data["models"].values():
         c = entry["ceilings"]
         lines += [f"## {entry['model']} ({entry['dtype']}, {entry['date']}, jax {entry['jax']})", "",
