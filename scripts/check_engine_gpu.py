@@ -14,6 +14,7 @@ The fixture holds the prompts' seed, the CPU float32 outputs and the versions th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import pathlib
@@ -28,7 +29,11 @@ from lp_jax.config import get_preset
 from lp_jax.model import init_params
 
 FIXTURE = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "engine_cpu_f32.json"
-PRESETS = ["tiny-qwen3-moe", "tiny-gpt-oss", "tiny-qwen3"]
+# The tiny presets' head dim (16) is below what the attention kernel tiles, so two variants with
+# head dim 64 and 8 query heads per KV head run the engine through the Pallas attention kernel too
+# (the GPT-OSS one with its sinks and sliding window).
+ATTENTION_VARIANTS = {f"{base}-hd64": base for base in ("tiny-qwen3-moe", "tiny-gpt-oss")}
+PRESETS = ["tiny-qwen3-moe", "tiny-gpt-oss", "tiny-qwen3", *ATTENTION_VARIANTS]
 SCHEDULES = ["prefill_first", "chunked", "layered"]
 NUM_REQUESTS, MAX_TOKENS, CONTEXT, SEED = 32, 8, 640, 17
 ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=32, max_num_batched_tokens=256, token_budget=128,
@@ -40,8 +45,15 @@ def prompts_for(vocab: int) -> list[list[int]]:
     return [[int(t) for t in rng.integers(0, vocab, n)] for n in rng.integers(1, 601, NUM_REQUESTS)]
 
 
+def model_config(name: str):
+    if name in ATTENTION_VARIANTS:
+        return dataclasses.replace(get_preset(ATTENTION_VARIANTS[name]), name=name, head_dim=64, num_heads=8,
+                                   num_kv_heads=1)
+    return get_preset(name)
+
+
 def make_llm(name: str, schedule: str, dtype: str, backend: str | None = None):
-    cfg = get_preset(name)
+    cfg = model_config(name)
     params = init_params(cfg, seed=SEED, dtype=dtype, stacked=True)
     return lp_jax.LLM(cfg, schedule, params=params, dtype=dtype, backend=backend, num_groups=3, **ENGINE)
 

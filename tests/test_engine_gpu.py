@@ -20,8 +20,9 @@ def _check_module():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("schedule", ["chunked", "layered"])
-def test_bf16_gpu_engine_matches_cpu_float32(schedule):
+@pytest.mark.parametrize("model", ["tiny-qwen3-moe", "tiny-gpt-oss-hd64"])  # the second: Pallas attention too
+def test_bf16_gpu_engine_matches_cpu_float32(model, schedule):
     check = _check_module()
-    expected = json.loads(check.FIXTURE.read_text())["outputs"]["tiny-qwen3-moe"]
-    llm = check.make_llm("tiny-qwen3-moe", schedule, "bfloat16")
+    expected = json.loads(check.FIXTURE.read_text())["outputs"][model]
+    llm = check.make_llm(model, schedule, "bfloat16")
     assert check.teacher_forced(llm, expected) >= 0.95
