@@ -10,11 +10,12 @@ shapes or devices not in the table get `default_config`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 from pallas_kernels.moe_tuning import rows_bucket
-from pallas_kernels.paged_attention import AttentionTileConfig
+from pallas_kernels.paged_attention_kernel import SMEM_BYTES, AttentionTileConfig
 
 TABLE_PATH = os.path.join(os.path.dirname(__file__), "attention_tiles.json")
 
@@ -25,12 +26,20 @@ def call_kind(T: int, B: int) -> str:
 
 def default_config(H: int, N: int, A: int, T: int, B: int) -> AttentionTileConfig:
     """Heuristic when the table has no entry. Decode: 64 wgmma rows (the R heads of as few
-    tokens as fill them) and deep key prefetch, since key bandwidth is all that matters. Prefill:
-    128 rows per tile and two CTAs per SM so one's softmax overlaps the other's wgmma."""
+    tokens as fill them), 128-key blocks and as deep a ring as SMEM holds (up to 8), since key
+    bandwidth is all that matters; key splits chosen per call. Prefill: 128 rows (two compute
+    warpgroups) and 128-key blocks, as deep a ring as fits (up to 4)."""
     R = H // N
     if call_kind(T, B) == "decode":
-        return AttentionTileConfig(block_q=max(1, 64 // R), block_kv=64, stages=4, ctas_per_sm=1)
-    return AttentionTileConfig(block_q=max(1, 128 // R), block_kv=64, stages=2, ctas_per_sm=2)
+        return deepest(AttentionTileConfig(block_q=max(1, 64 // R), block_kv=128), R, A, 8)
+    return deepest(AttentionTileConfig(block_q=max(1, 128 // R), block_kv=128), R, A, 4)
+
+
+def deepest(cfg: AttentionTileConfig, R: int, A: int, most: int) -> AttentionTileConfig:
+    """cfg with the most stages (<= most) whose SMEM fits, keeping ~8 KB for barriers."""
+    fits = [s for s in range(1, most + 1)
+            if dataclasses.replace(cfg, stages=s).smem_bytes(R, A) <= SMEM_BYTES - 8192]
+    return dataclasses.replace(cfg, stages=max(fits))
 
 
 def load_table(path: str = TABLE_PATH) -> dict[tuple, AttentionTileConfig]:

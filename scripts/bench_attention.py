@@ -1,7 +1,7 @@
 """Benchmark the ragged paged-attention kernel (Pallas Mosaic GPU) against its peers, on one GPU.
 
 Cases (bf16, page size 16, one layer's pool, every K/V already in its pages):
-  decode   batch 8/64/256 x context 1K/4K/16K, Qwen3 shape (32 q heads, 4 KV heads, D=128).
+  decode   batch 1 x 2K, batch 8/64/256 x context 1K/4K/16K, Qwen3 shape (32 q heads, 4 KV heads, D=128).
            Peer: jax.experimental.pallas.ops.gpu.paged_attention (Triton, deprecated; its own
            [N, P, Z, D] page layout; best of a small sweep). Floor: KV bytes / copy bandwidth.
   prefill  causal, 1K/4K/8K/16K tokens as one sequence and as 4 sequences of a quarter each;
@@ -14,6 +14,9 @@ Cases (bf16, page size 16, one layer's pool, every K/V already in its pages):
            Floor = max(KV bytes / copy bandwidth, FLOPs / bf16 matmul rate).
 A peer that fails is recorded as null with the reason. Ceilings (copy bandwidth read+write, bf16
 matmul rate) are measured in the same run (`bench_moe.ceilings`).
+
+Ours is also profiled with CUPTI (`profiler.measure`, one call): per-kernel ms of the attention
+kernel and of the wrapper's XLA kernels (ours_kernels_ms, their sum ours_cupti_ms).
 
 Time = device-synchronised wall time per call: one jitted program runs the call on NSETS input
 sets (fresh queries; small decode pools get a copy of the pages per set, so L2 does not serve
@@ -173,6 +176,18 @@ class Bench:
         self.log(f"  {row['case']} {label}: {row.get(label + '_ms')} ms err={row.get(label + '_err')} "
                  f"({time.time() - t0:.1f}s)")
 
+    def profile_ours(self, row, fn, s):
+        """CUPTI per-kernel times (ms) of one call of ours: the attention kernel and the
+        wrapper's XLA kernels (tile plan, query gather, output gather, split merge)."""
+        try:
+            from jax.experimental.mosaic.gpu import profiler
+            _, kernels = profiler.measure(fn, aggregate=False)(*s)
+            row["ours_kernels_ms"] = [(name[:60], t) for name, t in kernels or []]
+            row["ours_cupti_ms"] = sum(t for _, t in kernels or [])
+            row["ours_kernel_ms"] = sum(t for n, t in kernels or [] if "ragged_paged_attention" in n)
+        except Exception as e:  # noqa: BLE001 - a profile is extra information
+            row["ours_kernels_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+
     def finish(self, row, bytes_, flops, peers):
         t_byte = bytes_ / self.ceil["copy_Bps"] * 1e3
         t_flop = flops / self.ceil["matmul_flops"] * 1e3
@@ -203,6 +218,7 @@ class Bench:
         fn = ours_fn()
         self.measure(row, "ours", fn, sets,
                      check=(lambda: check_ours(fn, sets[0], FULL_WINDOW)) if ctx <= 4096 else None)
+        self.profile_ours(row, fn, sets[0])
         # The Triton peer on its own page layout, same pages and queries.
         kp_t = jnp.transpose(sets[0][1][0], (2, 0, 1, 3))
         vp_t = jnp.transpose(sets[0][2][0], (2, 0, 1, 3))
@@ -239,6 +255,7 @@ class Bench:
         row["config"] = str(lookup(H, N, A, meta["T"], meta["B"], self.device))
         fn = ours_fn(window)
         self.measure(row, "ours", fn, sets, check=lambda: check_ours(fn, sets[0], window))
+        self.profile_ours(row, fn, sets[0])
         csets = contiguous(sets, nseq, S // nseq, H, N, A)
         ours0 = np.asarray(fn(*sets[0]), np.float32).reshape(nseq, S // nseq, H, A)
         for peer in peers:
@@ -264,25 +281,40 @@ class Bench:
         row["config"] = str(lookup(H, N, A, meta["T"], meta["B"], self.device))
         fn = ours_fn()
         self.measure(row, "ours", fn, sets, check=lambda: check_ours(fn, sets[0], FULL_WINDOW))
+        self.profile_ours(row, fn, sets[0])
         del sets
         return self.finish(row, kv_bytes(seqs, N, A), 4 * visible_pairs(seqs, FULL_WINDOW) * H * A, [])
 
 
-TRITON_SWEEP = [(16, 8, 16), (16, 4, 16), (16, 8, 8), (8, 8, 16)]  # block_h, pages/block, k_splits
+# block_h, pages/block, k_splits: two of the earlier sweep of four, so the full run fits in 5 min
+TRITON_SWEEP = [(16, 8, 16), (16, 4, 16)]
+
+
+class _Saved(list):
+    def __init__(self, save):
+        super().__init__()
+        self.save = save
+
+    def append(self, row):
+        super().append(row)
+        self.save(self)
 MIXED = {
     "chunked: 64 decodes at 2K + 512-token chunk over a 2K prefix": [(2048, 1)] * 64 + [(2560, 512)],
     "layered: 64 decodes at 2K + cohort of 4 x 2048-token prompts": [(2048, 1)] * 64 + [(2048, 2048)] * 4,
 }
 
 
-def run_all(bench, quick):
-    rows = []
+def run_all(bench, quick, save):
+    """All cases (a handful with quick); save(rows) after each, so a cut-off run keeps its rows."""
+    rows = _Saved(save)
     if quick:
         rows.append(bench.decode(64, 4096, TRITON_SWEEP[:1]))
+        rows.append(bench.decode(1, 2048, TRITON_SWEEP[:1]))
         rows.append(bench.prefill("qwen3", 8192, 1, FULL_WINDOW, ["cudnn", "tokamax"]))
         rows.append(bench.prefill("gpt_oss", 4096, 1, 128, ["cudnn"]))
         rows.append(bench.mixed(*next(iter(MIXED.items()))))
         return rows
+    rows.append(bench.decode(1, 2048, TRITON_SWEEP))
     for batch in (8, 64, 256):
         for ctx in (1024, 4096, 16384):
             rows.append(bench.decode(batch, ctx, TRITON_SWEEP))
@@ -313,7 +345,8 @@ def markdown(rows, ceil, device):
              f"Ceilings (same run): copy {ceil['copy_Bps'] / 1e12:.2f} TB/s (read+write), bf16 matmul "
              f"{ceil['matmul_flops'] / 1e12:.0f} TFLOP/s. Times: ms per call, device-synchronised, median "
              f"over input sets. (x) = peer time / ours (> 1: ours faster). floor/ours = fraction of the "
-             "floor reached (1 = at the floor). GB/s = K+V bytes / our time; TFLOP/s = 4 x visible "
+             "floor reached (1 = at the floor). kernel / all CUPTI ms: our attention kernel alone / all "
+             "kernels of our call (tile plan, gathers, split merge), one profiled call. GB/s = K+V bytes / our time; TFLOP/s = 4 x visible "
              "pairs x H x D / our time. null = the peer failed (see the JSON for why).", ""]
     sections = [("decode", "Decode, Qwen3 shape (32 q / 4 KV heads, D=128), page 16",
                  "triton_paged_attention", "jax Triton paged_attention ms (x)"),
@@ -323,7 +356,7 @@ def markdown(rows, ceil, device):
         rs = [r for r in rows if r["kind"] == kind]
         if not rs:
             continue
-        head = "| case | ours ms | GB/s | TFLOP/s | floor ms (kind) | floor/ours |"
+        head = "| case | ours ms | kernel / all CUPTI ms | GB/s | TFLOP/s | floor ms (kind) | floor/ours |"
         if kind == "decode":
             head += f" {p1_name} |"
         elif kind == "prefill":
@@ -333,7 +366,8 @@ def markdown(rows, ceil, device):
             if "skipped" in r:
                 lines.append(f"| {r['case']} | skipped: {r['skipped']} |")
                 continue
-            line = (f"| {r['case']} | {f(r.get('ours_ms'))} | {f(r.get('ours_GBps'), 0)} "
+            line = (f"| {r['case']} | {f(r.get('ours_ms'))} | {f(r.get('ours_kernel_ms'))} / "
+                    f"{f(r.get('ours_cupti_ms'))} | {f(r.get('ours_GBps'), 0)} "
                     f"| {f(r.get('ours_tflops'), 0)} | {f(r.get('floor_ms'))} ({r.get('floor_kind')}) "
                     f"| {f(r.get('floor_over_ours'), 2)} |")
             if kind == "decode":
@@ -360,10 +394,12 @@ def main(argv=None):
     ceil = ceilings(reps=5 if args.quick else 10)
     log(f"{device}: copy {ceil['copy_Bps'] / 1e12:.3f} TB/s, matmul {ceil['matmul_flops'] / 1e12:.1f} TFLOP/s")
     bench = Bench(ceil, 5 if args.quick else args.reps, log)
-    rows = run_all(bench, args.quick)
     slug = device_slug(device) + ("_quick" if args.quick else "")
-    with open(os.path.join(args.out_dir, f"attention_{slug}.json"), "w") as fh:
-        json.dump(rows, fh, indent=1)
+
+    def save(rows):
+        with open(os.path.join(args.out_dir, f"attention_{slug}.json"), "w") as fh:
+            json.dump(list(rows), fh, indent=1)
+    rows = run_all(bench, args.quick, save)
     md = markdown(rows, ceil, device)
     with open(os.path.join(args.out_dir, f"attention_{slug}.md"), "w") as fh:
         fh.write(md)

@@ -40,18 +40,20 @@ CALLS = {  # name: sequences [(kv_len, q_len)]
 
 
 def candidates(H: int, N: int, A: int, kind: str) -> list[AttentionTileConfig]:
-    """Configurations that tile this shape and fit in SMEM: 64 wgmma rows for decode (more only
-    pads), 64 or 128 for prefill; 64/128-key blocks, 2-6 stages, 1-2 CTAs per SM."""
+    """Configurations that tile this shape and fit in SMEM: 64 wgmma rows (one compute
+    warpgroup) for decode (more only pads), 64 or 128 (two) for prefill; 64/128-key blocks, the
+    deepest ring that fits and one stage less (decode: up to 8, prefill: up to 4); one CTA per SM
+    (a CTA already overlaps loads, softmax and matmuls across its warpgroups); automatic splits."""
     R = H // N
     rows = (64,) if kind == "decode" else (64, 128)
     out = []
-    for r, bk, stages, ctas in itertools.product(rows, (64, 128), (2, 3, 4, 6), (1, 2)):
-        cfg = AttentionTileConfig(block_q=r // R, block_kv=bk, stages=stages, ctas_per_sm=ctas)
-        try:
+    for r, bk in itertools.product(rows, (64, 128)):
+        deepest = attention_tuning.deepest(AttentionTileConfig(block_q=r // R, block_kv=bk), R, A,
+                                           8 if kind == "decode" else 4)
+        for stages in {deepest.stages, max(2, deepest.stages - 1)}:
+            cfg = dataclasses.replace(deepest, stages=stages)
             cfg.validate(R, A, 16)
-        except ValueError:
-            continue
-        out.append(cfg)
+            out.append(cfg)
     return out
 
 

@@ -7,6 +7,8 @@ right at the window edge, sinks, GQA 8 and 16, head dims 64 and 128, padding row
 and window (as the executor passes them), and the dispatch. GPU (marker `gpu`): model shapes.
 """
 
+import dataclasses
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -19,10 +21,10 @@ from pallas_kernels.attention_tuning import default_config
 from pallas_kernels.paged_attention import AttentionTileConfig, paged_attention, plan_tiles
 
 Z = 16  # page size (lp_jax's default)
-DECODE_R8 = AttentionTileConfig(block_q=8, block_kv=64, stages=3)
-PREFILL_R8 = AttentionTileConfig(block_q=16, block_kv=64, stages=2, ctas_per_sm=2)
-DECODE_R16 = AttentionTileConfig(block_q=4, block_kv=64, stages=2)
-PREFILL_R16 = AttentionTileConfig(block_q=8, block_kv=128, stages=2)
+DECODE_R8 = AttentionTileConfig(block_q=8, block_kv=64, stages=3, p_via_smem=True)
+PREFILL_R8 = AttentionTileConfig(block_q=16, block_kv=64, stages=2, ctas_per_sm=2, p_via_smem=True)
+DECODE_R16 = AttentionTileConfig(block_q=4, block_kv=64, stages=2, p_via_smem=True)
+PREFILL_R16 = AttentionTileConfig(block_q=8, block_kv=128, stages=2, p_via_smem=True)
 
 
 def ragged_batch(key, seqs, *, H, N, A, L=2, pad_rows=0, max_pages=None, dtype=jnp.bfloat16):
@@ -83,8 +85,13 @@ def test_plan_tiles_cuts_runs_and_bounds_key_blocks():
     assert p["tile_T"].tolist() == [0, 1, 1, 1, 1, 2, 3, 4, 4]
     assert p["slot_T"].tolist() == [0, 0, 1, 2, 3, 0, 0, 0, 1]
     info = np.asarray(p["info"])[:5]
-    # (sequence, first key block, end key block): window 8 keeps 80 in block 1 only; 200 -> block 3.
-    assert info.tolist() == [[0, 1, 2], [1, 0, 1], [1, 0, 1], [2, 3, 4], [3, 0, 1]]
+    # (sequence, first/end key block, first/end unmasked block): window 8 keeps 80 in block 1
+    # only; 200 -> block 3; every visited block crosses a row's window or causal edge.
+    assert info.tolist() == [[0, 1, 2, 2, 1], [1, 0, 1, 1, 0], [1, 0, 1, 1, 0], [2, 3, 4, 4, 3],
+                             [3, 0, 1, 0, 0]]
+    full = plan_tiles(seq, pos, num_seqs=4, block_q=4, block_kv=64, window=jnp.int32(FULL_WINDOW))
+    assert np.asarray(full["info"])[3, 1:3].tolist() == [0, 4]  # position 200: blocks 0-2 need no mask
+    assert np.asarray(full["info"])[3, 4] == 3 and np.asarray(full["info"])[3, 3] <= 0
     assert np.asarray(p["qpos"])[2].tolist() == [14, -1, -1, -1]
     assert sorted(np.asarray(p["order"])[:5].tolist()) == [0, 1, 2, 3, 4]
 
@@ -125,6 +132,18 @@ def test_sinks_full_window_decode():
     b = ragged_batch(jax.random.key(5), [(33, 1), (80, 1), (1, 1)], H=16, N=2, A=128)
     sinks = jax.random.normal(jax.random.key(6), (16,), jnp.float32) * 3
     check(b, DECODE_R8, sinks_H=sinks)
+
+
+@pytest.mark.parametrize("window", [FULL_WINDOW, 40])
+def test_key_splits_merge_with_sinks_and_windows(window):
+    """kv_splits = 3 (flash-decoding): splits that see none of a row's keys (window, short
+    sequences, the trash-page padding row) and the sink counted once; the automatic split count
+    on 3 SMs is 1 here, so splits are forced."""
+    b = ragged_batch(jax.random.key(12), [(200, 1), (70, 1), (150, 20), (5, 1)], H=16, N=2, A=64,
+                     pad_rows=1)
+    sinks = jax.random.normal(jax.random.key(13), (16,), jnp.float32) * 2
+    check(b, dataclasses.replace(DECODE_R8, kv_splits=3), window=window, sinks_H=sinks)
+    check(b, dataclasses.replace(PREFILL_R8, kv_splits=2), window=window)
 
 
 @pytest.mark.parametrize("cfg", [DECODE_R16, PREFILL_R16])
@@ -169,13 +188,20 @@ def test_default_configs_fit_and_tile():
 def test_paged_attention_gpu(model, kind):
     """Model shapes in bf16 on the device: 48 decodes (1..4K keys), a 1000-row chunk over a
     1500-key prefix and a 700-token prompt, padding rows; with the decode and the prefill default
-    tiles (the table picks one per call)."""
+    tiles (the table picks one per call), P as the register operand (the CPU tests cover the
+    SMEM path); the decode tile also on a batch of 2 (automatic key splits)."""
     H, N, A = (32, 4, 128) if model == "qwen3" else (64, 8, 64)
     cfg = default_config(H, N, A, 1, 2) if kind == "decode" else default_config(H, N, A, 2, 1)
     window = 128 if model == "gpt_oss_sliding" else FULL_WINDOW
     rng = np.random.default_rng(0)
     seqs = [(int(k), 1) for k in rng.integers(1, 4096, 48)] + [(2500, 1000), (700, 700)]
-    b = ragged_batch(jax.random.key(10), seqs, H=H, N=N, A=A, L=2, pad_rows=30)
+    if kind == "decode":  # and a batch-2 decode, whose units are split along the keys
+        check_gpu([(3000, 1), (2048, 1)], H, N, A, cfg, window, model, pad_rows=6)
+    check_gpu(seqs, H, N, A, cfg, window, model, pad_rows=30)
+
+
+def check_gpu(seqs, H, N, A, cfg, window, model, pad_rows):
+    b = ragged_batch(jax.random.key(10), seqs, H=H, N=N, A=A, L=2, pad_rows=pad_rows)
     sinks = jax.random.normal(jax.random.key(11), (H,), jnp.float32) if model != "qwen3" else None
     out = jax.jit(lambda b: paged_attention(layer=1, **b, window=window, sinks_H=sinks, config=cfg))(b)
     ref = jax.jit(lambda b: paged_attention_reference(layer=1, **b, window=window, sinks_H=sinks,
