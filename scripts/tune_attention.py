@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import sys
 import time
 import traceback
@@ -26,6 +25,7 @@ import jax
 from bench_attention import MIXED, SHAPES, ragged_case
 from bench_moe import jax_time_ms
 from pallas_kernels import attention_tuning
+from tuning_cli import add_table_args, read_json, write_json
 from pallas_kernels.moe_tuning import rows_bucket
 from pallas_kernels.paged_attention import AttentionTileConfig, paged_attention
 
@@ -61,15 +61,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(SHAPES))
     ap.add_argument("--calls", default=",".join(CALLS))
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--log", default="attention_tune.json")
-    ap.add_argument("--table-out", default=attention_tuning.TABLE_PATH,
-                    help="where to write the updated table (default: the package's table; on a "
-                         "machine whose files do not come back, point it at the results folder)")
+    add_table_args(ap, attention_tuning.TABLE_PATH, "attention_tune.json")
     args = ap.parse_args(argv)
     device = jax.devices()[0].device_kind
-    with open(attention_tuning.TABLE_PATH) as fh:
-        table = json.load(fh)
+    table = read_json(attention_tuning.TABLE_PATH)
     sweep = []
     for model in args.models.split(","):
         H, N, A = SHAPES[model]
@@ -91,15 +86,13 @@ def main(argv=None):
                 print(f"{model} {call} {ms} ms ({time.time() - t0:.1f}s) {cfg}", flush=True)
                 if ms is not None and (best is None or ms < best[0]):
                     best = (ms, cfg)
-            with open(args.log, "w") as fh:
-                json.dump(sweep, fh, indent=1)
+            write_json(args.log, sweep)
             if best is None:
                 continue
             key = dict(H=H, N=N, A=A, rows_bucket=rows_bucket(meta["T"]), kind=kind, device=device)
             table = [e for e in table if {k: e[k] for k in key} != key]
             table.append(dict(**key, config=dataclasses.asdict(best[1]), ms=best[0], call=call))
-            with open(args.table_out, "w") as fh:
-                json.dump(table, fh, indent=1)
+            write_json(args.table_out, table)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 import time
 import traceback
@@ -23,6 +22,7 @@ import jax
 
 from bench_moe import MODELS, jax_time_ms, make_sets
 from pallas_kernels import moe_tuning
+from tuning_cli import add_table_args, read_json, write_json
 from pallas_kernels.grouped_matmul import TileConfig
 from pallas_kernels.moe import moe_experts_pallas
 from pallas_kernels.moe_reference import random_experts
@@ -82,15 +82,10 @@ def main(argv=None):
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--tokens", default="1,32,256,2048,16384",
                     help="token counts to tune; other rows buckets take the nearest tuned one")
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--log", default="moe_tune.json")
-    ap.add_argument("--table-out", default=moe_tuning.TABLE_PATH,
-                    help="where to write the updated table (default: the package's table; on a "
-                         "machine whose files do not come back, point it at the results folder)")
+    add_table_args(ap, moe_tuning.TABLE_PATH, "moe_tune.json")
     args = ap.parse_args(argv)
     device = jax.devices()[0].device_kind
-    with open(moe_tuning.TABLE_PATH) as fh:
-        table = json.load(fh)
+    table = read_json(moe_tuning.TABLE_PATH)
     sweep = []
     for name in args.models.split(","):
         E, K, D, F, act, bias = MODELS[name]
@@ -120,10 +115,8 @@ def main(argv=None):
             table = [e for e in table if {k: e[k] for k in key} != key]
             table.append(dict(**key, gate_up=dataclasses.asdict(best[1].gate_up),
                               down=dataclasses.asdict(best[1].down), ms=best[0]))
-            with open(args.table_out, "w") as fh:
-                json.dump(table, fh, indent=1)
-            with open(args.log, "w") as fh:
-                json.dump(sweep, fh, indent=1)
+            write_json(args.table_out, table)
+            write_json(args.log, sweep)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "bench_engine.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_engine", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_loader import load_script
 
 
 def test_quick_run_writes_every_case_with_floors(tmp_path):
-    bench = load_script()
+    bench = load_script("bench_engine")
     assert bench.main(["--model", "tiny-qwen3-moe", "--quick", "--hlo", "--out-dir", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "engine_cpu.json").read_text())
     entry = data["models"]["tiny-qwen3-moe"]
@@ -45,4 +36,4 @@ ENTRY %main {
   %b = bf16[2,16]{1,0} fusion(%w, %i), kind=kCustom, calls=%fused_gemm, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}
 }
 """
-    assert load_script().layer_slices(hlo) == {"kLoop": [1, 256], "__triton_gemm": [1, 256]}
+    assert load_script("bench_engine").layer_slices(hlo) == {"kLoop": [1, 256], "__triton_gemm": [1, 256]}
