@@ -1,5 +1,6 @@
-"""Shared pieces of the engine tests: an independent greedy decoder over `reference_logits`, and
-a driver that feeds requests to an engine at chosen iterations (mixed arrival times)."""
+"""Shared pieces of the engine tests: a cached random model, an independent greedy decoder over
+`reference_logits`, and a driver that feeds requests to an engine at chosen iterations (mixed
+arrival times)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.config import ModelConfig
-from lp_jax.model import reference_forward
+from lp_jax.config import ModelConfig, get_preset
+from lp_jax.model import init_params, reference_forward
+
+
+@functools.cache
+def preset_model(name: str, seed: int) -> tuple[ModelConfig, dict]:
+    """(config, float32 random weights) of a preset, made once per process."""
+    cfg = get_preset(name)
+    return cfg, init_params(cfg, seed=seed)
 
 
 @functools.cache

@@ -3,25 +3,21 @@ pages run out, sampling, and a 200-request run that compiles nothing after start
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import pytest
 
 import lp_jax
 from lp_jax.config import get_preset
-from lp_jax.model import init_params
-from tests.engine_helpers import reference_greedy, run_with_arrivals
+from tests.engine_helpers import preset_model, reference_greedy, run_with_arrivals
 
 CONTEXT = 256
 ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=8, max_num_batched_tokens=128, token_budget=64,
               row_buckets=(16, 64, 136))
 
 
-@functools.cache
 def tiny():
-    cfg = get_preset("tiny-qwen3-moe")
-    return cfg, init_params(cfg, seed=5)
+    return preset_model("tiny-qwen3-moe", seed=5)
 
 
 def make_llm(schedule="layered", **options):

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 import lp_jax
-from lp_jax.config import get_preset
-from lp_jax.model import init_params
-from tests.engine_helpers import reference_greedy, reference_routing, run_with_arrivals
+from tests.engine_helpers import preset_model, reference_greedy, reference_routing, run_with_arrivals
 
 MODELS = ["tiny-qwen3-moe", "tiny-gpt-oss", "tiny-qwen3"]
 SCHEDULES = ["prefill_first", "chunked", "layered"]
@@ -32,10 +30,8 @@ def workload(vocab: int):
     return prompts, arrivals
 
 
-@functools.cache
 def model(name):
-    cfg = get_preset(name)
-    return cfg, init_params(cfg, seed=3)
+    return preset_model(name, seed=3)
 
 
 @functools.cache

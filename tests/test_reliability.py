@@ -12,10 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lp_jax
-from lp_jax.config import get_preset
-from lp_jax.model import init_params
 from lp_jax.soak import run_soak
-from tests.engine_helpers import reference_greedy
+from tests.engine_helpers import preset_model, reference_greedy
 
 CONTEXT = 128
 MAX_TOKENS = 6
@@ -23,10 +21,8 @@ ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=8, max_num_batched_tokens=64, 
               row_buckets=(16, 40, 72))
 
 
-@functools.cache
 def tiny():
-    cfg = get_preset("tiny-gpt-oss")
-    return cfg, init_params(cfg, seed=9)
+    return preset_model("tiny-gpt-oss", seed=9)
 
 
 @functools.cache
