@@ -63,6 +63,7 @@ from lp_jax.scheduler import IterationPlan, PrefillWork
 # Full-size and CPU smoke-test sizes (tokens); flags override them.
 FULL = dict(context=2048, batches=(1, 16, 64, 128), prefill=8192, chunk=512, mixed_decodes=64, requests=200,
             reps=5, ceiling_mib=1024, matmul=8192)
+CASES = ("decode", "prefill", "layered", "chunked", "serving")
 SMOKE = dict(context=128, batches=(1, 4, 8), prefill=256, chunk=32, mixed_decodes=4, requests=24, reps=2,
              ceiling_mib=16, matmul=256)
 
@@ -444,11 +445,16 @@ def main(argv=None) -> int:
     for k in ("context", "prefill", "chunk", "mixed_decodes", "requests", "reps"):
         ap.add_argument("--" + k.replace("_", "-"), type=int)
     ap.add_argument("--batches", help="comma-separated decode batches")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help=f"comma-separated subset of {', '.join(CASES)} (default: all)")
     ap.add_argument("--xla", action="append", default=[], metavar="NAME=VALUE",
                     help="an XLA option for the steps, e.g. xla_gpu_enable_dynamic_slice_fusion=true (repeatable)")
     ap.add_argument("--hlo", action="store_true",
                     help="write the smallest step's optimized HLO and count its layer slices")
     args = ap.parse_args(argv)
+    chosen = set(args.cases.split(","))
+    if not chosen <= set(CASES):
+        ap.error(f"unknown case(s) {', '.join(sorted(chosen - set(CASES)))}; choose from {', '.join(CASES)}")
 
     sizes = dict(SMOKE if args.model.startswith("tiny") else FULL)
     sizes.update({k: v for k in sizes if (v := getattr(args, k, None)) is not None and k != "batches"})
@@ -501,14 +507,15 @@ def main(argv=None) -> int:
         """Context (<= C) at which B decoding requests fit the pool beside `reserved_tokens`."""
         return min(C, (engine.blocks.usable_pages - -(-reserved_tokens // Z) - 1) // B * Z - margin)
 
-    cases = [(f"decode B={B}", lambda B=B: decode_case(llm, B, fits(B), sizes["reps"], item, ceil, rng))
+    cases = [("decode", f"decode B={B}", lambda B=B: decode_case(llm, B, fits(B), sizes["reps"], item, ceil, rng))
              for B in sizes["batches"]]
-    cases += [(f"prefill {P}", lambda: prefill_case(llm, P, sizes["reps"], item, ceil, rng)),
-              ("layered mixed", lambda: mixed_case(llm, "layered", D, fits(D, P), P, C, chunk, sizes["reps"], item,
-                                                   ceil, rng)),
-              ("chunked mixed", lambda: mixed_case(llm, "chunked", D, fits(D, C), P, C, chunk, sizes["reps"], item,
-                                                   ceil, rng)),
-              ("serving", lambda: serving_run(llm, sizes["requests"], C, rng))]
+    cases += [("prefill", f"prefill {P}", lambda: prefill_case(llm, P, sizes["reps"], item, ceil, rng)),
+              ("layered", "layered mixed", lambda: mixed_case(llm, "layered", D, fits(D, P), P, C, chunk,
+                                                              sizes["reps"], item, ceil, rng)),
+              ("chunked", "chunked mixed", lambda: mixed_case(llm, "chunked", D, fits(D, C), P, C, chunk,
+                                                              sizes["reps"], item, ceil, rng)),
+              ("serving", "serving", lambda: serving_run(llm, sizes["requests"], C, rng))]
+    cases = [(name, run) for kind, name, run in cases if kind in chosen]
     ok = True
     for name, run in cases:
         log(f"{name} ...")
