@@ -196,6 +196,10 @@ def timed(fn, reps: int) -> tuple[float, float | None]:
     except Exception as e:  # noqa: BLE001 - CUPTI missing or refused: the wall time still stands
         log(f"  CUPTI kernel timing failed ({type(e).__name__}: {e}); no kernel busy time")
         return wall, None
+    if kt.dropped:
+        log(f"  CUPTI returned {kt.dropped} broken kernel records (kernels launched from CUDA graphs); "
+            "no kernel busy time")
+        return wall, None
     return wall, kt.busy_ms / reps
 
 
@@ -371,11 +375,11 @@ def layer_slices(hlo: str) -> dict:
 
 
 def dump_hlo(llm, out_dir: pathlib.Path, bucket: int) -> dict:
-    hlo = llm.engine.executor._layers_exe[bucket].as_text()
+    hlo = llm.engine.executor._whole_exe[bucket].as_text()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"step_{llm.model_config.name}_{bucket}.hlo.txt").write_text(hlo)
     found = layer_slices(hlo)
-    log(f"layer slices in the {bucket}-row step (fusion kind: count, bytes per layer): {found}")
+    log(f"layer slices in the {bucket}-row whole-model step (fusion kind: count, bytes per layer): {found}")
     return found
 
 
@@ -493,7 +497,7 @@ def main(argv=None) -> int:
                  dtype=dtype, ceilings=ceil,
                  sizes={k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
                  weights_s=marks["weights"] - t0, compile_s=time.perf_counter() - marks["weights"],
-                 executables=len(engine.executor.buckets) + 2 * len(engine.executor.seq_buckets),
+                 executables=engine.executor.num_executables,
                  row_buckets=list(buckets), num_pages=engine.blocks.num_pages, page_size=engine.config.page_size,
                  xla_options=dict(xla), cases=[], notes=[])
     log(f"engine ready: {entry['weights_s']:.1f} s weights, {entry['compile_s']:.1f} s compiling; "
