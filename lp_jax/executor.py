@@ -4,13 +4,12 @@ compiled step functions and returns the sampled tokens.
 - Weights are stacked over layers ([L, ...] per weight) and a step function loops over them, so
   its argument count does not grow with the number of layers. Two kinds of step per row bucket:
   the whole model (static bounds 0..L) and, for layered, any contiguous range [layer_lo,
-  layer_hi) with traced bounds, so one executable serves every group. The bounds matter on the
-  GPU: a loop whose trip count XLA does not know copies its predicate to the host after every
-  trip and the host waits for it, so the device idles while the next trip's kernels are
-  launched and the launching thread cannot run ahead (H100, Qwen3-30B-A3B decode at batch 64:
-  38.8 ms per engine step with traced bounds, 33.3 ms static). A range step therefore walks
-  blocks of LAYER_BLOCK layers with a static inner loop and only the blocks and the remainder
-  traced: n // LAYER_BLOCK + n % LAYER_BLOCK host round trips for n layers instead of n.
+  layer_hi) with traced bounds, so one executable serves every group. On the GPU the bounds
+  decide how the loop runs: XLA runs a loop of known trip count as a CUDA graph, while a traced
+  trip count makes it copy the predicate to the host after every layer and launch the next
+  layer's ~60 kernels one by one (H100, Qwen3-30B-A3B decode at batch 64: 38.8 ms per engine
+  step traced, 34.4 ms static). Range steps are therefore compiled on the GPU with the loop as
+  a CUDA graph conditional node (RANGE_STEP_GPU_OPTIONS).
 - KV pools ([L, P, Z, N, A]), the hidden-state buffer and the sampled-token buffer are donated
   into every call.
 - The hidden buffer keeps the hidden states of a layered cohort on the device between
@@ -51,10 +50,10 @@ from pallas_kernels.dispatch import paged_attention
 # compile_counter counts what it compiles.
 _EXECUTABLES: dict[tuple, object] = {}
 
-# Layers per static inner block of a range step (see the module docstring): averaged over the
-# groups of G = 2..16 on 48 layers, an iteration's three range calls make 14.6 round trips with
-# 4 (13.8 with 6, 16.3 with 12) instead of 48.
-LAYER_BLOCK = 4
+# XLA options of the range steps on the GPU (under EngineConfig.compiler_options, which win):
+# command buffers (CUDA graphs) that take in the while loop and its conditionals, so the traced
+# layer loop runs as a graph conditional node.
+RANGE_STEP_GPU_OPTIONS = (("xla_gpu_enable_command_buffer", "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"),)
 
 
 def _compiled(kind: tuple, jitted, *abstract_args, options: tuple = ()):
@@ -110,24 +109,8 @@ def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, sample
             counts = counts.at[layer].set(distinct_experts(ids, model.num_experts, batch.valid_T))
         return x, pools["k"], pools["v"], counts
 
-    x, k_pool, v_pool, counts = layer_loop(layer_lo, layer_hi, body, (x, k_pool, v_pool, counts))
+    x, k_pool, v_pool, counts = jax.lax.fori_loop(layer_lo, layer_hi, body, (x, k_pool, v_pool, counts))
     return hidden_RD.at[batch.dst_T].set(x), k_pool, v_pool, counts
-
-
-def layer_loop(lo, hi, body, carry, block: int = LAYER_BLOCK):
-    """fori_loop(lo, hi, body, carry) with as few host round trips as XLA allows: one static
-    loop for int bounds; for traced bounds the first (hi - lo) % block layers one by one, then
-    (hi - lo) // block trips of a static inner loop over `block` layers."""
-    if isinstance(lo, int) and isinstance(hi, int):
-        return jax.lax.fori_loop(lo, hi, body, carry)
-    first = lo + (hi - lo) % block
-    carry = jax.lax.fori_loop(lo, first, body, carry)
-
-    def run_block(j, carry):
-        start = first + j * block
-        return jax.lax.fori_loop(0, block, lambda i, c: body(start + i, c), carry)
-
-    return jax.lax.fori_loop(0, (hi - first) // block, run_block, carry)
 
 
 def head_and_sample(model: ModelConfig, greedy_only: bool, head, hidden_RD, sampled_S, rows_B, temperature_B,
@@ -239,17 +222,20 @@ class ModelExecutor:
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
         state = (jax.tree.map(shape, self.stacked), shape(self.head["embed"]), shape(self.windows_L),
                  shape(self.sampled_S), shape(self.hidden_RD), shape(self.k_pool), shape(self.v_pool))
-        steps = [("whole", self._whole_fn, self._whole_exe, ())]
+        options = tuple(self.config.compiler_options)
+        steps = [("whole", self._whole_fn, self._whole_exe, (), options)]
         if self.uses_ranges:
-            steps.append(("range", self._range_fn, self._range_exe, (scalar, scalar)))
+            gpu = jax.devices()[0].platform == "gpu"
+            range_options = tuple({**dict(RANGE_STEP_GPU_OPTIONS if gpu else ()), **dict(options)}.items())
+            steps.append(("range", self._range_fn, self._range_exe, (scalar, scalar), range_options))
         total = self.num_executables
         done = 0
         if progress:
             progress(done, total)
         for T in self.buckets:
-            for name, fn, table, bounds in steps:
+            for name, fn, table, bounds, opts in steps:
                 table[T] = _compiled(("layers", name) + self._kind, fn, *state, self._batch_struct(T), *bounds,
-                                     options=self.config.compiler_options)
+                                     options=opts)
                 done += 1
                 if progress:
                     progress(done, total)

@@ -1,34 +1,29 @@
-"""executor.layer_loop: every layer of [lo, hi) once, in order, for static and traced bounds."""
+"""The executor's whole-model step loops over layers with a static trip count (a scan, which XLA
+runs as one CUDA graph on the GPU); range steps loop over traced bounds (a while)."""
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from lp_jax.executor import layer_loop
-
-L = 11  # not a multiple of the block: remainders of every size occur
-
-
-def _trace(lo, hi, block):
-    """The layers visited, in order, as a [L] array: visit number (1-based) per layer, 0 if unvisited."""
-    def body(layer, carry):
-        order, n = carry
-        return order.at[layer].set(n + 1), n + 1
-    return layer_loop(lo, hi, body, (jnp.zeros((L,), jnp.int32), jnp.int32(0)), block)[0]
+from lp_jax.engine_config import EngineConfig
+from lp_jax.executor import ModelExecutor
+from lp_jax.kv_cache import BlockManager
+from tests.engine_helpers import preset_model
 
 
-def test_traced_bounds_visit_each_layer_of_the_range_once_in_order():
-    for block in (1, 3, 4):
-        run = jax.jit(lambda lo, hi, block=block: _trace(lo, hi, block))
-        for lo in range(L + 1):
-            for hi in range(lo, L + 1):
-                want = np.zeros(L, np.int32)
-                want[lo:hi] = np.arange(1, hi - lo + 1)
-                np.testing.assert_array_equal(run(np.int32(lo), np.int32(hi)), want, err_msg=f"{lo=} {hi=} {block=}")
+def _loops(fn, executor, *bounds):
+    shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+    ex = executor
+    jaxpr = jax.make_jaxpr(fn)(jax.tree.map(shape, ex.stacked), shape(ex.head["embed"]), shape(ex.windows_L),
+                               shape(ex.sampled_S), shape(ex.hidden_RD), shape(ex.k_pool), shape(ex.v_pool),
+                               ex._batch_struct(8), *bounds)
+    inner = jaxpr.jaxpr.eqns[0].params["jaxpr"].jaxpr  # the jit's body
+    return [e.primitive.name for e in inner.eqns if e.primitive.name in ("scan", "while")]
 
 
-def test_static_bounds_are_one_loop_with_a_known_trip_count():
-    jaxpr = jax.make_jaxpr(lambda: _trace(2, 9, 4))()
-    loops = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("scan", "while")]
-    assert [e.primitive.name for e in loops] == ["scan"]  # fori_loop with int bounds lowers to a scan
-    np.testing.assert_array_equal(_trace(2, 9, 4), [0, 0, 1, 2, 3, 4, 5, 6, 7, 0, 0])
+def test_whole_model_step_has_a_static_layer_loop_and_range_step_a_traced_one():
+    cfg, params = preset_model("tiny-qwen3-moe", 0)
+    config = EngineConfig(schedule="layered", max_num_seqs=4, max_num_batched_tokens=64, num_pages=8)
+    ex = ModelExecutor(cfg, config, params, BlockManager(8, config.page_size), "float32")
+    scalar = jax.ShapeDtypeStruct((), "int32")
+    assert _loops(ex._whole_fn, ex) == ["scan"]
+    assert _loops(ex._range_fn, ex, scalar, scalar) == ["while"]
+    assert ex.uses_ranges and ex.num_executables == 2 * len(ex.buckets) + 2 * len(ex.seq_buckets)
