@@ -8,8 +8,9 @@ compiled step functions and returns the sampled tokens.
   decide how the loop runs: XLA runs a loop of known trip count as a CUDA graph, while a traced
   trip count makes it copy the predicate to the host after every layer and launch the next
   layer's ~60 kernels one by one (H100, Qwen3-30B-A3B decode at batch 64: 38.8 ms per engine
-  step traced, 34.4 ms static). Range steps are therefore compiled on the GPU with the loop as
-  a CUDA graph conditional node (RANGE_STEP_GPU_OPTIONS).
+  step traced, 34.4 ms static). Range steps keep the traced loop: as a CUDA graph conditional
+  node (XLA's command buffers with WHILE) the layered iteration took 44.6 instead of 49.3 ms,
+  but a 200-request run then hit an illegal memory access (benchmarks/notes_engine.md).
 - KV pools ([L, P, Z, N, A]), the hidden-state buffer and the sampled-token buffer are donated
   into every call.
 - The hidden buffer keeps the hidden states of a layered cohort on the device between
@@ -50,10 +51,6 @@ from pallas_kernels.dispatch import paged_attention
 # compile_counter counts what it compiles.
 _EXECUTABLES: dict[tuple, object] = {}
 
-# XLA options of the range steps on the GPU (under EngineConfig.compiler_options, which win):
-# command buffers (CUDA graphs) that take in the while loop and its conditionals, so the traced
-# layer loop runs as a graph conditional node.
-RANGE_STEP_GPU_OPTIONS = (("xla_gpu_enable_command_buffer", "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"),)
 
 
 def _compiled(kind: tuple, jitted, *abstract_args, options: tuple = ()):
@@ -222,20 +219,17 @@ class ModelExecutor:
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
         state = (jax.tree.map(shape, self.stacked), shape(self.head["embed"]), shape(self.windows_L),
                  shape(self.sampled_S), shape(self.hidden_RD), shape(self.k_pool), shape(self.v_pool))
-        options = tuple(self.config.compiler_options)
-        steps = [("whole", self._whole_fn, self._whole_exe, (), options)]
+        steps = [("whole", self._whole_fn, self._whole_exe, ())]
         if self.uses_ranges:
-            gpu = jax.devices()[0].platform == "gpu"
-            range_options = tuple({**dict(RANGE_STEP_GPU_OPTIONS if gpu else ()), **dict(options)}.items())
-            steps.append(("range", self._range_fn, self._range_exe, (scalar, scalar), range_options))
+            steps.append(("range", self._range_fn, self._range_exe, (scalar, scalar)))
         total = self.num_executables
         done = 0
         if progress:
             progress(done, total)
         for T in self.buckets:
-            for name, fn, table, bounds, opts in steps:
+            for name, fn, table, bounds in steps:
                 table[T] = _compiled(("layers", name) + self._kind, fn, *state, self._batch_struct(T), *bounds,
-                                     options=opts)
+                                     options=self.config.compiler_options)
                 done += 1
                 if progress:
                     progress(done, total)
