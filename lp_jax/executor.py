@@ -16,10 +16,16 @@ compiled step functions and returns the sampled tokens.
 - The hidden buffer keeps the hidden states of a layered cohort on the device between
   iterations (max(token_budget, max_num_batched_tokens) rows from row max_num_seqs on); decode
   rows use rows [0, max_num_seqs) within an iteration; the last row is the padding rows' trash.
-- Asynchronous: `dispatch(plan)` enqueues an iteration and returns at once; `fetch` reads its
-  sampled tokens (and expert counts) back in one transfer. The sampled tokens also stay in a
-  device buffer [max_num_seqs], from which the next iteration's decode rows take their input
-  tokens, so iteration i+1 can be dispatched before iteration i's tokens reach the host.
+- Asynchronous: `dispatch(plan)` builds an iteration's inputs and hands its calls to one
+  launcher thread, returning at once; `fetch` waits for them and reads the sampled tokens (and
+  expert counts) back in one transfer. The thread exists because a call can block its caller
+  until the device has nearly finished it (a range step waits for its loop predicate every
+  layer, see above): on the launcher thread that wait no longer holds up the scheduling and row
+  building of the next iteration (jax releases the GIL while it waits). One thread, so calls
+  reach the device in dispatch order; only that thread touches the donated device state. The
+  sampled tokens also stay in a device buffer [max_num_seqs], from which the next iteration's
+  decode rows take their input tokens, so iteration i+1 can be dispatched before iteration i's
+  tokens reach the host.
 - Every executable (each row bucket; each sampled-row bucket, greedy or not) is compiled at
   start-up; `compile_counter` checks that serving compiles nothing more.
 """
@@ -27,6 +33,7 @@ compiled step functions and returns the sampled tokens.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import jax
@@ -155,10 +162,12 @@ class Prepared:
 class InFlight:
     """An iteration dispatched to the device and not yet read back."""
 
-    segments: list[tuple]  # (Segment, rows per request, expert counts [L] on device, row tokens)
+    segments: list[tuple]  # (Segment, rows per request, row tokens) per call
     sampled: list[Request]  # requests a token was sampled for: the plan's decodes, then completing prefills
     num_decodes: int
-    tokens_B: jax.Array | None  # [B >= len(sampled)] on device, None when nothing was sampled
+    # The launcher's result: (expert counts [L] per call, sampled tokens [B >= len(sampled)] or
+    # None when nothing was sampled), device arrays.
+    launched: Future
 
 
 class ModelExecutor:
@@ -193,6 +202,7 @@ class ModelExecutor:
         self._whole_exe: dict[int, object] = {}  # row bucket -> step over all layers (static bounds)
         self._range_exe: dict[int, object] = {}  # row bucket -> step over a traced range (layered only)
         self._sample_exe: dict[tuple[int, bool], object] = {}
+        self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lp-jax-launch")
 
     # --- compilation ------------------------------------------------------------------------
     @property
@@ -275,9 +285,17 @@ class ModelExecutor:
         return Prepared(calls, sampled, len(plan.decodes), self._sample_args(sampled, hidden_rows) if sampled else None)
 
     def launch(self, prep: Prepared) -> InFlight:
-        """Enqueue a prepared iteration's layer-range calls and its sampling on the device;
-        returns without waiting for them."""
-        segments = []
+        """Queue a prepared iteration's layer-range calls and its sampling for the launcher
+        thread; returns without waiting for them."""
+        self.slot_of = {r.request_id: i for i, r in enumerate(prep.sampled)}
+        launched = self._launcher.submit(self._launch_calls, prep)
+        return InFlight([(seg, rows, row_tokens) for seg, _, rows, row_tokens in prep.calls], prep.sampled,
+                        prep.num_decodes, launched)
+
+    def _launch_calls(self, prep: Prepared) -> tuple[list[jax.Array], jax.Array | None]:
+        """On the launcher thread: enqueue the calls on the device (the device state is donated
+        into each and replaced by its outputs). Returns (expert counts per call, tokens)."""
+        counts_per_call = []
         for seg, batch, rows, row_tokens in prep.calls:
             T = batch.tokens_T.shape[0]
             if (seg.layer_lo, seg.layer_hi) == (0, self.model.num_layers):
@@ -287,14 +305,13 @@ class ModelExecutor:
             self.hidden_RD, self.k_pool, self.v_pool, counts = exe(
                 self.stacked, self.head["embed"], self.windows_L, self.sampled_S, self.hidden_RD, self.k_pool,
                 self.v_pool, batch, *bounds)
-            segments.append((seg, rows, counts, row_tokens))
+            counts_per_call.append(counts)
         tokens = None
         if prep.sample_args is not None:
             greedy_only, *args = prep.sample_args
             self.sampled_S, tokens = self._sample_exe[args[0].shape[0], greedy_only](
                 self.head, self.hidden_RD, self.sampled_S, *args)
-        self.slot_of = {r.request_id: i for i, r in enumerate(prep.sampled)}
-        return InFlight(segments, prep.sampled, prep.num_decodes, tokens)
+        return counts_per_call, tokens
 
     def dispatch(self, plan: IterationPlan) -> InFlight:
         """Prepare and launch one iteration. Decode requests with a token pending
@@ -303,10 +320,11 @@ class ModelExecutor:
 
     def fetch(self, flight: InFlight) -> ExecutionResult:
         """Wait for a dispatched iteration; its tokens and expert counts come back in one transfer."""
-        tokens, counts = jax.device_get((flight.tokens_B, [c for _, _, c, _ in flight.segments]))
+        counts, tokens = flight.launched.result()  # re-raises what a call raised
+        tokens, counts = jax.device_get((tokens, counts))
         tokens = [] if tokens is None else tokens[:len(flight.sampled)].tolist()
         segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, c, row_tokens)
-                    for (seg, rows, _, row_tokens), c in zip(flight.segments, counts)]
+                    for (seg, rows, row_tokens), c in zip(flight.segments, counts)]
         n_dec = flight.num_decodes
         first = {r.request_id: t for r, t in zip(flight.sampled[n_dec:], tokens[n_dec:])}
         return ExecutionResult(tokens[:n_dec], first, segments)
