@@ -10,22 +10,16 @@ compiled step functions and returns the sampled tokens.
   layer's ~60 kernels one by one (H100, Qwen3-30B-A3B decode at batch 64: 38.8 ms per engine
   step traced, 34.4 ms static). Range steps keep the traced loop: as a CUDA graph conditional
   node (XLA's command buffers with WHILE) the layered iteration took 44.6 instead of 49.3 ms,
-  but a 200-request run then hit an illegal memory access (benchmarks/notes_engine.md).
+  but a 200-request run then hit an illegal memory access, cause not found (notes_engine.md).
 - KV pools ([L, P, Z, N, A]), the hidden-state buffer and the sampled-token buffer are donated
   into every call.
 - The hidden buffer keeps the hidden states of a layered cohort on the device between
   iterations (max(token_budget, max_num_batched_tokens) rows from row max_num_seqs on); decode
   rows use rows [0, max_num_seqs) within an iteration; the last row is the padding rows' trash.
-- Asynchronous: `dispatch(plan)` builds an iteration's inputs and hands its calls to one
-  launcher thread, returning at once; `fetch` waits for them and reads the sampled tokens (and
-  expert counts) back in one transfer. The thread exists because a call can block its caller
-  until the device has nearly finished it (a range step waits for its loop predicate every
-  layer, see above): on the launcher thread that wait no longer holds up the scheduling and row
-  building of the next iteration (jax releases the GIL while it waits). One thread, so calls
-  reach the device in dispatch order; only that thread touches the donated device state. The
-  sampled tokens also stay in a device buffer [max_num_seqs], from which the next iteration's
-  decode rows take their input tokens, so iteration i+1 can be dispatched before iteration i's
-  tokens reach the host.
+- Asynchronous: `dispatch(plan)` enqueues an iteration and returns at once; `fetch` reads its
+  sampled tokens (and expert counts) back in one transfer. The sampled tokens also stay in a
+  device buffer [max_num_seqs], from which the next iteration's decode rows take their input
+  tokens, so iteration i+1 can be dispatched before iteration i's tokens reach the host.
 - Every executable (each row bucket; each sampled-row bucket, greedy or not) is compiled at
   start-up; `compile_counter` checks that serving compiles nothing more.
 """
@@ -33,7 +27,6 @@ compiled step functions and returns the sampled tokens.
 from __future__ import annotations
 
 import functools
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import jax
@@ -162,12 +155,10 @@ class Prepared:
 class InFlight:
     """An iteration dispatched to the device and not yet read back."""
 
-    segments: list[tuple]  # (Segment, rows per request, row tokens) per call
+    segments: list[tuple]  # (Segment, rows per request, expert counts [L] on device, row tokens)
     sampled: list[Request]  # requests a token was sampled for: the plan's decodes, then completing prefills
     num_decodes: int
-    # The launcher's result: (expert counts [L] per call, sampled tokens [B >= len(sampled)] or
-    # None when nothing was sampled), device arrays.
-    launched: Future
+    tokens_B: jax.Array | None  # [B >= len(sampled)] on device, None when nothing was sampled
 
 
 class ModelExecutor:
@@ -202,7 +193,6 @@ class ModelExecutor:
         self._whole_exe: dict[int, object] = {}  # row bucket -> step over all layers (static bounds)
         self._range_exe: dict[int, object] = {}  # row bucket -> step over a traced range (layered only)
         self._sample_exe: dict[tuple[int, bool], object] = {}
-        self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lp-jax-launch")
 
     # --- compilation ------------------------------------------------------------------------
     @property
@@ -285,17 +275,9 @@ class ModelExecutor:
         return Prepared(calls, sampled, len(plan.decodes), self._sample_args(sampled, hidden_rows) if sampled else None)
 
     def launch(self, prep: Prepared) -> InFlight:
-        """Queue a prepared iteration's layer-range calls and its sampling for the launcher
-        thread; returns without waiting for them."""
-        self.slot_of = {r.request_id: i for i, r in enumerate(prep.sampled)}
-        launched = self._launcher.submit(self._launch_calls, prep)
-        return InFlight([(seg, rows, row_tokens) for seg, _, rows, row_tokens in prep.calls], prep.sampled,
-                        prep.num_decodes, launched)
-
-    def _launch_calls(self, prep: Prepared) -> tuple[list[jax.Array], jax.Array | None]:
-        """On the launcher thread: enqueue the calls on the device (the device state is donated
-        into each and replaced by its outputs). Returns (expert counts per call, tokens)."""
-        counts_per_call = []
+        """Enqueue a prepared iteration's layer-range calls and its sampling on the device;
+        returns without waiting for them."""
+        segments = []
         for seg, batch, rows, row_tokens in prep.calls:
             T = batch.tokens_T.shape[0]
             if (seg.layer_lo, seg.layer_hi) == (0, self.model.num_layers):
@@ -305,13 +287,14 @@ class ModelExecutor:
             self.hidden_RD, self.k_pool, self.v_pool, counts = exe(
                 self.stacked, self.head["embed"], self.windows_L, self.sampled_S, self.hidden_RD, self.k_pool,
                 self.v_pool, batch, *bounds)
-            counts_per_call.append(counts)
+            segments.append((seg, rows, counts, row_tokens))
         tokens = None
         if prep.sample_args is not None:
             greedy_only, *args = prep.sample_args
             self.sampled_S, tokens = self._sample_exe[args[0].shape[0], greedy_only](
                 self.head, self.hidden_RD, self.sampled_S, *args)
-        return counts_per_call, tokens
+        self.slot_of = {r.request_id: i for i, r in enumerate(prep.sampled)}
+        return InFlight(segments, prep.sampled, prep.num_decodes, tokens)
 
     def dispatch(self, plan: IterationPlan) -> InFlight:
         """Prepare and launch one iteration. Decode requests with a token pending
@@ -320,11 +303,10 @@ class ModelExecutor:
 
     def fetch(self, flight: InFlight) -> ExecutionResult:
         """Wait for a dispatched iteration; its tokens and expert counts come back in one transfer."""
-        counts, tokens = flight.launched.result()  # re-raises what a call raised
-        tokens, counts = jax.device_get((tokens, counts))
+        tokens, counts = jax.device_get((flight.tokens_B, [c for _, _, c, _ in flight.segments]))
         tokens = [] if tokens is None else tokens[:len(flight.sampled)].tolist()
         segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, c, row_tokens)
-                    for (seg, rows, row_tokens), c in zip(flight.segments, counts)]
+                    for (seg, rows, _, row_tokens), c in zip(flight.segments, counts)]
         n_dec = flight.num_decodes
         first = {r.request_id: t for r, t in zip(flight.sampled[n_dec:], tokens[n_dec:])}
         return ExecutionResult(tokens[:n_dec], first, segments)
