@@ -228,15 +228,23 @@ def time_plan(ex, plan: IterationPlan, reps: int) -> dict:
         ex.execute(plan)
         serial.append(time.perf_counter() - t)
     in_flight = [ex.dispatch(plan)]
+    host = []  # per pipelined step: seconds building rows, in the launch calls, waiting for the tokens
 
     def pipelined_step():
-        in_flight.append(ex.dispatch(plan))
+        t0 = time.perf_counter()
+        prepared = ex.prepare(plan)
+        t1 = time.perf_counter()
+        in_flight.append(ex.launch(prepared))
+        t2 = time.perf_counter()
         ex.fetch(in_flight.pop(0))
+        host.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
 
     pipelined, busy = timed(pipelined_step, reps)
     ex.fetch(in_flight.pop())
+    prepare_s, launch_s, wait_s = (statistics.median(h[i] for h in host[:reps]) for i in range(3))
     return dict(device_ms=device * 1e3, serial_ms=statistics.median(serial) * 1e3, pipelined_ms=pipelined,
-                pipelined_busy_ms=busy,
+                pipelined_busy_ms=busy, host_prepare_ms=prepare_s * 1e3, host_launch_ms=launch_s * 1e3,
+                host_wait_ms=wait_s * 1e3,
                 buckets=[int(b.tokens_T.shape[0]) for _, b, _, _ in prep.calls],
                 counts=[s.expert_counts_L for s in result.segments])
 
@@ -254,6 +262,9 @@ def summarise(name: str, cfg, plan, timing: dict, item: int, ceil: dict, wall_ke
                host_overhead_pct=100 * (wall - device) / wall, kernel_busy_ms=busy,
                launch_gaps_ms=None if busy is None else device - busy)
     gaps = "" if busy is None else f", kernels {busy:.2f} ms + gaps {device - busy:.2f} ms"
+    if "host_prepare_ms" in timing:
+        gaps += (f"; pipelined step's host: rows {timing['host_prepare_ms']:.2f} ms, in launch calls "
+                 f"{timing['host_launch_ms']:.2f} ms, waiting for tokens {timing['host_wait_ms']:.2f} ms (medians)")
     log(f"  {name}: wall {wall:.2f} ms ({kind}), device {device:.2f} ms{gaps}, serial "
         f"{timing['serial_ms']:.2f} ms, floor {floor['floor_ms']:.2f} ms, ratio {row['ratio']:.2f}, host overhead "
         f"{row['host_overhead_ms']:.2f} ms ({row['host_overhead_pct']:.1f}%)")
@@ -436,6 +447,10 @@ def markdown(data: dict) -> str:
                          f"{r['expert_GB']:.2f} | {r['host_overhead_ms']:.2f} "
                          f"({r['host_overhead_pct']:.1f}%) |")
         for r in entry["cases"]:
+            if "host_prepare_ms" in r:
+                lines.append(f"\n{r['case']}, host time of a pipelined step (medians): building rows "
+                             f"{r['host_prepare_ms']:.2f} ms, in the launch calls {r['host_launch_ms']:.2f} ms, "
+                             f"waiting for the previous iteration's tokens {r['host_wait_ms']:.2f} ms.")
             if r.get("floor_rate_pct"):
                 lines.append(f"\n{r['case']}: {r['floor_rate_pct']:.0f}% of the floor rate.")
             if "compiles" in r:
