@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.script_loader import load_script
 
 
@@ -19,6 +21,11 @@ def test_quick_run_writes_every_case_with_floors(tmp_path):
         if "floor_ms" in r:
             assert r["floor_ms"] > 0 and r["device_ms"] > 0 and r["bytes_GB"] > 0, name
     assert cases["8-request run (layered)"]["compiles"] == 0
+    for name in ("prefill 256", "layered mixed", "chunked mixed"):  # pipelined: where the host time goes
+        r = cases[name]
+        parts = [r["host_prepare_ms"], r["host_launch_ms"], r["host_wait_ms"]]
+        assert min(parts) >= 0 and r["host_prepare_ms"] > 0, (name, parts)
+        assert sum(parts) <= 3 * r["pipelined_ms"], (name, parts)  # medians of steps whose mean is the wall
     assert cases["layered mixed"]["prefill_tokens"] == 256 and cases["chunked mixed"]["prefill_tokens"] == 32
     assert entry["layer_slices"]  # the reference path on the CPU slices layers; counted, not judged here
     assert "| decode B=4 |" in (tmp_path / "engine_cpu.md").read_text()
@@ -37,3 +44,9 @@ ENTRY %main {
 }
 """
     assert load_script("bench_engine").layer_slices(hlo) == {"kLoop": [1, 256], "__triton_gemm": [1, 256]}
+
+
+def test_unknown_case_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        load_script("bench_engine").main(["--model", "tiny-qwen3-moe", "--cases", "decode,warp"])
+    assert "unknown case(s) warp" in capsys.readouterr().err
