@@ -43,7 +43,7 @@ from lp_jax.request import Request
 from lp_jax.sampling import greedy, sample
 from lp_jax.scheduler.base import IterationPlan
 from pallas_kernels.attention_reference import FULL_WINDOW
-from pallas_kernels.dispatch import paged_attention
+from pallas_kernels.dispatch import attention_plan, paged_attention
 
 
 # The compile cache: executables keyed by everything that determines them (model, backend,
@@ -83,6 +83,14 @@ def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, sample
     tokens_T = jnp.where(batch.prev_T >= 0, sampled_S[jnp.maximum(batch.prev_T, 0)], batch.tokens_T)
     x = jnp.where(batch.from_embed_T[:, None], embed_VD[tokens_T], hidden_RD[batch.src_T])
     counts = jnp.zeros((model.num_layers,), jnp.int32)
+    # The attention kernel's tile plan depends on the rows and the window only: made once here for
+    # each distinct window of the model, each layer picks its own (None on the reference path).
+    layer_windows = [model.layer_window(i) or FULL_WINDOW for i in range(model.num_layers)]
+    windows = sorted(set(layer_windows))
+    window_index_L = jnp.asarray([windows.index(w) for w in layer_windows], jnp.int32)
+    plan = attention_plan(batch.seq_T, batch.pos_T, H=model.num_heads, N=model.num_kv_heads, A=model.head_dim,
+                          Z=k_pool.shape[2], num_seqs=batch.block_tables_BM.shape[0], dtype=k_pool.dtype,
+                          windows=windows, backend=backend)
 
     def body(layer, carry):
         x, k_pool, v_pool, counts = carry
@@ -98,7 +106,8 @@ def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, sample
             vp = v_pool.at[layer, batch.page_T, batch.offset_T].set(v.astype(v_pool.dtype))
             pools.update(k=kp, v=vp)
             return paged_attention(q, kp, vp, layer, batch.block_tables_BM, batch.seq_T, batch.pos_T,
-                                   window=windows_L[layer], sinks_H=lp.get("sinks"), backend=backend)
+                                   window=windows_L[layer], sinks_H=lp.get("sinks"), backend=backend, plan=plan,
+                                   window_index=window_index_L[layer] if len(windows) > 1 else 0)
 
         x, ids = decoder_layer(model, lp, x, batch.pos_T, attend, batch.valid_T, backend,
                                layer if model.is_moe else None)

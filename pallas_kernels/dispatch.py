@@ -62,21 +62,41 @@ def pallas_attention_supports(H: int, N: int, A: int, Z: int, dtype) -> bool:
     return jax.numpy.dtype(dtype) in (jax.numpy.bfloat16, jax.numpy.float16) and supports(H, N, A, Z)
 
 
+def _attention_impl(H: int, N: int, A: int, Z: int, dtype, backend: str | None) -> str:
+    """The backend serving these attention shapes: automatic choice (backend None) takes the
+    reference for shapes the kernel does not tile; an explicit "pallas" lets the kernel raise."""
+    chosen = resolve_backend(backend)
+    if chosen == "pallas" and backend is None and not pallas_attention_supports(H, N, A, Z, dtype):
+        chosen = "reference"
+    return chosen
+
+
+def attention_plan(seq_T, pos_T, *, H: int, N: int, A: int, Z: int, num_seqs: int, dtype, windows,
+                   backend: str | None = None):
+    """The kernel's tile plan of a batch for each of `windows`, made once and shared by the
+    layers of a call (`paged_attention.batch_plan`); None when the reference serves these shapes
+    (it needs no plan)."""
+    if _attention_impl(H, N, A, Z, dtype, backend) != "pallas":
+        return None
+    from pallas_kernels.paged_attention import batch_plan
+    return batch_plan(seq_T, pos_T, H=H, N=N, A=A, num_seqs=num_seqs, windows=windows)
+
+
 def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, *,
-                    window, sinks_H=None, backend: str | None = None):
+                    window, sinks_H=None, backend: str | None = None, plan: dict | None = None, window_index=0):
     """Attention of a ragged batch over paged K/V (this call's K/V already written to the pages);
-    see `attention_reference.paged_attention_reference`.
+    see `attention_reference.paged_attention_reference`. plan, window_index: from
+    `attention_plan` (None: planned in this call); `window` must be the plan's window at
+    window_index.
 
     Automatic choice (backend None) takes the reference for shapes the kernel does not tile;
     an explicit backend="pallas" lets the kernel raise instead."""
     _, H, A = q_THA.shape
     Z, N = k_pool_LPZNA.shape[2:4]
-    chosen = resolve_backend(backend)
-    if chosen == "pallas" and backend is None and not pallas_attention_supports(H, N, A, Z, q_THA.dtype):
-        chosen = "reference"
-    if chosen == "pallas":
-        from pallas_kernels.paged_attention import paged_attention as impl
-    else:
-        from pallas_kernels.attention_reference import paged_attention_reference as impl
-    return impl(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T,
-                window=window, sinks_H=sinks_H)
+    if _attention_impl(H, N, A, Z, q_THA.dtype, backend) == "pallas":
+        from pallas_kernels.paged_attention import paged_attention as kernel
+        return kernel(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, window=window,
+                      sinks_H=sinks_H, plan=plan, window_index=window_index)
+    from pallas_kernels.attention_reference import paged_attention_reference
+    return paged_attention_reference(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T,
+                                     window=window, sinks_H=sinks_H)

@@ -82,6 +82,13 @@ def plan_tiles(seq_T, pos_T, *, num_seqs: int, block_q: int, block_kv: int, wind
       order [max_tiles] int32: tiles by decreasing number of key blocks (empty tiles last);
       num_tiles [] int32, max_tiles: int).
     """
+    rows = tile_rows(seq_T, pos_T, num_seqs=num_seqs, block_q=block_q)
+    return {**rows, **key_ranges(rows, block_kv=block_kv, window=window)}
+
+
+def tile_rows(seq_T, pos_T, *, num_seqs: int, block_q: int) -> dict:
+    """The window-independent part of `plan_tiles`: tile_T, slot_T, tile_row, qpos, num_tiles,
+    max_tiles and seq [max_tiles] (each tile's sequence)."""
     T = seq_T.shape[0]
     max_tiles = (T + min(num_seqs, T) * (block_q - 1)) // block_q
     row = jnp.arange(T, dtype=jnp.int32)
@@ -94,21 +101,60 @@ def plan_tiles(seq_T, pos_T, *, num_seqs: int, block_q: int, block_kv: int, wind
     tile_row = jnp.minimum(first[:, None] + jnp.arange(block_q, dtype=jnp.int32), T - 1)
     valid = (first[:, None] + jnp.arange(block_q) < T) & (tile_T[tile_row] == tile[:, None])
     qpos = jnp.where(valid, pos_T[tile_row], -1)
-    seq = seq_T[tile_row[:, 0]]
+    return dict(tile_T=tile_T, slot_T=slot_T, tile_row=tile_row, qpos=qpos, seq=seq_T[tile_row[:, 0]],
+                num_tiles=tile_T[-1] + 1, max_tiles=max_tiles)
+
+
+def key_ranges(rows: dict, *, block_kv: int, window) -> dict:
+    """The window-dependent part of `plan_tiles` for the tiles of `tile_rows`: info and order."""
+    qpos = rows["qpos"]
     hi_pos = qpos.max(axis=1)
-    lo_pos = jnp.where(valid, qpos, FULL_WINDOW).min(axis=1)
+    lo_pos = jnp.where(qpos >= 0, qpos, FULL_WINDOW).min(axis=1)
     kv_hi = (hi_pos + block_kv) // block_kv  # ceil((max pos + 1) / block_kv); 0 for empty tiles
     kv_lo = jnp.minimum(jnp.maximum(lo_pos - window + 1, 0) // block_kv, kv_hi)
     full_lo = (hi_pos - window + block_kv) // block_kv  # keys >= max pos - window + 1
     full_hi = (lo_pos + 1) // block_kv  # keys <= min pos
     order = jnp.argsort(kv_lo - kv_hi, stable=True).astype(jnp.int32)
-    info = jnp.stack([seq, kv_lo, kv_hi, full_lo, full_hi], axis=1)
-    return dict(tile_T=tile_T, slot_T=slot_T, tile_row=tile_row, qpos=qpos, info=info, order=order,
-                num_tiles=tile_T[-1] + 1, max_tiles=max_tiles)
+    info = jnp.stack([rows["seq"], kv_lo, kv_hi, full_lo, full_hi], axis=1)
+    return dict(info=info, order=order)
+
+
+def tile_config(H: int, N: int, A: int, T: int, B: int, config: AttentionTileConfig | None = None
+                ) -> AttentionTileConfig:
+    """`config`, or the tuned one for this shape on this device (with P through SMEM off a GPU,
+    i.e. in GPU interpret mode)."""
+    from pallas_kernels.attention_tuning import lookup  # the table imports this module's config
+
+    if config is not None:
+        return config
+    device = jax.devices()[0]
+    cfg = lookup(H, N, A, T, B, device.device_kind)
+    return dataclasses.replace(cfg, p_via_smem=True) if device.platform != "gpu" else cfg
+
+
+def batch_plan(seq_T, pos_T, *, H: int, N: int, A: int, num_seqs: int, windows,
+               config: AttentionTileConfig | None = None) -> dict:
+    """The tile plan of one batch for each window in `windows` (ints or traced int32 scalars),
+    to share among the layers of a call instead of planning in every layer: `tile_rows` once and
+    `key_ranges` per window, stacked (info [W, max_tiles, 5], order [W, max_tiles], windows
+    [W]), and each slot's position repeated per query head of a KV head (qpos_rows [max_tiles,
+    block_q * H / N]). Pass it to `paged_attention` with the layer's index into `windows`."""
+    cfg = tile_config(H, N, A, seq_T.shape[0], num_seqs, config)
+    rows = tile_rows(seq_T.astype(jnp.int32), pos_T.astype(jnp.int32), num_seqs=num_seqs, block_q=cfg.block_q)
+    ranges = [key_ranges(rows, block_kv=cfg.block_kv, window=jnp.asarray(w, jnp.int32)) for w in windows]
+    return dict(rows, info=jnp.stack([r["info"] for r in ranges]), order=jnp.stack([r["order"] for r in ranges]),
+                windows=jnp.stack([jnp.asarray(w, jnp.int32) for w in windows]),
+                qpos_rows=jnp.repeat(rows["qpos"], H // N, axis=1),  # row = token * R + head
+                block_q=cfg.block_q, block_kv=cfg.block_kv)
 
 
 def _num_sms() -> int:
-    return getattr(jax.devices()[0], "core_count", None) or 132
+    """The device's SM count (132 if it does not say); 4 off a GPU, where GPU interpret mode runs
+    the CTAs one after another on the CPU (the result does not depend on the grid)."""
+    device = jax.devices()[0]
+    if device.platform != "gpu":
+        return 4
+    return getattr(device, "core_count", None) or 132
 
 
 def num_splits(cfg: AttentionTileConfig, max_tiles: int, N: int, num_ctas: int) -> int:
@@ -118,39 +164,36 @@ def num_splits(cfg: AttentionTileConfig, max_tiles: int, N: int, num_ctas: int) 
 
 def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, *,
                     window=FULL_WINDOW, sinks_H=None, scale=None, config: AttentionTileConfig | None = None,
-                    num_sms: int | None = None):
+                    num_sms: int | None = None, plan: dict | None = None, window_index=0):
     """`paged_attention_reference` on the Pallas kernel. Returns [T, H, A] in q's dtype.
 
     q [T, H, A] bf16/f16; pools [L, P, Z, N, A] of q's dtype, already holding this call's K/V;
     layer, window: int or traced int32 scalar; block_table_BM [B, M] int32; seq_T, pos_T [T]
-    int32; sinks_H [H] or None; config from `attention_tuning.lookup` when None (with P through
-    SMEM off a GPU, i.e. in interpret mode); num_sms: the
-    persistent grid's SM count (device core count, else 132).
+    int32; sinks_H [H] or None; config from `tile_config` when None; num_sms: the persistent
+    grid's SM count (device core count, else 132). plan: `batch_plan` of this batch (made with
+    the same config), shared by the layers of a call; the layer's window is then
+    plan["windows"][window_index] (window_index an int or traced int32 scalar) and `window` is
+    not read. Without a plan, the plan is made here for `window`.
     """
-    from pallas_kernels.attention_tuning import lookup  # the table imports this module's config
-
     T, H, A = q_THA.shape
     _, _, Z, N, _ = k_pool_LPZNA.shape
     B, M = block_table_BM.shape
     R = H // N
     dtype = q_THA.dtype
-    cfg = config
-    if cfg is None:
-        device = jax.devices()[0]
-        cfg = lookup(H, N, A, T, B, device.device_kind)
-        if device.platform != "gpu":  # GPU interpret mode: P through SMEM (see p_via_smem)
-            cfg = dataclasses.replace(cfg, p_via_smem=True)
+    cfg = tile_config(H, N, A, T, B, config)
     cfg.validate(R, A, Z)
     scale = A ** -0.5 if scale is None else scale
-    window = jnp.asarray(window, jnp.int32)
-    plan = plan_tiles(seq_T.astype(jnp.int32), pos_T.astype(jnp.int32), num_seqs=B,
-                      block_q=cfg.block_q, block_kv=cfg.block_kv, window=window)
+    if plan is None:
+        plan, window_index = batch_plan(seq_T, pos_T, H=H, N=N, A=A, num_seqs=B, windows=(window,), config=cfg), 0
+    elif (plan["block_q"], plan["block_kv"]) != (cfg.block_q, cfg.block_kv):
+        raise ValueError(f"plan made for blocks ({plan['block_q']}, {plan['block_kv']}), the call tiles "
+                         f"({cfg.block_q}, {cfg.block_kv}): make it with the same config")
+    window = plan["windows"][window_index]
     nt, bq = plan["max_tiles"], cfg.block_q
     num_ctas = (num_sms or _num_sms()) * cfg.ctas_per_sm
     splits = num_splits(cfg, nt, N, num_ctas)
 
     q_tiles = q_THA.reshape(T, N, R, A)[plan["tile_row"]].transpose(0, 2, 1, 3, 4).reshape(nt, N, bq * R, A)
-    qpos_rows = jnp.repeat(plan["qpos"], R, axis=1)  # row = token * R + head
     sinks_rows = jnp.full((splits, N, bq * R), MASK, jnp.float32)
     if sinks_H is not None:
         sinks_rows = sinks_rows.at[0].set(
@@ -159,8 +202,9 @@ def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, se
 
     kernel = attention_kernel(cfg, N=N, R=R, A=A, Z=Z, M=M, scale=scale, dtype=dtype, max_tiles=nt,
                               num_ctas=num_ctas, splits=splits)
-    o_tiles, *lse = kernel(scalars, plan["order"], plan["info"], block_table_BM.astype(jnp.int32),
-                           qpos_rows, sinks_rows, q_tiles, k_pool_LPZNA, v_pool_LPZNA)
+    o_tiles, *lse = kernel(scalars, plan["order"][window_index], plan["info"][window_index],
+                           block_table_BM.astype(jnp.int32), plan["qpos_rows"], sinks_rows, q_tiles, k_pool_LPZNA,
+                           v_pool_LPZNA)
     # Rows back in call order, per split: [S, T, N, R(, A)]. (Indexing all splits at once, or
     # moving the token axis first, made XLA's gather 3x slower on the H100: 0.19 vs 0.06 ms.)
     def rows(x):  # [S, nt, N, bq * R, ...] -> [S, T, N, R, ...]

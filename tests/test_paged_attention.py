@@ -18,7 +18,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels import dispatch
 from pallas_kernels.attention_reference import FULL_WINDOW, paged_attention_reference
 from pallas_kernels.attention_tuning import default_config
-from pallas_kernels.paged_attention import AttentionTileConfig, paged_attention, plan_tiles
+from pallas_kernels.paged_attention import AttentionTileConfig, batch_plan, paged_attention, plan_tiles
 
 Z = 16  # page size (lp_jax's default)
 DECODE_R8 = AttentionTileConfig(block_q=8, block_kv=64, stages=3, p_via_smem=True)
@@ -163,6 +163,27 @@ def test_traced_layer_and_window_under_jit_match_eager():
         eager = run(1, 16)
     np.testing.assert_array_equal(np.asarray(traced, np.float32), np.asarray(eager, np.float32))
     assert rel_err(traced, reference(b, 1, window=16)) <= 1e-2
+
+
+def test_a_plan_shared_by_layers_gives_each_window_what_planning_per_call_gives():
+    """The executor plans a batch once per call for the model's distinct windows and each layer
+    picks its window by a traced index."""
+    b = ragged_batch(jax.random.key(10), [(50, 1), (30, 10)], H=8, N=1, A=64)
+    windows = (FULL_WINDOW, 16)
+    B = b["block_table_BM"].shape[0]
+
+    def shared(layer, index):
+        plan = batch_plan(b["seq_T"], b["pos_T"], H=8, N=1, A=64, num_seqs=B, windows=windows, config=DECODE_R8)
+        return paged_attention(layer=layer, **b, config=DECODE_R8, num_sms=2, plan=plan, window_index=index)
+    with plgpu.force_gpu_interpret_mode():
+        for index, window in enumerate(windows):
+            got = jax.jit(shared)(jnp.int32(1), jnp.int32(index))
+            want = paged_attention(layer=1, **b, window=window, config=DECODE_R8, num_sms=2)
+            np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    other = dataclasses.replace(DECODE_R8, block_kv=128)
+    plan = batch_plan(b["seq_T"], b["pos_T"], H=8, N=1, A=64, num_seqs=B, windows=windows, config=other)
+    with pytest.raises(ValueError, match="same config"):
+        paged_attention(layer=1, **b, config=DECODE_R8, plan=plan)
 
 
 def test_dispatch_pallas_runs_the_kernel_and_falls_back_for_untiled_shapes():
