@@ -16,7 +16,7 @@ Design
   (sequence, KV head), which is what decode is bound by. Prefill tiles take 128 rows: two compute
   warpgroups of 64 rows share the tile's key stream, as FlashAttention-3's 128-row CTA tile does.
   The tile layout (q gathered into [tiles, N, block_q * R, A], outputs gathered back) and the
-  per-tile key ranges are computed outside the kernel with jit-friendly jnp ops (`plan_tiles`),
+  per-tile key ranges are computed outside the kernel with jit-friendly jnp ops (`batch_plan`),
   gathers only: an XLA scatter of the queries cost 0.30 ms of a 1.5 ms 8K prefill on the H100.
 * Work unit = (tile, KV head, key split). A persistent grid of `num_sms * ctas_per_sm` CTAs walks
   the units longest-first (tiles sorted by their number of key blocks), so one long prefill tile
@@ -65,8 +65,8 @@ def supports(H: int, N: int, A: int, Z: int) -> bool:
     return A in (64, 128) and H % N == 0 and 128 % (H // N) == 0 and 64 % Z == 0 and Z % 8 == 0
 
 
-def plan_tiles(seq_T, pos_T, *, num_seqs: int, block_q: int, block_kv: int, window):
-    """Query tiles of a ragged batch (jit-friendly; window may be traced).
+def tile_rows(seq_T, pos_T, *, num_seqs: int, block_q: int) -> dict:
+    """Query tiles of a ragged batch (jit-friendly), the window-independent part of a plan.
 
     Runs of equal seq_T (a sequence's rows, contiguous) are cut into tiles of block_q rows,
     numbered in row order. At most min(B, T) runs, so max_tiles = (T + min(B, T) * (block_q - 1))
@@ -77,18 +77,9 @@ def plan_tiles(seq_T, pos_T, *, num_seqs: int, block_q: int, block_kv: int, wind
       tile_row [max_tiles, block_q] int32: the row in each slot (a valid row index, any row for
         empty slots);
       qpos [max_tiles, block_q] int32: position of each slot (-1 for empty slots);
-      info [max_tiles, 5] int32 per tile: sequence, first and end key block, first and end
-        unmasked block (every key of [first, end) is visible to every row of the tile);
-      order [max_tiles] int32: tiles by decreasing number of key blocks (empty tiles last);
+      seq [max_tiles] int32: each tile's sequence;
       num_tiles [] int32, max_tiles: int).
     """
-    rows = tile_rows(seq_T, pos_T, num_seqs=num_seqs, block_q=block_q)
-    return {**rows, **key_ranges(rows, block_kv=block_kv, window=window)}
-
-
-def tile_rows(seq_T, pos_T, *, num_seqs: int, block_q: int) -> dict:
-    """The window-independent part of `plan_tiles`: tile_T, slot_T, tile_row, qpos, num_tiles,
-    max_tiles and seq [max_tiles] (each tile's sequence)."""
     T = seq_T.shape[0]
     max_tiles = (T + min(num_seqs, T) * (block_q - 1)) // block_q
     row = jnp.arange(T, dtype=jnp.int32)
@@ -106,7 +97,10 @@ def tile_rows(seq_T, pos_T, *, num_seqs: int, block_q: int) -> dict:
 
 
 def key_ranges(rows: dict, *, block_kv: int, window) -> dict:
-    """The window-dependent part of `plan_tiles` for the tiles of `tile_rows`: info and order."""
+    """The window-dependent part of a plan, for the tiles of `tile_rows` (window may be traced):
+    info [max_tiles, 5] int32 per tile: sequence, first and end key block, first and end
+      unmasked block (every key of [first, end) is visible to every row of the tile);
+    order [max_tiles] int32: tiles by decreasing number of key blocks (empty tiles last)."""
     qpos = rows["qpos"]
     hi_pos = qpos.max(axis=1)
     lo_pos = jnp.where(qpos >= 0, qpos, FULL_WINDOW).min(axis=1)

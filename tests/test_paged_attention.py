@@ -18,7 +18,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels import dispatch
 from pallas_kernels.attention_reference import FULL_WINDOW, paged_attention_reference
 from pallas_kernels.attention_tuning import default_config
-from pallas_kernels.paged_attention import AttentionTileConfig, batch_plan, paged_attention, plan_tiles
+from pallas_kernels.paged_attention import AttentionTileConfig, batch_plan, paged_attention
 
 Z = 16  # page size (lp_jax's default)
 DECODE_R8 = AttentionTileConfig(block_q=8, block_kv=64, stages=3, p_via_smem=True)
@@ -77,23 +77,23 @@ def check(batch, cfg, *, layer=1, window=FULL_WINDOW, sinks_H=None):
     return out
 
 
-def test_plan_tiles_cuts_runs_and_bounds_key_blocks():
+def test_batch_plan_cuts_runs_and_bounds_key_blocks():
     seq = jnp.array([0, 1, 1, 1, 1, 1, 2, 3, 3], jnp.int32)
     pos = jnp.array([80, 10, 11, 12, 13, 14, 200, 0, 0], jnp.int32)
-    p = plan_tiles(seq, pos, num_seqs=4, block_q=4, block_kv=64, window=jnp.int32(8))
+    cfg = AttentionTileConfig(block_q=4, block_kv=64)
+    p = batch_plan(seq, pos, H=4, N=1, A=64, num_seqs=4, windows=(8, FULL_WINDOW), config=cfg)
     assert int(p["num_tiles"]) == 5 and p["max_tiles"] == (9 + 4 * 3) // 4
     assert p["tile_T"].tolist() == [0, 1, 1, 1, 1, 2, 3, 4, 4]
     assert p["slot_T"].tolist() == [0, 0, 1, 2, 3, 0, 0, 0, 1]
-    info = np.asarray(p["info"])[:5]
+    info, full = np.asarray(p["info"][0])[:5], np.asarray(p["info"][1])
     # (sequence, first/end key block, first/end unmasked block): window 8 keeps 80 in block 1
     # only; 200 -> block 3; every visited block crosses a row's window or causal edge.
     assert info.tolist() == [[0, 1, 2, 2, 1], [1, 0, 1, 1, 0], [1, 0, 1, 1, 0], [2, 3, 4, 4, 3],
                              [3, 0, 1, 0, 0]]
-    full = plan_tiles(seq, pos, num_seqs=4, block_q=4, block_kv=64, window=jnp.int32(FULL_WINDOW))
-    assert np.asarray(full["info"])[3, 1:3].tolist() == [0, 4]  # position 200: blocks 0-2 need no mask
-    assert np.asarray(full["info"])[3, 4] == 3 and np.asarray(full["info"])[3, 3] <= 0
+    assert full[3, 1:3].tolist() == [0, 4]  # position 200: blocks 0-2 need no mask
+    assert full[3, 4] == 3 and full[3, 3] <= 0
     assert np.asarray(p["qpos"])[2].tolist() == [14, -1, -1, -1]
-    assert sorted(np.asarray(p["order"])[:5].tolist()) == [0, 1, 2, 3, 4]
+    assert sorted(np.asarray(p["order"][0])[:5].tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_decode_only_gqa8_head128_with_padding():
