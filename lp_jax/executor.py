@@ -52,7 +52,6 @@ from pallas_kernels.dispatch import attention_plan, paged_attention
 _EXECUTABLES: dict[tuple, object] = {}
 
 
-
 def _compiled(kind: tuple, jitted, *abstract_args, options: tuple = ()):
     """The executable of `jitted` for these abstract arguments and XLA options ((name, value)
     pairs), compiled once per process."""
@@ -71,7 +70,7 @@ def stack_layers(layers: list[dict] | dict) -> dict:
     return {name: jnp.stack([lp[name] for lp in layers]) for name in layers[0]}
 
 
-def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, sampled_S, hidden_RD, k_pool, v_pool,
+def run_layers(model: ModelConfig, backend, stacked, embed_VD, sampled_S, hidden_RD, k_pool, v_pool,
                batch: RowBatch, layer_lo, layer_hi):
     """Run the batch's rows through layers [layer_lo, layer_hi) (ints, or traced int32). sampled_S
     [max_num_seqs] int32: the previous iteration's sampled tokens (rows with prev_T >= 0 read
@@ -86,6 +85,7 @@ def run_layers(model: ModelConfig, backend, stacked, embed_VD, windows_L, sample
     # The attention kernel's tile plan depends on the rows and the window only: made once here for
     # each distinct window of the model, each layer picks its own (None on the reference path).
     layer_windows = [model.layer_window(i) or FULL_WINDOW for i in range(model.num_layers)]
+    windows_L = jnp.asarray(layer_windows, jnp.int32)
     windows = sorted(set(layer_windows))
     window_index_L = jnp.asarray([windows.index(w) for w in layer_windows], jnp.int32)
     plan = attention_plan(batch.seq_T, batch.pos_T, H=model.num_heads, N=model.num_kv_heads, A=model.head_dim,
@@ -182,8 +182,6 @@ class ModelExecutor:
         cast = functools.partial(jax.tree.map, lambda w: jnp.asarray(w, self.dtype))
         self.stacked = cast(stack_layers(params["layers"]))
         self.head = cast({k: params[k] for k in ("embed", "final_norm", "lm_head") if k in params})
-        self.windows_L = jnp.asarray([model.layer_window(i) or FULL_WINDOW for i in range(model.num_layers)],
-                                     jnp.int32)
         self.k_pool, self.v_pool = allocate_pools(model, blocks.num_pages, blocks.page_size, self.dtype)
         self.prefill_base = config.max_num_seqs
         num_rows = config.hidden_rows()
@@ -195,8 +193,8 @@ class ModelExecutor:
         self.buckets = config.buckets()
         self.seq_buckets = config.seq_buckets()
         whole = functools.partial(run_layers, model, backend, layer_lo=0, layer_hi=model.num_layers)
-        self._whole_fn = jax.jit(whole, donate_argnums=(4, 5, 6))
-        self._range_fn = jax.jit(functools.partial(run_layers, model, backend), donate_argnums=(4, 5, 6))
+        self._whole_fn = jax.jit(whole, donate_argnums=(3, 4, 5))
+        self._range_fn = jax.jit(functools.partial(run_layers, model, backend), donate_argnums=(3, 4, 5))
         self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,), donate_argnums=(3,))
         self._kind = (model, backend)
         self._whole_exe: dict[int, object] = {}  # row bucket -> step over all layers (static bounds)
@@ -215,6 +213,11 @@ class ModelExecutor:
         layered) and a greedy and a sampling head per sampled-row bucket."""
         return len(self.buckets) * (1 + self.uses_ranges) + 2 * len(self.seq_buckets)
 
+    def step_state(self) -> tuple:
+        """The device state a layer step takes before its batch: (stacked weights, embedding,
+        sampled tokens, hidden buffer, K pool, V pool); the last three are donated."""
+        return self.stacked, self.head["embed"], self.sampled_S, self.hidden_RD, self.k_pool, self.v_pool
+
     def _batch_struct(self, T: int) -> RowBatch:
         i32, b = jax.ShapeDtypeStruct((T,), jnp.int32), jax.ShapeDtypeStruct((T,), jnp.bool_)
         tables = jax.ShapeDtypeStruct((self.config.max_num_seqs + 1, self.pages_per_seq), jnp.int32)
@@ -226,8 +229,7 @@ class ModelExecutor:
         first and after each one (a full-size row bucket takes 10-20 s on the GPU)."""
         shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
-        state = (jax.tree.map(shape, self.stacked), shape(self.head["embed"]), shape(self.windows_L),
-                 shape(self.sampled_S), shape(self.hidden_RD), shape(self.k_pool), shape(self.v_pool))
+        state = jax.tree.map(shape, self.step_state())
         steps = [("whole", self._whole_fn, self._whole_exe, ())]
         if self.uses_ranges:
             steps.append(("range", self._range_fn, self._range_exe, (scalar, scalar)))
@@ -293,9 +295,7 @@ class ModelExecutor:
                 exe, bounds = self._whole_exe[T], ()
             else:
                 exe, bounds = self._range_exe[T], (np.int32(seg.layer_lo), np.int32(seg.layer_hi))
-            self.hidden_RD, self.k_pool, self.v_pool, counts = exe(
-                self.stacked, self.head["embed"], self.windows_L, self.sampled_S, self.hidden_RD, self.k_pool,
-                self.v_pool, batch, *bounds)
+            self.hidden_RD, self.k_pool, self.v_pool, counts = exe(*self.step_state(), batch, *bounds)
             segments.append((seg, rows, counts, row_tokens))
         tokens = None
         if prep.sample_args is not None:

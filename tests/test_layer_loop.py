@@ -9,12 +9,9 @@ from lp_jax.kv_cache import BlockManager
 from tests.engine_helpers import preset_model
 
 
-def _loops(fn, executor, *bounds):
+def _loops(fn, ex, *bounds):
     shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
-    ex = executor
-    jaxpr = jax.make_jaxpr(fn)(jax.tree.map(shape, ex.stacked), shape(ex.head["embed"]), shape(ex.windows_L),
-                               shape(ex.sampled_S), shape(ex.hidden_RD), shape(ex.k_pool), shape(ex.v_pool),
-                               ex._batch_struct(8), *bounds)
+    jaxpr = jax.make_jaxpr(fn)(*jax.tree.map(shape, ex.step_state()), ex._batch_struct(8), *bounds)
     inner = jaxpr.jaxpr.eqns[0].params["jaxpr"].jaxpr  # the jit's body
     return [e.primitive.name for e in inner.eqns if e.primitive.name in ("scan", "while")]
 
