@@ -4,7 +4,7 @@
         run_some_iterations()
     kt.busy_ms            # sum of kernel durations (device busy time, ms)
     kt.by_name(top=10)    # [(kernel name, launches, total ms)], largest first
-    kt.dropped            # records with a duration outside (0, wall of the block]: > 0 = not trustworthy
+    kt.dropped            # records with a duration outside [0, wall of the block]: > 0 = not trustworthy
 
 Wall time of the block minus `busy_ms` is what the device spent idle: host work that did not
 overlap device work, launch gaps and syncs. Uses the CUPTI hooks that ship with jax's Mosaic GPU
@@ -44,7 +44,7 @@ class KernelTimes:
     def __exit__(self, *exc):
         wall_ms = (time.perf_counter() - self._start) * 1e3
         records = list(self._ext._cupti_get_timings(True) or [])
-        # A duration outside (0, wall] is a broken record (seen for kernels that XLA launches
+        # A duration outside [0, wall] is a broken record (seen for kernels that XLA launches
         # from CUDA graphs); such a block's busy time is not trustworthy.
         self.kernels = [(n, t) for n, t in records if 0 <= t <= wall_ms]
         self.dropped = len(records) - len(self.kernels)
