@@ -2,15 +2,16 @@
 compiled step functions and returns the sampled tokens.
 
 - Weights are stacked over layers ([L, ...] per weight) and a step function loops over them, so
-  its argument count does not grow with the number of layers. Two kinds of step per row bucket:
-  the whole model (static bounds 0..L) and, for layered, any contiguous range [layer_lo,
-  layer_hi) with traced bounds, so one executable serves every group. On the GPU the bounds
-  decide how the loop runs: XLA runs a loop of known trip count as a CUDA graph, while a traced
-  trip count makes it copy the predicate to the host after every layer and launch the next
-  layer's ~60 kernels one by one (H100, Qwen3-30B-A3B decode at batch 64: 38.8 ms per engine
-  step traced, 34.4 ms static). Range steps keep the traced loop: as a CUDA graph conditional
-  node (XLA's command buffers with WHILE) the layered iteration took 44.6 instead of 49.3 ms,
-  but a 200-request run then hit an illegal memory access, cause not found (notes_engine.md).
+  its argument count does not grow with the number of layers. Every step's layer loop has a
+  static trip count: on the GPU, XLA runs such a loop without the host in it, while a traced trip
+  count makes it copy the predicate to the host after every layer and launch the next layer's ~60
+  kernels one by one, blocking the launching call (H100, Qwen3-30B-A3B decode at batch 64: 38.8 ms
+  per engine step traced, 34.4 ms static). So per row bucket there is the whole-model step
+  (layers 0..L) and, for layered, range steps of n = 1, 2, 4, ... < L layers from a traced first
+  layer: a layer range [lo, hi) runs as its binary pieces (`layer_pieces`), at most log2(L) + 1
+  calls. Rejected (notes_engine.md): one traced-bounds range step (the host round trips above),
+  and the same as a CUDA graph conditional node (XLA's command buffers with WHILE: a 200-request
+  run hit an illegal memory access).
 - KV pools ([L, P, Z, N, A]), the hidden-state buffer and the sampled-token buffer are donated
   into every call.
 - The hidden buffer keeps the hidden states of a layered cohort on the device between
@@ -26,6 +27,7 @@ compiled step functions and returns the sampled tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -70,11 +72,31 @@ def stack_layers(layers: list[dict] | dict) -> dict:
     return {name: jnp.stack([lp[name] for lp in layers]) for name in layers[0]}
 
 
-def run_layers(model: ModelConfig, backend, stacked, embed_VD, sampled_S, hidden_RD, k_pool, v_pool,
-               batch: RowBatch, layer_lo, layer_hi):
-    """Run the batch's rows through layers [layer_lo, layer_hi) (ints, or traced int32). sampled_S
-    [max_num_seqs] int32: the previous iteration's sampled tokens (rows with prev_T >= 0 read
-    theirs there).
+def layer_pieces(layer_lo: int, layer_hi: int, num_layers: int) -> list[tuple[int, int]]:
+    """The (first layer, layer count) calls that run layers [layer_lo, layer_hi): the whole model
+    is one call; any other range is cut into power-of-two counts, largest first."""
+    if not 0 <= layer_lo < layer_hi <= num_layers:
+        raise ValueError(f"layer range [{layer_lo}, {layer_hi}) is not a non-empty part of 0..{num_layers}")
+    if (layer_lo, layer_hi) == (0, num_layers):
+        return [(0, num_layers)]
+    pieces, lo = [], layer_lo
+    while lo < layer_hi:
+        n = 1 << ((layer_hi - lo).bit_length() - 1)
+        pieces.append((lo, n))
+        lo += n
+    return pieces
+
+
+def range_lengths(num_layers: int) -> list[int]:
+    """Layer counts of the range steps `layer_pieces` can call: the powers of two below L."""
+    return [1 << i for i in range((num_layers - 1).bit_length())]
+
+
+def run_layers(model: ModelConfig, backend, num_run: int, stacked, embed_VD, sampled_S, hidden_RD, k_pool, v_pool,
+               batch: RowBatch, layer_lo=0):
+    """Run the batch's rows through layers [layer_lo, layer_lo + num_run): num_run is static (the
+    loop's trip count), layer_lo an int or a traced int32. sampled_S [max_num_seqs] int32: the
+    previous iteration's sampled tokens (rows with prev_T >= 0 read theirs there).
 
     Returns (hidden buffer with the rows' outputs written, K pool, V pool,
     distinct experts per layer [L] int32 (0 outside the range)).
@@ -92,8 +114,9 @@ def run_layers(model: ModelConfig, backend, stacked, embed_VD, sampled_S, hidden
                           Z=k_pool.shape[2], num_seqs=batch.block_tables_BM.shape[0], dtype=k_pool.dtype,
                           windows=windows, backend=backend)
 
-    def body(layer, carry):
+    def body(i, carry):
         x, k_pool, v_pool, counts = carry
+        layer = layer_lo + i
         # Expert stacks go whole to the MoE kernels, which index the layer in place (slicing them
         # here would copy every layer's experts); the rest is sliced.
         in_place = EXPERT_WEIGHTS if model.is_moe else ()
@@ -115,7 +138,7 @@ def run_layers(model: ModelConfig, backend, stacked, embed_VD, sampled_S, hidden
             counts = counts.at[layer].set(distinct_experts(ids, model.num_experts, batch.valid_T))
         return x, pools["k"], pools["v"], counts
 
-    x, k_pool, v_pool, counts = jax.lax.fori_loop(layer_lo, layer_hi, body, (x, k_pool, v_pool, counts))
+    x, k_pool, v_pool, counts = jax.lax.fori_loop(0, num_run, body, (x, k_pool, v_pool, counts))
     return hidden_RD.at[batch.dst_T].set(x), k_pool, v_pool, counts
 
 
@@ -154,7 +177,7 @@ class ExecutionResult:
 class Prepared:
     """An iteration's host-built inputs, ready to launch (launching one twice reruns it)."""
 
-    calls: list[tuple]  # (Segment, RowBatch, rows per request, row tokens) per layer-range call
+    calls: list[tuple]  # (Segment, [(first layer, layer count, RowBatch)] per piece, rows per request, row tokens)
     sampled: list[Request]  # requests a token is sampled for: the plan's decodes, then completing prefills
     num_decodes: int
     sample_args: tuple | None  # see ModelExecutor._sample_args; None when nothing is sampled
@@ -164,7 +187,7 @@ class Prepared:
 class InFlight:
     """An iteration dispatched to the device and not yet read back."""
 
-    segments: list[tuple]  # (Segment, rows per request, expert counts [L] on device, row tokens)
+    segments: list[tuple]  # (Segment, rows per request, expert counts [L] on device per piece, row tokens)
     sampled: list[Request]  # requests a token was sampled for: the plan's decodes, then completing prefills
     num_decodes: int
     tokens_B: jax.Array | None  # [B >= len(sampled)] on device, None when nothing was sampled
@@ -192,13 +215,14 @@ class ModelExecutor:
         self.pages_per_seq = config.pages_per_seq(model)
         self.buckets = config.buckets()
         self.seq_buckets = config.seq_buckets()
-        whole = functools.partial(run_layers, model, backend, layer_lo=0, layer_hi=model.num_layers)
-        self._whole_fn = jax.jit(whole, donate_argnums=(3, 4, 5))
-        self._range_fn = jax.jit(functools.partial(run_layers, model, backend), donate_argnums=(3, 4, 5))
+        # Layer count -> jitted step; L is the whole model (first layer 0, static), the others
+        # take a traced first layer (layered only).
+        lengths = [model.num_layers] + (range_lengths(model.num_layers) if self.uses_ranges else [])
+        self._step_fns = {n: jax.jit(functools.partial(run_layers, model, backend, n), donate_argnums=(3, 4, 5))
+                          for n in lengths}
         self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,), donate_argnums=(3,))
         self._kind = (model, backend)
-        self._whole_exe: dict[int, object] = {}  # row bucket -> step over all layers (static bounds)
-        self._range_exe: dict[int, object] = {}  # row bucket -> step over a traced range (layered only)
+        self._step_exe: dict[tuple[int, int], object] = {}  # (layer count, row bucket) -> step
         self._sample_exe: dict[tuple[int, bool], object] = {}
 
     # --- compilation ------------------------------------------------------------------------
@@ -209,9 +233,9 @@ class ModelExecutor:
 
     @property
     def num_executables(self) -> int:
-        """Executables `precompile` builds: steps per row bucket (whole model, and ranges for
-        layered) and a greedy and a sampling head per sampled-row bucket."""
-        return len(self.buckets) * (1 + self.uses_ranges) + 2 * len(self.seq_buckets)
+        """Executables `precompile` builds: a step per layer count and row bucket (the whole model,
+        and for layered the range lengths) and a greedy and a sampling head per sampled-row bucket."""
+        return len(self.buckets) * len(self._step_fns) + 2 * len(self.seq_buckets)
 
     def step_state(self) -> tuple:
         """The device state a layer step takes before its batch: (stacked weights, embedding,
@@ -230,17 +254,15 @@ class ModelExecutor:
         shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
         state = jax.tree.map(shape, self.step_state())
-        steps = [("whole", self._whole_fn, self._whole_exe, ())]
-        if self.uses_ranges:
-            steps.append(("range", self._range_fn, self._range_exe, (scalar, scalar)))
         total = self.num_executables
         done = 0
         if progress:
             progress(done, total)
         for T in self.buckets:
-            for name, fn, table, bounds in steps:
-                table[T] = _compiled(("layers", name) + self._kind, fn, *state, self._batch_struct(T), *bounds,
-                                     options=self.config.compiler_options)
+            for n, fn in self._step_fns.items():
+                first = () if n == self.model.num_layers else (scalar,)
+                self._step_exe[n, T] = _compiled(("layers", n) + self._kind, fn, *state, self._batch_struct(T), *first,
+                                                 options=self.config.compiler_options)
                 done += 1
                 if progress:
                     progress(done, total)
@@ -273,9 +295,18 @@ class ModelExecutor:
         row_tokens = builder.row_tokens() if self.record_rows else []
         return builder.build(bucket_for(len(builder), self.buckets)), rows, row_tokens
 
+    def _pieces(self, seg, batch: RowBatch) -> list[tuple[int, int, RowBatch]]:
+        """The calls of one segment: after the first piece every row reads its hidden row."""
+        pieces = layer_pieces(seg.layer_lo, seg.layer_hi, self.model.num_layers)
+        chained = dataclasses.replace(batch, from_embed_T=~batch.valid_T) if len(pieces) > 1 else batch
+        return [(lo, n, batch if k == 0 else chained) for k, (lo, n) in enumerate(pieces)]
+
     def prepare(self, plan: IterationPlan) -> Prepared:
         """The host work of an iteration: its row batches and sampling arrays (numpy)."""
-        calls = [(seg, *self._segment_batch(plan, seg)) for seg in plan.segments()]
+        calls = []
+        for seg in plan.segments():
+            batch, rows, row_tokens = self._segment_batch(plan, seg)
+            calls.append((seg, self._pieces(seg, batch), rows, row_tokens))
         sampled: list[Request] = list(plan.decodes)
         hidden_rows = list(range(len(plan.decodes)))
         if plan.prefill_finishes_layers:
@@ -289,13 +320,13 @@ class ModelExecutor:
         """Enqueue a prepared iteration's layer-range calls and its sampling on the device;
         returns without waiting for them."""
         segments = []
-        for seg, batch, rows, row_tokens in prep.calls:
-            T = batch.tokens_T.shape[0]
-            if (seg.layer_lo, seg.layer_hi) == (0, self.model.num_layers):
-                exe, bounds = self._whole_exe[T], ()
-            else:
-                exe, bounds = self._range_exe[T], (np.int32(seg.layer_lo), np.int32(seg.layer_hi))
-            self.hidden_RD, self.k_pool, self.v_pool, counts = exe(*self.step_state(), batch, *bounds)
+        for seg, pieces, rows, row_tokens in prep.calls:
+            counts = []
+            for lo, n, batch in pieces:
+                exe = self._step_exe[n, batch.tokens_T.shape[0]]
+                first = () if n == self.model.num_layers else (np.int32(lo),)
+                self.hidden_RD, self.k_pool, self.v_pool, c = exe(*self.step_state(), batch, *first)
+                counts.append(c)
             segments.append((seg, rows, counts, row_tokens))
         tokens = None
         if prep.sample_args is not None:
@@ -314,7 +345,7 @@ class ModelExecutor:
         """Wait for a dispatched iteration; its tokens and expert counts come back in one transfer."""
         tokens, counts = jax.device_get((flight.tokens_B, [c for _, _, c, _ in flight.segments]))
         tokens = [] if tokens is None else tokens[:len(flight.sampled)].tolist()
-        segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, c, row_tokens)
+        segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, np.sum(c, axis=0, dtype=np.int32), row_tokens)
                     for (seg, rows, _, row_tokens), c in zip(flight.segments, counts)]
         n_dec = flight.num_decodes
         first = {r.request_id: t for r, t in zip(flight.sampled[n_dec:], tokens[n_dec:])}

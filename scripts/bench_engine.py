@@ -8,7 +8,8 @@ Cases (each timed three ways over --reps iterations, after warm-ups):
 - decode at batch 1/16/64/128, 2K context (context shortened to what the KV pool holds);
 - one 8192-token prefill through the whole model;
 - a layered mixed iteration: 64 decodes through every layer, an 8192-token cohort (4 prompts of
-  2K) through one group of the layered rule (a middle group, so three calls);
+  2K) through one group of the layered rule (a middle group, so three layer ranges; each runs as
+  the executor's power-of-two layer steps, `executor.layer_pieces`);
 - a chunked mixed iteration: 64 decodes and one 512-token chunk (positions 1024..1535 of a 2K
   prompt) through every layer.
 
@@ -245,7 +246,8 @@ def time_plan(ex, plan: IterationPlan, reps: int) -> dict:
     return dict(device_ms=device * 1e3, serial_ms=statistics.median(serial) * 1e3, pipelined_ms=pipelined,
                 pipelined_busy_ms=busy, host_prepare_ms=prepare_s * 1e3, host_launch_ms=launch_s * 1e3,
                 host_wait_ms=wait_s * 1e3,
-                buckets=[int(b.tokens_T.shape[0]) for _, b, _, _ in prep.calls],
+                buckets=[int(pieces[0][2].tokens_T.shape[0]) for _, pieces, _, _ in prep.calls],
+                step_calls=sum(len(pieces) for _, pieces, _, _ in prep.calls),
                 counts=[s.expert_counts_L for s in result.segments])
 
 
@@ -392,7 +394,8 @@ def layer_slices(hlo: str) -> dict:
 
 
 def dump_hlo(llm, out_dir: pathlib.Path, bucket: int) -> dict:
-    hlo = llm.engine.executor._whole_exe[bucket].as_text()
+    ex = llm.engine.executor
+    hlo = ex._step_exe[ex.model.num_layers, bucket].as_text()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"step_{llm.model_config.name}_{bucket}.hlo.txt").write_text(hlo)
     found = layer_slices(hlo)
@@ -441,7 +444,8 @@ def markdown(data: dict) -> str:
                 lines.append(f"| {r['case']} | error: {r['error'][:120]} | | | | | | | | | | |")
             if "buckets" not in r:
                 continue
-            lines.append(f"| {r['case']} | {r['buckets']} | {r[r['wall'] + '_ms']:.2f} ({r['wall']}) | "
+            calls = f" in {r['step_calls']} calls" if r.get("step_calls", 0) > len(r["buckets"]) else ""
+            lines.append(f"| {r['case']} | {r['buckets']}{calls} | {r[r['wall'] + '_ms']:.2f} ({r['wall']}) | "
                          f"{r['device_ms']:.2f} | {r['serial_ms']:.2f} | {r['floor_ms']:.2f} | {r['ratio']:.2f} | "
                          f"{r['device_ratio']:.2f} | {_ms(r['kernel_busy_ms'])} | {_ms(r['launch_gaps_ms'])} | "
                          f"{r['expert_GB']:.2f} | {r['host_overhead_ms']:.2f} "
