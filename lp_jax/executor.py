@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import jax
@@ -52,17 +54,44 @@ from pallas_kernels.dispatch import attention_plan, paged_attention
 # options and the abstract shapes of every argument), shared by all engines of this process.
 # compile_counter counts what it compiles.
 _EXECUTABLES: dict[tuple, object] = {}
+# XLA compiles without the GIL, so independent executables compile side by side (a full-size
+# layer step takes ~4.5 s on the GPU machine's host, and layered needs dozens of them).
+COMPILE_THREADS = min(8, os.cpu_count() or 1)
 
 
-def _compiled(kind: tuple, jitted, *abstract_args, options: tuple = ()):
-    """The executable of `jitted` for these abstract arguments and XLA options ((name, value)
-    pairs), compiled once per process."""
-    leaves, tree = jax.tree.flatten(abstract_args)
-    key = kind + options + (tree, tuple((leaf.shape, str(leaf.dtype)) if hasattr(leaf, "shape") else leaf
-                                        for leaf in leaves))
-    if key not in _EXECUTABLES:
-        _EXECUTABLES[key] = jitted.lower(*abstract_args).compile(compiler_options=dict(options) or None)
-    return _EXECUTABLES[key]
+@dataclass(frozen=True)
+class CompileJob:
+    """One executable to build: `jitted` for these abstract arguments and XLA options
+    ((name, value) pairs); `kind` names the function (with the model and backend)."""
+
+    kind: tuple
+    jitted: object
+    abstract_args: tuple
+    options: tuple = ()
+
+    @property
+    def key(self) -> tuple:
+        leaves, tree = jax.tree.flatten(self.abstract_args)
+        return self.kind + self.options + (tree, tuple((leaf.shape, str(leaf.dtype)) if hasattr(leaf, "shape")
+                                                       else leaf for leaf in leaves))
+
+
+def compile_all(jobs: list[CompileJob], threads: int = 1, done=lambda: None) -> list:
+    """The jobs' executables, each compiled once per process; those not cached yet compile on
+    `threads` threads while the next ones are traced here. `done()` is called once per job."""
+    keys = [job.key for job in jobs]
+    with ThreadPoolExecutor(threads) as pool:
+        pending = {}
+        for job, key in zip(jobs, keys):
+            if key in _EXECUTABLES or key in pending.values():
+                done()
+                continue
+            lowered = job.jitted.lower(*job.abstract_args)
+            pending[pool.submit(lowered.compile, compiler_options=dict(job.options) or None)] = key
+        for future in as_completed(pending):
+            _EXECUTABLES[pending[future]] = future.result()
+            done()
+    return [_EXECUTABLES[key] for key in keys]
 
 
 def stack_layers(layers: list[dict] | dict) -> dict:
@@ -250,32 +279,37 @@ class ModelExecutor:
 
     def precompile(self, progress=None) -> None:
         """Compile every executable serving can need; `progress(done, total)` is told before the
-        first and after each one (a full-size row bucket takes 10-20 s on the GPU)."""
+        first and after each one (a full-size layer step takes ~4.5 s on the GPU machine).
+
+        The whole-model steps and sampling heads compile one at a time: on the GPU, XLA times
+        candidate kernels for each new matmul shape, and compiles side by side would time them
+        against each other. Range steps repeat the whole step's shapes (its autotuning results
+        are cached), so they compile on COMPILE_THREADS threads."""
         shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
         state = jax.tree.map(shape, self.step_state())
-        total = self.num_executables
-        done = 0
-        if progress:
-            progress(done, total)
-        for T in self.buckets:
-            for n, fn in self._step_fns.items():
-                first = () if n == self.model.num_layers else (scalar,)
-                self._step_exe[n, T] = _compiled(("layers", n) + self._kind, fn, *state, self._batch_struct(T), *first,
-                                                 options=self.config.compiler_options)
-                done += 1
-                if progress:
-                    progress(done, total)
+        options, L = self.config.compiler_options, self.model.num_layers
+        steps = {(n, T): CompileJob(("layers", n) + self._kind, fn,
+                                    (*state, self._batch_struct(T), *(() if n == L else (scalar,))), options)
+                 for T in self.buckets for n, fn in self._step_fns.items()}
+        heads = {}
         for B in self.seq_buckets:
             i32, f32 = jax.ShapeDtypeStruct((B,), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.float32)
             for greedy_only in (True, False):
-                self._sample_exe[B, greedy_only] = _compiled(
-                    ("sample",) + self._kind, self._sample_fn, greedy_only, jax.tree.map(shape, self.head),
-                    shape(self.hidden_RD), shape(self.sampled_S), i32, f32, i32, f32, i32, i32,
-                    options=self.config.compiler_options)
-                done += 1
-                if progress:
-                    progress(done, total)
+                heads[B, greedy_only] = CompileJob(
+                    ("sample",) + self._kind, self._sample_fn,
+                    (greedy_only, jax.tree.map(shape, self.head), shape(self.hidden_RD), shape(self.sampled_S),
+                     i32, f32, i32, f32, i32, i32), options)
+        serial = [(self._step_exe, k, job) for k, job in steps.items() if k[0] == L]
+        serial += [(self._sample_exe, k, job) for k, job in heads.items()]
+        ranges = [(self._step_exe, k, job) for k, job in steps.items() if k[0] != L]
+        total, count = self.num_executables, iter(range(1, self.num_executables + 1))
+        tick = (lambda: progress(next(count), total)) if progress else (lambda: None)
+        if progress:
+            progress(0, total)
+        for entries, threads in ((serial, 1), (ranges, COMPILE_THREADS)):
+            for (table, k, _), exe in zip(entries, compile_all([job for _, _, job in entries], threads, tick)):
+                table[k] = exe
 
     # --- one iteration ----------------------------------------------------------------------
     def _segment_batch(self, plan: IterationPlan, seg) -> tuple[RowBatch, dict[int, int], list[tuple[int, int]]]:
