@@ -50,3 +50,29 @@ def test_unknown_case_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         load_script("bench_engine").main(["--model", "tiny-qwen3-moe", "--cases", "decode,warp"])
     assert "unknown case(s) warp" in capsys.readouterr().err
+
+
+class _FakeKernelTimes:
+    """Stands in for CUPTI on the CPU so that `timed` runs its second (kernel-time) loop."""
+
+    dropped, busy_ms = 0, 0.0
+
+    @staticmethod
+    def available():
+        return True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_engine_expert_bytes_are_per_step_when_kernel_times_run_a_second_loop(tmp_path, monkeypatch):
+    bench = load_script("bench_engine")
+    monkeypatch.setattr(bench, "KernelTimes", _FakeKernelTimes)
+    assert bench.main(["--model", "tiny-qwen3-moe", "--quick", "--batches", "1", "--cases", "decode",
+                       "--out-dir", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "engine_cpu.json").read_text())["models"]["tiny-qwen3-moe"]["cases"]
+    # One decode row routes to exactly top-k experts per layer, in the timed plan and in engine steps.
+    assert row["case"] == "decode B=1" and row["engine_expert_GB"] == pytest.approx(row["expert_GB"])
