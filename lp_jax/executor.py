@@ -271,6 +271,11 @@ class ModelExecutor:
         sampled tokens, hidden buffer, K pool, V pool); the last three are donated."""
         return self.stacked, self.head["embed"], self.sampled_S, self.hidden_RD, self.k_pool, self.v_pool
 
+    def first_layer_args(self, n: int, first) -> tuple:
+        """The first-layer argument of the n-layer step: none for the whole model (its first
+        layer is a static 0), else (first,) (an int32 or its abstract shape)."""
+        return () if n == self.model.num_layers else (first,)
+
     def _batch_struct(self, T: int) -> RowBatch:
         i32, b = jax.ShapeDtypeStruct((T,), jnp.int32), jax.ShapeDtypeStruct((T,), jnp.bool_)
         tables = jax.ShapeDtypeStruct((self.config.max_num_seqs + 1, self.pages_per_seq), jnp.int32)
@@ -290,7 +295,7 @@ class ModelExecutor:
         state = jax.tree.map(shape, self.step_state())
         options, L = self.config.compiler_options, self.model.num_layers
         steps = {(n, T): CompileJob(("layers", n) + self._kind, fn,
-                                    (*state, self._batch_struct(T), *(() if n == L else (scalar,))), options)
+                                    (*state, self._batch_struct(T), *self.first_layer_args(n, scalar)), options)
                  for T in self.buckets for n, fn in self._step_fns.items()}
         heads = {}
         for B in self.seq_buckets:
@@ -358,8 +363,8 @@ class ModelExecutor:
             counts = []
             for lo, n, batch in pieces:
                 exe = self._step_exe[n, batch.tokens_T.shape[0]]
-                first = () if n == self.model.num_layers else (np.int32(lo),)
-                self.hidden_RD, self.k_pool, self.v_pool, c = exe(*self.step_state(), batch, *first)
+                self.hidden_RD, self.k_pool, self.v_pool, c = exe(*self.step_state(), batch,
+                                                                  *self.first_layer_args(n, np.int32(lo)))
                 counts.append(c)
             segments.append((seg, rows, counts, row_tokens))
         tokens = None

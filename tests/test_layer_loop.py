@@ -28,7 +28,7 @@ def test_every_step_has_a_static_layer_loop(schedule):
     assert list(ex._step_fns) == expected
     scalar = jax.ShapeDtypeStruct((), "int32")
     for n, fn in ex._step_fns.items():
-        assert _loops(fn, ex, *(() if n == L else (scalar,))) == ["scan"]
+        assert _loops(fn, ex, *ex.first_layer_args(n, scalar)) == ["scan"]
     assert ex.num_executables == len(expected) * len(ex.buckets) + 2 * len(ex.seq_buckets)
 
 
