@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from lp_jax.config import PRESETS, get_preset
+from lp_jax.model.config import PRESETS, get_preset
 
 
 def _fmt_params(n: int) -> str:
@@ -74,12 +74,12 @@ def cmd_generate(args) -> int:
 
 # --- bench and compare ------------------------------------------------------------------------
 def _resolve(args, command: str):
-    """Fill the options left unset from the model's defaults (lp_jax.compare.DEMO for tiny-*
+    """Fill the options left unset from the model's defaults (lp_jax.bench.compare.DEMO for tiny-*
     presets, FULL otherwise), check everything that can be checked before an engine starts, and
     return (configurations, rates, workload keywords, out dir)."""
-    from lp_jax.bench import prepare_out_dir
-    from lp_jax.compare import defaults_for, parse_config, parse_option, parse_rate
-    from lp_jax.workload import make_workload
+    from lp_jax.bench.compare import defaults_for, parse_config, parse_option, parse_rate
+    from lp_jax.bench.runner import prepare_out_dir
+    from lp_jax.bench.workload import make_workload
 
     if not os.path.isdir(args.model):
         get_preset(args.model)
@@ -114,8 +114,8 @@ def _resolve(args, command: str):
 
 def cmd_bench(args) -> int:
     """One model x configuration x workload x rate; writes requests.jsonl and summary.json."""
-    from lp_jax.bench import make_llm, run_bench, write_bench
-    from lp_jax.workload import make_workload
+    from lp_jax.bench.runner import make_llm, run_bench, write_bench
+    from lp_jax.bench.workload import make_workload
 
     (config,), (rate,), workload, out = _resolve(args, "bench")
     llm = make_llm(args.model, config.schedule, config.options, config.label, not args.no_progress)
@@ -141,7 +141,7 @@ def cmd_bench(args) -> int:
 
 def cmd_compare(args) -> int:
     """Every configuration x every rate; a results folder with runs, table, CSV and plots."""
-    from lp_jax.compare import CompareSpec, run_compare
+    from lp_jax.bench.compare import CompareSpec, run_compare
 
     configs, rates, workload, out = _resolve(args, "compare")
     if not 0 < args.slo_target <= 1:
@@ -163,8 +163,8 @@ def _option_text(value) -> str:
 
 def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options bench and compare share. None defaults are filled by _resolve."""
-    from lp_jax.compare import DEMO, FULL
-    from lp_jax.workload import ARRIVALS, CONTEXT_POLICIES, PRESET_NAMES
+    from lp_jax.bench.compare import DEMO, FULL
+    from lp_jax.bench.workload import ARRIVALS, CONTEXT_POLICIES, PRESET_NAMES
 
     def both(name: str, fmt=str) -> str:
         return f"default: {fmt(getattr(DEMO, name))} for tiny-* models, {fmt(getattr(FULL, name))} otherwise"
@@ -228,7 +228,7 @@ def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lp_jax.engine_config import EngineConfig
+    from lp_jax.engine.config import EngineConfig
 
     parser = argparse.ArgumentParser(prog="lp-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -8,12 +8,12 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from lp_jax.config import ModelConfig, get_preset
-from lp_jax.engine import Engine
-from lp_jax.engine_config import EngineConfig
-from lp_jax.memory import plan_num_pages
+from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.engine import Engine
+from lp_jax.engine.memory import plan_num_pages
+from lp_jax.engine.request import RequestOutput, SamplingParams
+from lp_jax.model.config import ModelConfig, get_preset
 from lp_jax.model.init import init_params
-from lp_jax.request import RequestOutput, SamplingParams
 
 
 def resolve_config(model: str | ModelConfig | os.PathLike) -> ModelConfig:

@@ -9,7 +9,7 @@ L layers, P pages, Z tokens per page, B sequences, M pages per sequence.
 
 Design
 ------
-* Query tiles. The rows of one sequence are contiguous (`lp_jax.batch`), so each run of equal
+* Query tiles. The rows of one sequence are contiguous (`lp_jax.engine.batch`), so each run of equal
   seq_T is cut into tiles of `block_q` tokens. A tile holds the R query heads of one KV head for
   its tokens, stacked as wgmma's M rows (row = token * R + head): a decode row of GPT-OSS/Qwen3
   (R = 8) fills 8 of 64 rows with block_q = 8, and every key byte is read once per

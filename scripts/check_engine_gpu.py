@@ -25,8 +25,8 @@ import jax
 import numpy as np
 
 import lp_jax
-from lp_jax.config import get_preset
 from lp_jax.model import init_params
+from lp_jax.model.config import get_preset
 
 FIXTURE = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "engine_cpu_f32.json"
 # The tiny presets' head dim (16) is below what the attention kernel tiles, so two variants with

@@ -58,7 +58,7 @@ PROMPT_LEN = 28  # prompt + 8 new tokens crosses the 32-token window during deco
 NEW_TOKENS = 8
 EOS = [510, 511]  # recorded in config.json so the loader's eos mapping is exercised
 
-# Dims of lp_jax.config's tiny presets.
+# Dims of lp_jax.model.config's tiny presets.
 COMMON = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, eos_token_id=EOS)
 

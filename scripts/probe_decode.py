@@ -20,15 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.config import get_preset
-from lp_jax.engine_config import EngineConfig
-from lp_jax.executor import ModelExecutor
-from lp_jax.kernel_times import KernelTimes
-from lp_jax.kv_cache import BlockManager, kv_bytes_per_page
-from lp_jax.memory import plan_num_pages
+from lp_jax.bench.kernel_times import KernelTimes
+from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.executor import ModelExecutor
+from lp_jax.engine.kv_cache import BlockManager, kv_bytes_per_page
+from lp_jax.engine.memory import plan_num_pages
+from lp_jax.engine.request import Request, SamplingParams, Status
+from lp_jax.engine.scheduler import IterationPlan
 from lp_jax.model import init_params
-from lp_jax.request import Request, SamplingParams, Status
-from lp_jax.scheduler import IterationPlan
+from lp_jax.model.config import get_preset
 
 
 def copy_bandwidth() -> float:

@@ -15,7 +15,7 @@ import sys
 import jax
 
 import lp_jax
-from lp_jax.soak import run_soak
+from lp_jax.bench.soak import run_soak
 
 
 def main() -> int:

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.config import ModelConfig, get_preset
 from lp_jax.model import init_params, reference_forward
+from lp_jax.model.config import ModelConfig, get_preset
 
 
 @functools.cache

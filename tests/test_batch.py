@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lp_jax.batch import ON_HOST, RowBatchBuilder
-from lp_jax.engine_config import EngineConfig, bucket_for
-from lp_jax.kv_cache import TRASH_PAGE, BlockManager
-from lp_jax.request import Request, SamplingParams, Status
+from lp_jax.engine.batch import ON_HOST, RowBatchBuilder
+from lp_jax.engine.config import EngineConfig, bucket_for
+from lp_jax.engine.kv_cache import TRASH_PAGE, BlockManager
+from lp_jax.engine.request import Request, SamplingParams, Status
 
 
 def test_rows_equal_a_per_token_spelling():

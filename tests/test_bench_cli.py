@@ -65,7 +65,7 @@ def test_compare_writes_every_file(compare_dir):
 
 
 def test_plots_open_and_have_labelled_axes(compare_dir):
-    from lp_jax.plots import FIGURES
+    from lp_jax.bench.plots import FIGURES
 
     for name in FIGURES:
         image = matplotlib.image.imread(compare_dir / "plots" / name)
@@ -75,9 +75,9 @@ def test_plots_open_and_have_labelled_axes(compare_dir):
 def test_figures_label_axes_with_units(compare_dir):
     import matplotlib.pyplot as plt
 
-    from lp_jax.bench import BenchResult
-    from lp_jax.metrics import RequestRecord
-    from lp_jax.plots import FIGURES
+    from lp_jax.bench.metrics import RequestRecord
+    from lp_jax.bench.plots import FIGURES
+    from lp_jax.bench.runner import BenchResult
 
     results = []
     for run in sorted(os.listdir(compare_dir / "runs")):

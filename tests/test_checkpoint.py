@@ -13,9 +13,9 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-import lp_jax.checkpoint as ckpt
+import lp_jax.checkpoint.hf as ckpt
 from lp_jax.checkpoint import config_from_hf, dequantize_mxfp4, load_hf, restore, save
-from lp_jax.config import GPT_OSS_20B, QWEN3_8B, QWEN3_30B_A3B
+from lp_jax.model.config import GPT_OSS_20B, QWEN3_8B, QWEN3_30B_A3B
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QWEN3_MOE = FIXTURES / "tiny-qwen3-moe"

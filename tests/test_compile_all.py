@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax import compile_counter
-from lp_jax.executor import CompileJob, compile_all
+from lp_jax.engine import compile_counter
+from lp_jax.engine.executor import CompileJob, compile_all
 
 
 def _jobs(fn, sizes, kind):

@@ -1,6 +1,6 @@
 import pytest
 
-from lp_jax.config import PRESETS, even_split, get_preset
+from lp_jax.model.config import PRESETS, even_split, get_preset
 from lp_jax.model.spec import model_spec, param_count
 
 PUBLISHED_TOTAL = {"qwen3-30b-a3b": 30.5e9, "gpt-oss-20b": 20.9e9, "qwen3-8b": 8.2e9}

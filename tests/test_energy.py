@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import pytest
 
-from lp_jax.energy import EnergyMeter
+from lp_jax.bench.energy import EnergyMeter
 
 
 def test_cpu_says_why_there_is_no_energy():

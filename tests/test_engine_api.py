@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lp_jax
-from lp_jax.config import get_preset
+from lp_jax.model.config import get_preset
 from tests.engine_helpers import preset_model, reference_greedy, run_with_arrivals
 
 CONTEXT = 256
@@ -185,8 +185,8 @@ def test_200_requests_compile_nothing_after_startup(schedule):
 
 
 def test_model_that_does_not_fit_fails_before_allocating():
-    from lp_jax.engine_config import EngineConfig
-    from lp_jax.memory import plan_num_pages
+    from lp_jax.engine.config import EngineConfig
+    from lp_jax.engine.memory import plan_num_pages
 
     cfg = get_preset("qwen3-30b-a3b")
     with pytest.raises(ValueError, match=r"qwen3-30b-a3b does not fit: weights 56\.9 GiB"):

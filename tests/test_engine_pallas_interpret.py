@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from lp_jax.config import get_preset
-from lp_jax.engine_config import EngineConfig
-from lp_jax.executor import ModelExecutor
-from lp_jax.kv_cache import BlockManager
+from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.executor import ModelExecutor
+from lp_jax.engine.kv_cache import BlockManager
+from lp_jax.engine.request import Request, SamplingParams, Status
+from lp_jax.engine.scheduler import IterationPlan, PrefillWork
 from lp_jax.model import init_params
-from lp_jax.request import Request, SamplingParams, Status
-from lp_jax.scheduler import IterationPlan, PrefillWork
+from lp_jax.model.config import get_preset
 
 CFG = dataclasses.replace(get_preset("tiny-qwen3"), name="tiny-dense-windowed-hd64", head_dim=64, num_heads=8,
                           num_kv_heads=1, attention_sinks=True, sliding_window=16,

@@ -5,9 +5,9 @@ steps of 1, 2, 4, ... layers from a traced first layer, which `layer_pieces` com
 import jax
 import pytest
 
-from lp_jax.engine_config import EngineConfig
-from lp_jax.executor import ModelExecutor, layer_pieces, range_lengths
-from lp_jax.kv_cache import BlockManager
+from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.executor import ModelExecutor, layer_pieces, range_lengths
+from lp_jax.engine.kv_cache import BlockManager
 from tests.engine_helpers import preset_model
 
 

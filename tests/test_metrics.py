@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lp_jax.metrics import (RequestRecord, distribution, latencies, max_rate_meeting_slo, serving_metrics,
+from lp_jax.bench.metrics import (RequestRecord, distribution, latencies, max_rate_meeting_slo, serving_metrics,
                             slo_attainment)
 
 

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lp_jax.cli import main as cli_main
-from lp_jax.config import get_preset
 from lp_jax.model import init_params, reference_logits
+from lp_jax.model.config import get_preset
 from lp_jax.model.init import init_weight
 from lp_jax.model.spec import layer_spec
 

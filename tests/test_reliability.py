@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lp_jax
-from lp_jax.soak import run_soak
+from lp_jax.bench.soak import run_soak
 from tests.engine_helpers import preset_model, reference_greedy
 
 CONTEXT = 128

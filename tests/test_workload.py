@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lp_jax.workload import PRESET_NAMES, _presets, make_workload, read_trace
+from lp_jax.bench.workload import PRESET_NAMES, _presets, make_workload, read_trace
 
 TRACES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "traces")
 N = 20_000

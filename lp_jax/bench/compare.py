@@ -4,7 +4,7 @@
     OUT/runs/<label>-rate<r>/ requests.jsonl + summary.json of each run (as `lp-jax bench` writes them)
     OUT/summary.csv           one row per run, every metric
     OUT/results.md            the table, the highest rate within the SLO, the plots
-    OUT/plots/*.png           see lp_jax.plots
+    OUT/plots/*.png           see lp_jax.bench.plots
 
 A configuration is a schedule and its engine options, written "SCHEDULE[:KEY=VALUE]..." (for
 example "chunked:token_budget=512" or "layered:group_rule=pow2"); it is also its label.
@@ -24,11 +24,11 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from lp_jax.bench import BenchResult, make_llm, prepare_out_dir, run_bench, write_bench
-from lp_jax.engine_config import EngineConfig
-from lp_jax.metrics import max_rate_meeting_slo
-from lp_jax.plots import FIGURES, write_plots
-from lp_jax.workload import make_workload
+from lp_jax.bench.metrics import max_rate_meeting_slo
+from lp_jax.bench.plots import FIGURES, write_plots
+from lp_jax.bench.runner import BenchResult, make_llm, prepare_out_dir, run_bench, write_bench
+from lp_jax.bench.workload import make_workload
+from lp_jax.engine.config import EngineConfig
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ wait for the tokens (the engine before pipelining); pipelined = build and launch
 then read iteration i's tokens (the engine's loop without its scheduler); engine (decode only)
 = steady-state `Engine.step()`, scheduler and bookkeeping included. Host overhead = wall
 (engine for decode, pipelined otherwise) - device, the device's own pace. On the GPU, a second
-loop also records the kernels' time with CUPTI (`lp_jax.kernel_times`): kernels + gaps = device.
+loop also records the kernels' time with CUPTI (`lp_jax.bench.kernel_times`): kernels + gaps = device.
 CUPTI misses some kernels that XLA runs inside CUDA graphs (the whole-model steps' static layer
 loop is one), so there kernels is a lower bound and gaps an upper bound.
 Ceilings are the best of 20 timed calls after warm-up: a floor must not be lenient, and the
@@ -59,11 +59,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import lp_jax
-from lp_jax import compile_counter
-from lp_jax.config import ModelConfig, even_split
-from lp_jax.kernel_times import KernelTimes
-from lp_jax.request import SamplingParams, Status
-from lp_jax.scheduler import IterationPlan, PrefillWork
+from lp_jax.bench.kernel_times import KernelTimes
+from lp_jax.engine import compile_counter
+from lp_jax.engine.request import SamplingParams, Status
+from lp_jax.engine.scheduler import IterationPlan, PrefillWork
+from lp_jax.model.config import ModelConfig, even_split
 
 # Full-size and CPU smoke-test sizes (tokens); flags override them.
 FULL = dict(context=2048, batches=(1, 16, 64, 128), prefill=8192, chunk=512, mixed_decodes=64, requests=200,

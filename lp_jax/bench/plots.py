@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lp_jax.metrics import latencies  # noqa: E402
+from lp_jax.bench.metrics import latencies  # noqa: E402
 
 
 def _by_label(results) -> dict[str, list]:

@@ -27,9 +27,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from lp_jax.energy import EnergyMeter
-from lp_jax.metrics import RequestRecord, serving_metrics
-from lp_jax.workload import Workload
+from lp_jax.bench.energy import EnergyMeter
+from lp_jax.bench.metrics import RequestRecord, serving_metrics
+from lp_jax.bench.workload import Workload
 
 
 @dataclass

@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from safetensors import SafetensorError, safe_open
 
-from lp_jax.config import ARCHITECTURES, ModelConfig, YarnScaling
+from lp_jax.model.config import ARCHITECTURES, ModelConfig, YarnScaling
 from lp_jax.model.spec import ParamSpec, model_spec
 
 # A weight's place in the params pytree: ("embed",) or ("layers", 3, "wq").

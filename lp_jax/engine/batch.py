@@ -23,8 +23,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from lp_jax.kv_cache import TRASH_PAGE, BlockManager
-from lp_jax.request import Request
+from lp_jax.engine.kv_cache import TRASH_PAGE, BlockManager
+from lp_jax.engine.request import Request
 
 ON_HOST = -1  # prev_T of a row whose token is known on the host
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lp_jax.config import ModelConfig, ceil_div
+from lp_jax.model.config import ModelConfig, ceil_div
 
 SCHEDULES = ("prefill_first", "chunked", "layered")
 GROUP_RULES = ("linear", "pow2")

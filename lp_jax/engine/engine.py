@@ -21,14 +21,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lp_jax import compile_counter
-from lp_jax.config import ModelConfig, ceil_div, expert_bytes
-from lp_jax.engine_config import EngineConfig
-from lp_jax.executor import ExecutionResult, InFlight, ModelExecutor
-from lp_jax.kv_cache import BlockManager
-from lp_jax.memory import plan_num_pages
-from lp_jax.request import Request, RequestOutput, SamplingParams, Status
-from lp_jax.scheduler import IterationPlan, SchedulerState, make_scheduler
+from lp_jax.engine import compile_counter
+from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.executor import ExecutionResult, InFlight, ModelExecutor
+from lp_jax.engine.kv_cache import BlockManager
+from lp_jax.engine.memory import plan_num_pages
+from lp_jax.engine.request import Request, RequestOutput, SamplingParams, Status
+from lp_jax.engine.scheduler import IterationPlan, SchedulerState, make_scheduler
+from lp_jax.model.config import ModelConfig, ceil_div, expert_bytes
 
 
 @dataclass

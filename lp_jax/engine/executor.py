@@ -37,15 +37,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.batch import ON_HOST, RowBatch, RowBatchBuilder
-from lp_jax.config import ModelConfig
-from lp_jax.engine_config import EngineConfig, bucket_for
-from lp_jax.kv_cache import BlockManager, allocate_pools
+from lp_jax.engine.batch import ON_HOST, RowBatch, RowBatchBuilder
+from lp_jax.engine.config import EngineConfig, bucket_for
+from lp_jax.engine.kv_cache import BlockManager, allocate_pools
+from lp_jax.engine.request import Request
+from lp_jax.engine.sampling import greedy, sample
+from lp_jax.engine.scheduler.base import IterationPlan
+from lp_jax.model.config import ModelConfig
 from lp_jax.model.forward import decoder_layer, unembed
 from lp_jax.model.layers import EXPERT_WEIGHTS, distinct_experts
-from lp_jax.request import Request
-from lp_jax.sampling import greedy, sample
-from lp_jax.scheduler.base import IterationPlan
 from pallas_kernels.attention_reference import FULL_WINDOW
 from pallas_kernels.dispatch import attention_plan, paged_attention
 

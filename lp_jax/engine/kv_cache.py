@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.config import ModelConfig, ceil_div
+from lp_jax.model.config import ModelConfig, ceil_div
 
 TRASH_PAGE = 0
 

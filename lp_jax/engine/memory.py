@@ -9,9 +9,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lp_jax.config import ModelConfig
-from lp_jax.engine_config import EngineConfig
-from lp_jax.kv_cache import kv_bytes_per_page
+from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.kv_cache import kv_bytes_per_page
+from lp_jax.model.config import ModelConfig
 
 GIB = 2**30
 

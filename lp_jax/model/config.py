@@ -3,7 +3,7 @@
 `ModelConfig` is frozen and hashable so it can be a static argument of `jax.jit`. The constants of
 the real presets come from the published model configs (HuggingFace `config.json` of
 Qwen/Qwen3-30B-A3B, openai/gpt-oss-20b and Qwen/Qwen3-8B) and agree with transformers' config
-classes. Engine options live in `lp_jax.engine_config`.
+classes. Engine options live in `lp_jax.engine.config`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The decoder layer and the reference full-sequence forward (no paging): the oracle of the engine.
 
 `decoder_layer` takes the attention as a function, so the same layer code runs over a contiguous
-sequence here and over paged K/V in the engine (`lp_jax.executor`).
+sequence here and over paged K/V in the engine (`lp_jax.engine.executor`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from lp_jax.config import ModelConfig
+from lp_jax.model.config import ModelConfig
 from lp_jax.model.layers import attention_out, feed_forward, qkv, rms_norm
 from pallas_kernels.attention_reference import FULL_WINDOW, dense_attention
 

@@ -13,7 +13,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 
-from lp_jax.config import ModelConfig
+from lp_jax.model.config import ModelConfig
 from lp_jax.model.spec import ParamSpec, layer_spec, model_spec
 
 

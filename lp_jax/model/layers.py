@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.config import ModelConfig
+from lp_jax.model.config import ModelConfig
 from pallas_kernels.dispatch import moe_experts
 
 

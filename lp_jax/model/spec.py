@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lp_jax.config import ModelConfig
+from lp_jax.model.config import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Host scheduling policies: `schedule(state) -> IterationPlan`."""
 
-from lp_jax.scheduler.base import IterationPlan, PrefillWork, SchedulerState, Segment
-from lp_jax.scheduler.chunked import ChunkedScheduler
-from lp_jax.scheduler.layered import LayeredScheduler
-from lp_jax.scheduler.prefill_first import PrefillFirstScheduler
+from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork, SchedulerState, Segment
+from lp_jax.engine.scheduler.chunked import ChunkedScheduler
+from lp_jax.engine.scheduler.layered import LayeredScheduler
+from lp_jax.engine.scheduler.prefill_first import PrefillFirstScheduler
 
 SCHEDULERS = {"prefill_first": PrefillFirstScheduler, "chunked": ChunkedScheduler, "layered": LayeredScheduler}
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from lp_jax.engine_config import EngineConfig
-from lp_jax.kv_cache import BlockManager
-from lp_jax.request import Request, Status
+from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.kv_cache import BlockManager
+from lp_jax.engine.request import Request, Status
 
 
 @dataclass

@@ -4,7 +4,7 @@ included) is spent. Each chunk runs through all layers together with the decodes
 
 from __future__ import annotations
 
-from lp_jax.scheduler.base import IterationPlan, SchedulerState, reserve_decode_slots, take_prefill_chunks
+from lp_jax.engine.scheduler.base import IterationPlan, SchedulerState, reserve_decode_slots, take_prefill_chunks
 
 
 class ChunkedScheduler:

@@ -12,9 +12,9 @@ of which traverses all groups (layered + chunked).
 
 from __future__ import annotations
 
-from lp_jax.config import even_split
-from lp_jax.request import Status
-from lp_jax.scheduler.base import IterationPlan, PrefillWork, SchedulerState, reserve_decode_slots, take_prefill_chunks
+from lp_jax.engine.request import Status
+from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork, SchedulerState, reserve_decode_slots, take_prefill_chunks
+from lp_jax.model.config import even_split
 
 
 class LayeredScheduler:
