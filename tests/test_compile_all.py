@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lp_jax.engine import compile_counter
-from lp_jax.engine.executor import CompileJob, compile_all
+from lp_jax.engine.compile_cache import CompileJob, compile_all
 
 
 def _jobs(fn, sizes, kind):

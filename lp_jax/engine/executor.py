@@ -22,15 +22,14 @@ compiled step functions and returns the sampled tokens.
   device buffer [max_num_seqs], from which the next iteration's decode rows take their input
   tokens, so iteration i+1 can be dispatched before iteration i's tokens reach the host.
 - Every executable (each row bucket; each sampled-row bucket, greedy or not) is compiled at
-  start-up; `compile_counter` checks that serving compiles nothing more.
+  start-up, once per process (`compile_cache`); `compile_counter` checks that serving compiles
+  nothing more.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import jax
@@ -38,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lp_jax.engine.batch import ON_HOST, RowBatch, RowBatchBuilder
+from lp_jax.engine.compile_cache import COMPILE_THREADS, CompileJob, compile_all
 from lp_jax.engine.config import EngineConfig, bucket_for
 from lp_jax.engine.kv_cache import BlockManager, allocate_pools
 from lp_jax.engine.request import Request
@@ -48,50 +48,6 @@ from lp_jax.model.forward import decoder_layer, unembed
 from lp_jax.model.layers import EXPERT_WEIGHTS, distinct_experts
 from pallas_kernels.attention_reference import FULL_WINDOW
 from pallas_kernels.dispatch import attention_plan, paged_attention
-
-
-# The compile cache: executables keyed by everything that determines them (model, backend,
-# options and the abstract shapes of every argument), shared by all engines of this process.
-# compile_counter counts what it compiles.
-_EXECUTABLES: dict[tuple, object] = {}
-# XLA compiles without the GIL, so independent executables compile side by side (a full-size
-# layer step takes ~4.5 s on the GPU machine's host, and layered needs dozens of them).
-COMPILE_THREADS = min(8, os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class CompileJob:
-    """One executable to build: `jitted` for these abstract arguments and XLA options
-    ((name, value) pairs); `kind` names the function (with the model and backend)."""
-
-    kind: tuple
-    jitted: object
-    abstract_args: tuple
-    options: tuple = ()
-
-    @property
-    def key(self) -> tuple:
-        leaves, tree = jax.tree.flatten(self.abstract_args)
-        return self.kind + self.options + (tree, tuple((leaf.shape, str(leaf.dtype)) if hasattr(leaf, "shape")
-                                                       else leaf for leaf in leaves))
-
-
-def compile_all(jobs: list[CompileJob], threads: int = 1, done=lambda: None) -> list:
-    """The jobs' executables, each compiled once per process; those not cached yet compile on
-    `threads` threads while the next ones are traced here. `done()` is called once per job."""
-    keys = [job.key for job in jobs]
-    with ThreadPoolExecutor(threads) as pool:
-        pending = {}
-        for job, key in zip(jobs, keys):
-            if key in _EXECUTABLES or key in pending.values():
-                done()
-                continue
-            lowered = job.jitted.lower(*job.abstract_args)
-            pending[pool.submit(lowered.compile, compiler_options=dict(job.options) or None)] = key
-        for future in as_completed(pending):
-            _EXECUTABLES[pending[future]] = future.result()
-            done()
-    return [_EXECUTABLES[key] for key in keys]
 
 
 def stack_layers(layers: list[dict] | dict) -> dict:
