@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import lp_jax.checkpoint.hf as ckpt
-from lp_jax.checkpoint import config_from_hf, dequantize_mxfp4, load_hf, restore, save
+from lp_jax.checkpoint import common, config_from_hf, dequantize_mxfp4, load_hf, orbax, restore, save
 from lp_jax.model.config import GPT_OSS_20B, QWEN3_8B, QWEN3_30B_A3B
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -22,7 +22,7 @@ QWEN3_MOE = FIXTURES / "tiny-qwen3-moe"
 
 
 def leaves(params) -> dict:
-    return dict(ckpt._leaves(params))
+    return dict(common.leaves(params))
 
 
 # --- MXFP4 ------------------------------------------------------------------------------------
@@ -300,8 +300,8 @@ def test_orbax_save_checks_params_and_refuses_to_overwrite(tmp_path):
 def test_orbax_restore_checks_shapes_against_config(tmp_path):
     config, params = load_hf(QWEN3_MOE)
     save(tmp_path / "ckpt", config, params)
-    stored = json.loads((tmp_path / "ckpt" / ckpt.CONFIG_FILE).read_text())
+    stored = json.loads((tmp_path / "ckpt" / orbax.CONFIG_FILE).read_text())
     stored["vocab_size"] = 256
-    (tmp_path / "ckpt" / ckpt.CONFIG_FILE).write_text(json.dumps(stored))
+    (tmp_path / "ckpt" / orbax.CONFIG_FILE).write_text(json.dumps(stored))
     with pytest.raises(ValueError, match=r"weight embed has shape \(512, 64\); expected \(256, 64\)"):
         restore(tmp_path / "ckpt")

@@ -1,5 +1,5 @@
-"""Checkpoints: HuggingFace safetensors in (`load_hf`); our own params pytree out and back in through
-orbax (`save`, `restore`).
+"""HuggingFace (transformers) checkpoints in: config.json -> ModelConfig and safetensors -> params
+(`load_hf`, `read_hf_config`).
 
 `load_hf` works in three steps so that nothing is built before the whole checkpoint is known good:
 
@@ -22,8 +22,6 @@ the last axis, `down_proj [E, F, D]`) and as openai publishes it (the same exper
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,47 +30,17 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from safetensors import SafetensorError, safe_open
 
+from lp_jax.checkpoint.common import WeightPath, listed, read_json, weight_shapes
+from lp_jax.checkpoint.mxfp4 import MXFP4_GROUP, dequantize_mxfp4
 from lp_jax.model.config import ARCHITECTURES, ModelConfig, YarnScaling
 from lp_jax.model.spec import ParamSpec, model_spec
-
-# A weight's place in the params pytree: ("embed",) or ("layers", 3, "wq").
-WeightPath = tuple
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 FLOAT_DTYPES = ("BF16", "F16", "F32")  # safetensors' names of the floating types we read
 LOAD_DTYPES = ("float32", "bfloat16", "float16")
-MXFP4_GROUP = 32  # values sharing one E8M0 scale; 16 bytes of two FP4 codes each
-
-# FP4 e2m1 code -> value: sign bit 3, then the magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6.
-FP4_E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-                     -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
-
-
-# --- MXFP4 ------------------------------------------------------------------------------------
-
-def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray, dtype=jnp.bfloat16) -> np.ndarray:
-    """MXFP4 -> floating point, on the host.
-
-    blocks [..., G, 16] uint8: 32 FP4 (e2m1) codes per group, two per byte, low nibble first.
-    scales [..., G] uint8: one E8M0 exponent per group, bias 127.
-    Returns [..., G * 32] in `dtype`: value = FP4 * 2^(scale - 127). Exact in bf16 and f32, since an
-    FP4 value has one mantissa bit; computed in f32 then cast.
-    """
-    if blocks.shape[-1:] != (MXFP4_GROUP // 2,) or blocks.shape[:-1] != scales.shape:
-        raise ValueError(f"MXFP4 blocks {blocks.shape} and scales {scales.shape} do not match: "
-                         f"expected blocks [..., G, {MXFP4_GROUP // 2}] and scales [..., G]")
-    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1)  # [..., G, 16, 2]: low nibble first
-    values = FP4_E2M1[codes].reshape(*scales.shape, MXFP4_GROUP)
-    exponents = scales.astype(np.int32)[..., None] - 127
-    # ldexp, not values * 2.0**e: 2^-127 is a float32 subnormal that must stay exact. Exponents
-    # near 127 overflow to inf, as they do in transformers; real checkpoints never use them.
-    with np.errstate(over="ignore"):
-        out = np.ldexp(values, exponents)
-    return out.reshape(*scales.shape[:-1], -1).astype(dtype)
 
 
 # --- config.json -> ModelConfig ----------------------------------------------------------------
@@ -187,13 +155,6 @@ def config_from_hf(hf: dict, generation: dict | None = None, name: str = "hf") -
         eos_token_ids=_eos_ids(hf, generation), **_ffn_fields(hf, arch))
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
 def _default_dtype(hf: dict) -> str:
     """config.json's dtype (transformers 5) or torch_dtype (older), else float32."""
     return hf.get("dtype") or hf.get("torch_dtype") or "float32"
@@ -236,7 +197,7 @@ def index_tensors(path: Path) -> dict[str, TensorInfo]:
     """Every tensor of the checkpoint in `path`: one model.safetensors, or the shards listed in
     model.safetensors.index.json. Only headers are read."""
     if (path / INDEX_FILE).exists():
-        weight_map = _read_json(path / INDEX_FILE).get("weight_map")
+        weight_map = read_json(path / INDEX_FILE).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ValueError(f"{path / INDEX_FILE} has no weight_map")
         index: dict[str, TensorInfo] = {}
@@ -389,22 +350,16 @@ def _benign(name: str, config: ModelConfig) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (config.tie_word_embeddings and name == "lm_head.weight")
 
 
-def _listed(names) -> str:
-    names = sorted(names)
-    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-    return ", ".join(repr(n) for n in names[:5]) + more
-
-
 def validate(plan: list[Rule], index: dict[str, TensorInfo], config: ModelConfig) -> None:
     """ValueError naming the first problem: missing tensors, unexpected tensors, a tensor of the
     wrong shape, a tensor of the wrong dtype."""
     expected = {name for rule in plan for name in rule.sources}
     missing = expected - index.keys()
     if missing:
-        raise ValueError(f"checkpoint is missing tensor(s) {_listed(missing)}")
+        raise ValueError(f"checkpoint is missing tensor(s) {listed(missing)}")
     extra = {n for n in index.keys() - expected if not _benign(n, config)}
     if extra:
-        raise ValueError(f"checkpoint has unexpected tensor(s) {_listed(extra)} for {config.arch}")
+        raise ValueError(f"checkpoint has unexpected tensor(s) {listed(extra)} for {config.arch}")
     for rule in plan:
         allowed = ("U8",) if rule.packed else FLOAT_DTYPES
         for name, shape in zip(rule.sources, rule.shapes):
@@ -426,15 +381,11 @@ def _set(tree: dict, path: WeightPath, value) -> None:
     node[path[-1]] = value
 
 
-def _weight_shapes(config: ModelConfig) -> dict[WeightPath, tuple[int, ...]]:
-    return {path: s.shape for path, s in _leaves(model_spec(config))}
-
-
 def read_weights(config: ModelConfig, plan: list[Rule], index: dict[str, TensorInfo], dtype,
                  place: Callable[[WeightPath, np.ndarray], jax.Array] = lambda path, x: jnp.asarray(x)) -> dict:
     """Run a validated plan: the params pytree with every weight cast to `dtype` and put where
     `place(path, host_array)` puts it. Tensors are read lazily, one rule at a time."""
-    shapes = _weight_shapes(config)
+    shapes = weight_shapes(config)
     params: dict = {"layers": [{} for _ in range(config.num_layers)]}
     with contextlib.ExitStack() as stack:
         handles = {}
@@ -460,8 +411,8 @@ def read_hf_config(path) -> ModelConfig:
     path = Path(path)
     if not (path / "config.json").exists():
         raise ValueError(f"no config.json in {path}")
-    hf = _read_json(path / "config.json")
-    generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else None
+    hf = read_json(path / "config.json")
+    generation = read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else None
     return config_from_hf(hf, generation, name=path.name)
 
 
@@ -475,86 +426,9 @@ def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
     """
     path = Path(path)
     config = read_hf_config(path)
-    dtype = _load_dtype(dtype or _default_dtype(_read_json(path / "config.json")))
+    dtype = _load_dtype(dtype or _default_dtype(read_json(path / "config.json")))
     index = index_tensors(path)
     mxfp4 = config.arch == "gpt_oss" and any(n.endswith("experts.gate_up_proj_blocks") for n in index)
     plan = conversion_plan(config, mxfp4)
     validate(plan, index, config)
     return config, read_weights(config, plan, index, dtype)
-
-
-# --- our own checkpoints (orbax) ---------------------------------------------------------------
-
-CONFIG_FILE = "lp_jax_config.json"
-PARAMS_DIR = "params"
-
-
-def _leaves(tree, prefix: WeightPath = ()):
-    """(path, leaf) pairs of a params-shaped pytree (dicts and lists)."""
-    if isinstance(tree, dict):
-        for key, sub in tree.items():
-            yield from _leaves(sub, prefix + (key,))
-    elif isinstance(tree, (list, tuple)):
-        for i, sub in enumerate(tree):
-            yield from _leaves(sub, prefix + (i,))
-    else:
-        yield prefix, tree
-
-
-def _dotted(paths) -> str:
-    """("layers", 3, "wq") -> 'layers.3.wq' (the first few of `paths`)."""
-    return _listed(".".join(map(str, p)) for p in paths).replace("'", "")
-
-
-def _check_against_spec(config: ModelConfig, shapes: dict[WeightPath, tuple[int, ...]], what: str) -> None:
-    declared = _weight_shapes(config)
-    if declared.keys() - shapes.keys():
-        raise ValueError(f"{what} lacks weight(s) {_dotted(declared.keys() - shapes.keys())}")
-    if shapes.keys() - declared.keys():
-        raise ValueError(f"{what} has weight(s) {_dotted(shapes.keys() - declared.keys())}, "
-                         f"which {config.name} does not declare")
-    for path, shape in shapes.items():
-        if tuple(shape) != declared[path]:
-            raise ValueError(f"{what}: weight {_dotted([path])} has shape {tuple(shape)}; "
-                             f"expected {declared[path]}")
-
-
-def config_to_json(config: ModelConfig) -> dict:
-    return dataclasses.asdict(config)
-
-
-def config_from_json(d: dict) -> ModelConfig:
-    d = dict(d)
-    if d.get("rope_scaling") is not None:
-        d["rope_scaling"] = YarnScaling(**d["rope_scaling"])
-    d["layer_types"] = tuple(d["layer_types"])
-    d["eos_token_ids"] = tuple(d["eos_token_ids"])
-    return ModelConfig(**d)
-
-
-def save(path, config: ModelConfig, params: dict) -> None:
-    """Write params (checked against the config's declarations) with orbax to `path`/params and
-    the config as JSON to `path`/lp_jax_config.json. `path` must not exist yet."""
-    path = Path(path).absolute()
-    if path.exists():
-        raise ValueError(f"{path} already exists; lp-jax does not overwrite checkpoints")
-    _check_against_spec(config, {p: x.shape for p, x in _leaves(params)}, "params")
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path / PARAMS_DIR, params)
-    checkpointer.wait_until_finished()
-    (path / CONFIG_FILE).write_text(json.dumps(config_to_json(config), indent=2) + "\n")
-
-
-def restore(path) -> tuple[ModelConfig, dict]:
-    """(config, params) written by `save`, each weight in the dtype it was saved in, on the default
-    device. The stored shapes are checked against the config before anything is read."""
-    path = Path(path).absolute()
-    if not (path / CONFIG_FILE).exists():
-        raise ValueError(f"no {CONFIG_FILE} in {path}: not an lp-jax checkpoint")
-    config = config_from_json(_read_json(path / CONFIG_FILE))
-    checkpointer = ocp.StandardCheckpointer()
-    stored = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree
-    _check_against_spec(config, {p: m.shape for p, m in _leaves(stored)}, f"checkpoint {path}")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
-    return config, checkpointer.restore(path / PARAMS_DIR, target)
