@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lp_jax.bench import engine_bench
+from lp_jax.bench import plan_timing
+from lp_jax.bench.hlo import layer_slices
 from tests.script_loader import load_script
 
 
@@ -44,7 +45,7 @@ ENTRY %main {
   %b = bf16[2,16]{1,0} fusion(%w, %i), kind=kCustom, calls=%fused_gemm, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}
 }
 """
-    assert engine_bench.layer_slices(hlo) == {"kLoop": [1, 256], "__triton_gemm": [1, 256]}
+    assert layer_slices(hlo) == {"kLoop": [1, 256], "__triton_gemm": [1, 256]}
 
 
 def test_unknown_case_is_refused_by_name(capsys):
@@ -71,7 +72,7 @@ class _FakeKernelTimes:
 
 def test_engine_expert_bytes_are_per_step_when_kernel_times_run_a_second_loop(tmp_path, monkeypatch):
     bench = load_script("bench_engine")
-    monkeypatch.setattr(engine_bench, "KernelTimes", _FakeKernelTimes)
+    monkeypatch.setattr(plan_timing, "KernelTimes", _FakeKernelTimes)
     assert bench.main(["--model", "tiny-qwen3-moe", "--quick", "--batches", "1", "--cases", "decode",
                        "--out-dir", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "engine_cpu.json").read_text())["models"]["tiny-qwen3-moe"]["cases"]
