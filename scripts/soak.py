@@ -7,15 +7,11 @@ API; writes benchmarks/results/soak_<device>.json and .md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import pathlib
 import sys
 
-import jax
-
 import lp_jax
-from lp_jax.bench.soak import run_soak
+from lp_jax.bench.soak import run_soak, write_soak_results
 
 
 def main() -> int:
@@ -39,28 +35,9 @@ def main() -> int:
     report = run_soak(llm, args.requests, seed=args.seed, arrivals_per_step=1.5,
                       rss_every=max(1, args.requests // 40), progress=progress)
     print(file=sys.stderr)
-    device = jax.devices()[0].device_kind
-    result = {"device": device, "date": datetime.date.today().isoformat(), "jax": jax.__version__,
-              "model": args.model, "schedule": args.schedule, "num_pages": args.num_pages, **report.as_dict()}
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"soak_{device.replace(' ', '_')}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    rows = [("requests issued", report.requests), ("rejected (invalid on purpose)", report.rejected),
-            ("finished", report.finished), ("aborted", report.aborted), ("lost", report.lost),
-            ("finished with a wrong length", report.wrong_length), ("preemptions", report.preemptions),
-            ("iterations", report.iterations), ("leaked KV pages", report.leaked_pages),
-            ("compilations while serving", report.compiles_while_serving),
-            ("peak RSS", f"{result['peak_rss_mib']:.0f} MiB"),
-            ("RSS growth, second half", f"{result['rss_growth_mib_per_1k_requests']:+.2f} MiB per 1000 requests"),
-            ("wall time", f"{report.wall_s:.0f} s")]
-    md = [f"# Soak run: {args.model}, {args.schedule}, {device}, {result['date']}", "",
-          f"{args.requests} requests through the incremental API: Poisson arrivals (1.5 per iteration), prompts 1-100 "
-          f"tokens, 1-12 output tokens, 30% with a stop token, half sampled at temperature 0.7, 2% invalid, "
-          f"an abort in 10% of iterations; KV pool of {args.num_pages} pages of 16 tokens.", "",
-          "| measure | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
-    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    md = write_soak_results(pathlib.Path(args.out), report, model=args.model, schedule=args.schedule,
+                            num_pages=args.num_pages, requests=args.requests)
+    print(md)
     bad = report.lost or report.leaked_pages or report.wrong_length or report.compiles_while_serving
     return 1 if bad else 0
 
