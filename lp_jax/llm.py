@@ -8,7 +8,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.config import EngineConfig, check_removed_options
 from lp_jax.engine.engine import Engine
 from lp_jax.engine.memory import plan_num_pages
 from lp_jax.engine.request import RequestOutput, SamplingParams
@@ -43,7 +43,7 @@ class LLM:
 
     model: a preset name (see `lp-jax info`), a ModelConfig, or a transformers checkpoint
     directory. Engine options are the fields of `EngineConfig` (page_size, num_pages,
-    max_num_seqs, max_num_batched_tokens, token_budget, group_tokens, group_rule, num_groups,
+    max_num_seqs, max_prefill_tokens, max_cohort_tokens, token_budget, group_tokens, group_rule, num_groups,
     max_model_len, seed, dtype, row_buckets, kv_memory_fraction, compiler_options). Extra
     keywords: params (weights to use), backend ("pallas" / "reference"), trace (keep
     per-iteration records), progress (callback(done, total), told before the first and after
@@ -52,6 +52,7 @@ class LLM:
 
     def __init__(self, model, schedule: str = "layered", *, params: dict | None = None, backend: str | None = None,
                  trace: bool = False, progress=None, **engine_options):
+        check_removed_options(engine_options)
         unknown = set(engine_options) - set(EngineConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown engine options: {', '.join(sorted(unknown))}; "

@@ -58,8 +58,8 @@ def main() -> None:
 
     cfg = get_preset(args.model)
     B, C = args.batch, args.context
-    engine = EngineConfig(schedule="prefill_first", max_num_seqs=B, max_num_batched_tokens=1, max_model_len=C + 64,
-                          row_buckets=(B + 1,))
+    engine = EngineConfig(schedule="prefill_first", max_num_seqs=B, max_prefill_tokens=1, max_cohort_tokens=1,
+                          max_model_len=C + 64, row_buckets=(B + 1,))
     bw = copy_bandwidth()  # before the model takes the memory
     num_pages = plan_num_pages(cfg, engine, args.dtype)
     t = time.perf_counter()

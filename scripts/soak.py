@@ -25,8 +25,9 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results", help="folder for soak_<device>.json/.md")
     args = ap.parse_args()
 
-    llm = lp_jax.LLM(args.model, args.schedule, max_model_len=256, max_num_seqs=16, max_num_batched_tokens=256,
-                     token_budget=128, num_pages=args.num_pages, row_buckets=(16, 64, 128, 272), seed=args.seed)
+    llm = lp_jax.LLM(args.model, args.schedule, max_model_len=256, max_num_seqs=16, max_prefill_tokens=256,
+                     max_cohort_tokens=256, token_budget=128, num_pages=args.num_pages, row_buckets=(16, 64, 128, 272),
+                     seed=args.seed)
 
     def progress(r):
         print(f"\r{r.finished + r.aborted}/{args.requests} ended, {r.preemptions} preemptions, "

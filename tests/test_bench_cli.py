@@ -13,8 +13,8 @@ from lp_jax.cli import build_parser, main
 
 # Small and fast: prompts ~37 tokens, outputs ~7; layered and chunked share one hidden buffer
 # (8 + 128 + 1 rows) and one bucket ladder, hence one set of executables.
-ENGINE = ["-o", "max_num_seqs=8", "-o", "max_model_len=128", "-o", "max_num_batched_tokens=128",
-          "-o", "token_budget=128", "-o", "row_buckets=32,136"]
+ENGINE = ["-o", "max_num_seqs=8", "-o", "max_model_len=128", "-o", "max_prefill_tokens=128",
+          "-o", "max_cohort_tokens=128", "-o", "token_budget=128", "-o", "row_buckets=32,136"]
 SMALL = ["--model", "tiny-qwen3-moe", "--num-requests", "6", "--length-scale", "0.015625", "--warmup", "1",
          "--no-progress", *ENGINE]
 CONFIGS = ["--schedule", "layered:group_tokens=16", "--schedule", "chunked:token_budget=32"]

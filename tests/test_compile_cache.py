@@ -10,8 +10,8 @@ import sys
 
 START_ENGINE = """
 import json, lp_jax
-llm = lp_jax.LLM("tiny-qwen3-moe", "layered", max_num_seqs=2, max_num_batched_tokens=16, token_budget=16,
-                 max_model_len=64, row_buckets=(2, 18))
+llm = lp_jax.LLM("tiny-qwen3-moe", "layered", max_num_seqs=2, max_prefill_tokens=16, max_cohort_tokens=16,
+                 token_budget=16, max_model_len=64, row_buckets=(2, 18))
 outs = llm.generate([[1, 2, 3], [4, 5, 6, 7, 8, 9]], max_tokens=3)
 print(json.dumps([o.token_ids for o in outs]))
 """

@@ -12,7 +12,7 @@ from lp_jax.model.config import get_preset
 from tests.engine_helpers import preset_model, reference_greedy, run_with_arrivals
 
 CONTEXT = 256
-ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=8, max_num_batched_tokens=128, token_budget=64,
+ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=8, max_prefill_tokens=128, max_cohort_tokens=128, token_budget=64,
               row_buckets=(16, 64, 136))
 
 

@@ -21,8 +21,8 @@ from lp_jax.model.config import get_preset
 CFG = dataclasses.replace(get_preset("tiny-qwen3"), name="tiny-dense-windowed-hd64", head_dim=64, num_heads=8,
                           num_kv_heads=1, attention_sinks=True, sliding_window=16,
                           layer_types=("sliding", "full", "sliding", "full"))
-ENGINE = EngineConfig(schedule="layered", max_num_seqs=4, max_num_batched_tokens=64, max_model_len=128,
-                      num_pages=24, row_buckets=(72,))
+ENGINE = EngineConfig(schedule="layered", max_num_seqs=4, max_prefill_tokens=64, max_cohort_tokens=64,
+                      max_model_len=128, num_pages=24, row_buckets=(72,))
 
 
 def _run(backend: str) -> list[np.ndarray]:

@@ -16,8 +16,8 @@ SCHEDULES = ["prefill_first", "chunked", "layered"]
 NUM_REQUESTS, MAX_TOKENS, CONTEXT = 32, 5, 640
 CAP = 256  # layered cohort cap and prefill_first's per-iteration prefill tokens
 BUDGET = 96  # chunked token budget
-ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=16, max_num_batched_tokens=CAP, token_budget=BUDGET,
-              row_buckets=(16, 64, 128, 272), trace=True)
+ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=16, max_prefill_tokens=CAP, max_cohort_tokens=CAP,
+              token_budget=BUDGET, row_buckets=(16, 64, 128, 272), trace=True)
 
 
 @functools.cache
@@ -172,7 +172,7 @@ def test_layered_reads_fewer_expert_bytes_than_chunked_512_on_long_prompts():
     spent = {}
     for schedule in ("chunked", "layered"):
         llm = lp_jax.LLM(cfg, schedule, params=params, max_model_len=1824, max_num_seqs=8,
-                         max_num_batched_tokens=2048, token_budget=512, row_buckets=(16, 520, 2056))
+                         max_prefill_tokens=2048, max_cohort_tokens=2048, token_budget=512, row_buckets=(16, 520, 2056))
         run_with_arrivals(llm, prompts, [0, 1, 2, 3], max_tokens=16)
         spent[schedule] = llm.engine.total_expert_bytes
     ratio = spent["layered"] / spent["chunked"]

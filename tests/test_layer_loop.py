@@ -21,7 +21,7 @@ def _loops(fn, ex, *first):
 @pytest.mark.parametrize("schedule", ["layered", "chunked"])
 def test_every_step_has_a_static_layer_loop(schedule):
     cfg, params = preset_model("tiny-qwen3-moe", 0)
-    config = EngineConfig(schedule=schedule, max_num_seqs=4, max_num_batched_tokens=64, num_pages=8)
+    config = EngineConfig(schedule=schedule, max_num_seqs=4, max_prefill_tokens=64, max_cohort_tokens=64, num_pages=8)
     ex = ModelExecutor(cfg, config, params, BlockManager(8, config.page_size), "float32")
     L = cfg.num_layers
     expected = [L, 1, 2] if schedule == "layered" else [L]

@@ -25,7 +25,7 @@ ATTENTION_VARIANTS = {f"{base}-hd64": base for base in ("tiny-qwen3-moe", "tiny-
 PRESETS = ["tiny-qwen3-moe", "tiny-gpt-oss", "tiny-qwen3", *ATTENTION_VARIANTS]
 SCHEDULES = ["prefill_first", "chunked", "layered"]
 NUM_REQUESTS, MAX_TOKENS, CONTEXT, SEED = 32, 8, 640, 17
-ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=32, max_num_batched_tokens=256, token_budget=128,
+ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=32, max_prefill_tokens=256, max_cohort_tokens=256, token_budget=128,
               row_buckets=(32, 128, 288))
 
 

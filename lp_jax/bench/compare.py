@@ -28,7 +28,7 @@ from lp_jax.bench.metrics import max_rate_meeting_slo
 from lp_jax.bench.plots import FIGURES, write_plots
 from lp_jax.bench.runner import BenchResult, make_llm, prepare_out_dir, run_bench, write_bench
 from lp_jax.bench.workload import make_workload
-from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.config import EngineConfig, check_removed_options
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,14 @@ class Defaults:
 
 # Tiny models on the CPU: ShareGPT lengths / 16 (prompt mean ~146, output ~27 tokens), a
 # 512-token context, 16 running requests, and one short row-bucket ladder shared by both
-# schedules (the hidden-state buffer is sized alike too: max_num_batched_tokens = 512 for
-# both), so their executables are compiled once. group_tokens and token_budget of 64 are the
-# full-size 512 scaled like the lengths (chunked's budget must exceed max_num_seqs).
+# schedules (the hidden-state buffer is sized alike too: max_prefill_tokens = max_cohort_tokens =
+# 512 for both, see EngineConfig.hidden_rows), so their executables are compiled once.
+# group_tokens and token_budget of 64 are the full-size 512 scaled like the lengths (chunked's
+# budget must exceed max_num_seqs).
 DEMO = Defaults(
     configs=("layered:group_tokens=64", "chunked:token_budget=64"),
     rates=(4.0, 8.0, 16.0), num_requests=48, length_scale=1 / 16,
-    engine_options=dict(max_num_seqs=16, max_model_len=512, max_num_batched_tokens=512,
+    engine_options=dict(max_num_seqs=16, max_model_len=512, max_prefill_tokens=512, max_cohort_tokens=512,
                         row_buckets=(16, 64, 160, 528)),
     ttft_bound_s=0.5, tbt_bound_s=0.1, warmup=4)
 
@@ -78,6 +79,7 @@ def parse_option(text: str) -> tuple[str, object]:
     key = key.strip().replace("-", "_")
     if not sep:
         raise ValueError(f"engine option {text!r}: expected KEY=VALUE")
+    check_removed_options([key])
     if key not in ENGINE_OPTIONS:
         raise ValueError(f"unknown engine option {key!r}; known: {', '.join(ENGINE_OPTIONS)}")
     kind, raw = ENGINE_OPTIONS[key], raw.strip()

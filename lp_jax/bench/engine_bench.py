@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     cohort = max(1, P // C)  # the layered mixed case's prompts, of about C tokens each
     seqs = max(max(sizes["batches"]), D + cohort)
     buckets = tuple(sorted({*sizes["batches"], D, chunk + D, P + seqs}))
-    options = dict(dtype=dtype, max_num_seqs=seqs, max_num_batched_tokens=P, token_budget=chunk + D,
+    options = dict(dtype=dtype, max_num_seqs=seqs, max_prefill_tokens=P, max_cohort_tokens=P, token_budget=chunk + D,
                    max_model_len=max(P, C) + 64, row_buckets=buckets, compiler_options=xla)
     t0 = time.perf_counter()
     marks = {}

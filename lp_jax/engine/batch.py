@@ -10,9 +10,9 @@ written; that is its own prompt causally, its paged prefix, or its decode histor
 A decode row's input token may still be on the device (sampled by the previous iteration and not
 yet read back): then `prev_T` names its slot in the executor's sampled-token buffer.
 
-The executor's hidden buffer has R = max_num_seqs + max(token_budget, max_num_batched_tokens) + 1
-rows: decode rows
-[0, max_num_seqs), prefill rows after them, and a trash row last that padding rows write to.
+The executor's hidden buffer has R = max_num_seqs + max(token_budget, max_prefill_tokens,
+max_cohort_tokens) + 1 rows (EngineConfig.hidden_rows): decode rows [0, max_num_seqs), prefill
+rows after them, and a trash row last that padding rows write to.
 """
 
 from __future__ import annotations

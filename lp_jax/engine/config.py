@@ -9,6 +9,19 @@ from lp_jax.model.config import ModelConfig, ceil_div
 
 SCHEDULES = ("prefill_first", "chunked", "layered")
 GROUP_RULES = ("linear", "pow2")
+# Options that no longer exist -> what replaced them.
+REMOVED_OPTIONS = {
+    "max_num_batched_tokens": "max_num_batched_tokens was split in two: max_prefill_tokens (prefill_first's "
+                              "prefill tokens per iteration) and max_cohort_tokens (layered's cohort cap); "
+                              "max_num_batched_tokens=N meant both =N",
+}
+
+
+def check_removed_options(names) -> None:
+    """ValueError for an option name that no longer exists, saying what replaced it."""
+    for name in names:
+        if name in REMOVED_OPTIONS:
+            raise ValueError(REMOVED_OPTIONS[name])
 
 
 @dataclass(frozen=True)
@@ -19,8 +32,10 @@ class EngineConfig:
         reserved trash page that padding rows write to (None = size from memory, see kv_cache).
     max_model_len: longest sequence (prompt + output) a request may reach.
     max_num_seqs: running requests (decoding or prefilling) at once.
-    max_num_batched_tokens: prefill tokens per iteration for prefill_first, and the layered
-        cohort cap (prompts longer than it are prefilled in cap-sized chunks).
+    max_prefill_tokens: prefill_first's prefill tokens per iteration (a prompt longer than it is
+        prefilled alone, in chunks of this size).
+    max_cohort_tokens: layered's cohort cap, the most prompt tokens one cohort holds (prompts
+        longer than it are prefilled in cap-sized chunks, each through every group).
     token_budget: chunked prefill's tokens per iteration, decodes included (Sarathi-Serve).
     group_tokens / group_rule: layered's G = max(1, ceil(cohort tokens / group_tokens))
         ("linear") or the power-of-two table <=512:1, <=1024:2, <=2048:4, <=4096:8, else 16
@@ -35,7 +50,8 @@ class EngineConfig:
     num_pages: int | None = None
     max_model_len: int | None = None
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 8192
+    max_prefill_tokens: int = 8192
+    max_cohort_tokens: int = 8192
     token_budget: int = 512
     group_tokens: int = 512
     group_rule: str = "linear"
@@ -46,12 +62,19 @@ class EngineConfig:
     kv_memory_fraction: float = 0.9
     compiler_options: tuple[tuple[str, bool | int | float | str], ...] = ()
 
+    def __new__(cls, *args, **kwargs):
+        # A removed option is refused by name, with what replaced it, rather than with the
+        # TypeError of an unknown keyword.
+        check_removed_options(kwargs)
+        return super().__new__(cls)
+
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.group_rule not in GROUP_RULES:
             raise ValueError(f"unknown group_rule {self.group_rule!r}; choose one of {', '.join(GROUP_RULES)}")
-        for name in ("page_size", "max_num_seqs", "max_num_batched_tokens", "token_budget", "group_tokens"):
+        for name in ("page_size", "max_num_seqs", "max_prefill_tokens", "max_cohort_tokens", "token_budget",
+                     "group_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_pages is not None and self.num_pages < 2:
@@ -70,9 +93,13 @@ class EngineConfig:
         return ceil_div(self.model_len(model), self.page_size)
 
     def hidden_rows(self) -> int:
-        """Rows of the executor's hidden buffer: decode rows, prefill rows and one trash row.
-        The same for every schedule, so engines that differ only in schedule share executables."""
-        return self.max_num_seqs + max(self.token_budget, self.max_num_batched_tokens) + 1
+        """Rows of the executor's hidden buffer: max_num_seqs decode rows, then the prefill region,
+        then one trash row for padding rows. The prefill region holds the most prefill rows one
+        iteration of any schedule can write: max(token_budget (chunked), max_prefill_tokens
+        (prefill_first), max_cohort_tokens (layered)). It is taken over every schedule, not only
+        this one, so that engines that differ only in schedule have the same buffer and share
+        executables; a layered cohort's rows stay in it between iterations."""
+        return self.max_num_seqs + max(self.token_budget, self.max_prefill_tokens, self.max_cohort_tokens) + 1
 
     def max_rows(self) -> int:
         """Most token rows one call of this schedule can carry (chunked's budget counts its
@@ -80,8 +107,8 @@ class EngineConfig:
         if self.schedule == "chunked":
             return self.token_budget
         if self.schedule == "prefill_first":
-            return max(self.max_num_batched_tokens, self.max_num_seqs)
-        return self.max_num_batched_tokens + self.max_num_seqs
+            return max(self.max_prefill_tokens, self.max_num_seqs)
+        return self.max_cohort_tokens + self.max_num_seqs
 
     def buckets(self) -> tuple[int, ...]:
         """Row-count ladder: powers of two from 8, the decode batch (max_num_seqs) and max_rows,

@@ -67,7 +67,8 @@ def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: i
         raise ValueError(
             f"{model.name} does not fit: weights {w / GIB:.1f} GiB + workspace {ws / GIB:.1f} GiB + one "
             f"{config.model_len(model)}-token sequence of KV ({min_pages * per_page / GIB:.2f} GiB) > "
-            f"{available / GIB:.1f} GiB available; use a smaller dtype, max_model_len or max_num_batched_tokens"
+            f"{available / GIB:.1f} GiB available; use a smaller dtype, max_model_len, max_prefill_tokens or "
+            "max_cohort_tokens"
             + ("; JAX takes 75% of GPU memory unless XLA_PYTHON_CLIENT_MEM_FRACTION is set (e.g. 0.95)"
                if jax.devices()[0].platform == "gpu" else ""))
     if config.num_pages is not None:

@@ -4,7 +4,7 @@ while every other layer runs decodes only. Prefill advances one group per iterat
 first token is sampled after the last group, so decodes never stall and every layer sees each
 prompt token once (each expert's weights are read once per cohort, not once per chunk).
 
-A cohort (FCFS whole waiting prompts, up to max_num_batched_tokens tokens and max_num_seqs
+A cohort (FCFS whole waiting prompts, up to max_cohort_tokens tokens and max_num_seqs
 running) is admitted only when no cohort is in flight. G follows the cohort's token count (see
 EngineConfig.num_groups_for). Prompts longer than the cap are prefilled in cap-sized chunks, each
 of which traverses all groups (layered + chunked).
@@ -13,7 +13,8 @@ of which traverses all groups (layered + chunked).
 from __future__ import annotations
 
 from lp_jax.engine.request import Status
-from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork, SchedulerState, reserve_decode_slots, take_prefill_chunks
+from lp_jax.engine.scheduler.base import (IterationPlan, PrefillWork, SchedulerState, reserve_decode_slots,
+                                          take_prefill_chunks)
 from lp_jax.model.config import even_split
 
 
@@ -45,7 +46,7 @@ class LayeredScheduler:
                              preempted=preempted)
 
     def _admit_cohort(self, state: SchedulerState) -> None:
-        self.cohort = take_prefill_chunks(state, state.config.max_num_batched_tokens, whole_prompts=True)
+        self.cohort = take_prefill_chunks(state, state.config.max_cohort_tokens, whole_prompts=True)
         if self.cohort:
             tokens = sum(w.num_tokens for w in self.cohort)
             G = state.config.num_groups_for(tokens, state.num_layers)

@@ -12,7 +12,7 @@ class PrefillFirstScheduler:
 
     def schedule(self, state: SchedulerState) -> IterationPlan:
         L = state.num_layers
-        works = take_prefill_chunks(state, state.config.max_num_batched_tokens, whole_prompts=True)
+        works = take_prefill_chunks(state, state.config.max_prefill_tokens, whole_prompts=True)
         if works:
             return IterationPlan(L, prefills=works, prefill_layers=(0, L))
         decodes, preempted = reserve_decode_slots(state)
