@@ -31,7 +31,7 @@ def _ms(v) -> str:
 
 def markdown(data: dict) -> str:
     lines = [f"# Engine iterations vs floors on {data['device']}", "",
-             "Written by `scripts/bench_engine.py` (see its docstring for what each column measures). ms per "
+             "Written by `scripts/bench_engine.py` (see its --help for what each column measures). ms per "
              "iteration; wall = engine steps (decode) or the pipelined executor loop (others), mean; device = "
              "the prepared iteration launched back to back, mean; serial = rows built, launched and read back, "
              "median; floor = max(bytes / copy bandwidth, FLOPs / matmul rate) per call; host overhead = wall - "
