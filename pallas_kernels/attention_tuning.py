@@ -4,18 +4,17 @@ Key: (H, N, A, rows bucket, kind, device kind): H query heads, N KV heads, A hea
 call's T rounded up to a power of two, kind = "decode" when the call has no more rows than
 sequences (T <= B: every sequence contributes about one row) else "prefill". Entries come from
 `scripts/tune_attention.py` on the named device and are stored in `attention_tiles.json` beside
-this file; a rows bucket between tuned ones takes the nearest tuned bucket of the same kind,
-shapes or devices not in the table get `default_config`.
+this file; `tile_tables` says which entry serves a call (this device's, else the nearest tuned
+Hopper device's, at the nearest rows bucket of the same kind; else `default_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
-from pallas_kernels.moe_tuning import rows_bucket
 from pallas_kernels.paged_attention_kernel import SMEM_BYTES, AttentionTileConfig
+from pallas_kernels.tile_tables import TileChoice, TileTable
 
 TABLE_PATH = os.path.join(os.path.dirname(__file__), "attention_tiles.json")
 
@@ -42,23 +41,21 @@ def deepest(cfg: AttentionTileConfig, R: int, A: int, most: int) -> AttentionTil
     return dataclasses.replace(cfg, stages=max(fits))
 
 
-def load_table(path: str = TABLE_PATH) -> dict[tuple, AttentionTileConfig]:
-    """{(H, N, A, rows bucket, kind, device kind): config} from the JSON list of tune_attention."""
-    if not os.path.exists(path):
-        return {}
-    with open(path) as fh:
-        entries = json.load(fh)
-    return {(e["H"], e["N"], e["A"], e["rows_bucket"], e["kind"], e["device"]): AttentionTileConfig(**e["config"])
-            for e in entries}
+def load_table(path: str = TABLE_PATH) -> TileTable:
+    """The JSON list written by tune_attention, keyed by (H, N, A, kind)."""
+    return TileTable(path, lambda e: (e["H"], e["N"], e["A"], e["kind"]),
+                     lambda e: AttentionTileConfig(**e["config"]))
 
 
 TABLE = load_table()
 
 
+def choose(H: int, N: int, A: int, T: int, B: int, device_kind: str, table: TileTable = TABLE) -> TileChoice:
+    """The configuration of a call of T rows over B sequences on device_kind, and which table
+    entry it came from (`tile_tables.TileTable.choose`)."""
+    return table.choose((H, N, A, call_kind(T, B)), T, device_kind, lambda: default_config(H, N, A, T, B))
+
+
 def lookup(H: int, N: int, A: int, T: int, B: int, device_kind: str) -> AttentionTileConfig:
-    """The tuned entry of this shape, kind and device at the nearest rows bucket (log2 steps);
-    `default_config` if the table holds none."""
-    b, kind = rows_bucket(T).bit_length(), call_kind(T, B)
-    near = [(abs(k[3].bit_length() - b), -k[3], cfg) for k, cfg in TABLE.items()
-            if k[:3] == (H, N, A) and k[4:] == (kind, device_kind)]
-    return min(near, key=lambda t: t[:2])[2] if near else default_config(H, N, A, T, B)
+    """`choose(...).config`."""
+    return choose(H, N, A, T, B, device_kind).config

@@ -11,10 +11,10 @@ nearest tuned bucket, shapes or devices not in the table get `default_config`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from pallas_kernels.grouped_matmul import TileConfig
+from pallas_kernels.tile_tables import TileChoice, TileTable
 
 TABLE_PATH = os.path.join(os.path.dirname(__file__), "moe_tiles.json")
 
@@ -27,11 +27,6 @@ class MoETileConfig:
     def __post_init__(self):
         if (self.gate_up.block_m, self.gate_up.swap) != (self.down.block_m, self.down.swap):
             raise ValueError("gate/up and down must share block_m and swap (one row layout)")
-
-
-def rows_bucket(rows: int) -> int:
-    """Smallest power of two >= rows (>= 1)."""
-    return 1 << max(rows - 1, 0).bit_length()
 
 
 def _divisor_block(n: int, prefer: int) -> int:
@@ -55,23 +50,21 @@ def default_config(E: int, D: int, F: int, rows: int) -> MoETileConfig:
         down=TileConfig(128, _divisor_block(D, 128), stages=4, num_compute_wgs=2))
 
 
-def load_table(path: str = TABLE_PATH) -> dict[tuple[int, int, int, int, str], MoETileConfig]:
-    """{(E, D, F, rows bucket, device kind): config} from the JSON list written by tune_moe."""
-    if not os.path.exists(path):
-        return {}
-    with open(path) as fh:
-        entries = json.load(fh)
-    return {(e["E"], e["D"], e["F"], e["rows_bucket"], e["device"]):
-            MoETileConfig(TileConfig(**e["gate_up"]), TileConfig(**e["down"])) for e in entries}
+def load_table(path: str = TABLE_PATH) -> TileTable:
+    """The JSON list written by tune_moe, keyed by (E, D, F)."""
+    return TileTable(path, lambda e: (e["E"], e["D"], e["F"]),
+                     lambda e: MoETileConfig(TileConfig(**e["gate_up"]), TileConfig(**e["down"])))
 
 
 TABLE = load_table()
 
 
+def choose(E: int, D: int, F: int, rows: int, device_kind: str, table: TileTable = TABLE) -> TileChoice:
+    """The configuration for `rows` (token, expert) rows of this shape on device_kind, and
+    which table entry it came from (`tile_tables.TileTable.choose`)."""
+    return table.choose((E, D, F), rows, device_kind, lambda: default_config(E, D, F, rows))
+
+
 def lookup(E: int, D: int, F: int, rows: int, device_kind: str) -> MoETileConfig:
-    """The tuned entry of this shape and device at the nearest rows bucket (in log2 steps);
-    `default_config` if the table holds none for this shape and device."""
-    b = rows_bucket(rows).bit_length()
-    near = [(abs(k[3].bit_length() - b), -k[3], cfg) for k, cfg in TABLE.items()
-            if k[:3] == (E, D, F) and k[4] == device_kind]
-    return min(near, key=lambda t: t[:2])[2] if near else default_config(E, D, F, rows)
+    """`choose(...).config`."""
+    return choose(E, D, F, rows, device_kind).config

@@ -46,7 +46,7 @@ import numpy as np
 
 from bench_moe import ceilings, device_slug, jax_time_ms, rel_err
 from pallas_kernels.attention_reference import FULL_WINDOW, paged_attention_reference
-from pallas_kernels.attention_tuning import lookup
+from pallas_kernels.attention_tuning import TABLE as TILE_TABLE, choose
 from pallas_kernels.paged_attention import paged_attention
 
 Z = 16
@@ -163,6 +163,12 @@ class Bench:
         return dict(**kw, device=self.device, date=datetime.date.today().isoformat(),
                     copy_Bps=self.ceil["copy_Bps"], matmul_flops=self.ceil["matmul_flops"])
 
+    def tiles(self, row, H, N, A, meta):
+        """Record our tile configuration and which table entry it came from."""
+        choice = choose(H, N, A, meta["T"], meta["B"], self.device)
+        row.update(config=str(choice.config), tiles=choice.describe())
+        self.log(f"  {row['case']}: tiles: {choice.describe()}")
+
     def measure(self, row, label, fn, sets, check=None):
         t0 = time.time()
         try:
@@ -214,7 +220,7 @@ class Bench:
             self.log(f"  {row['case']}: {row['skipped']}")
             return row
         sets, meta = ragged_case(seqs, H, N, A, key=batch + ctx, copies=copies_for(seqs, N, A))
-        row["config"] = str(lookup(H, N, A, meta["T"], meta["B"], self.device))
+        self.tiles(row, H, N, A, meta)
         fn = ours_fn()
         self.measure(row, "ours", fn, sets,
                      check=(lambda: check_ours(fn, sets[0], FULL_WINDOW)) if ctx <= 4096 else None)
@@ -252,7 +258,7 @@ class Bench:
         row = self.row(case=f"prefill {model} {nseq}x{S // nseq} {wname}", kind="prefill", model=model,
                        tokens=S, sequences=nseq, window=None if window >= FULL_WINDOW else window)
         sets, meta = ragged_case(seqs, H, N, A, key=S + nseq)
-        row["config"] = str(lookup(H, N, A, meta["T"], meta["B"], self.device))
+        self.tiles(row, H, N, A, meta)
         fn = ours_fn(window)
         self.measure(row, "ours", fn, sets, check=lambda: check_ours(fn, sets[0], window))
         self.profile_ours(row, fn, sets[0])
@@ -278,7 +284,7 @@ class Bench:
         row = self.row(case=f"mixed {name}", kind="mixed", model="qwen3",
                        rows=sum(q for _, q in seqs), sequences=len(seqs))
         sets, meta = ragged_case(seqs, H, N, A, key=len(seqs), copies=copies_for(seqs, N, A))
-        row["config"] = str(lookup(H, N, A, meta["T"], meta["B"], self.device))
+        self.tiles(row, H, N, A, meta)
         fn = ours_fn()
         self.measure(row, "ours", fn, sets, check=lambda: check_ours(fn, sets[0], FULL_WINDOW))
         self.profile_ours(row, fn, sets[0])
@@ -347,7 +353,8 @@ def markdown(rows, ceil, device):
              f"over input sets. (x) = peer time / ours (> 1: ours faster). floor/ours = fraction of the "
              "floor reached (1 = at the floor). kernel / all CUPTI ms: our attention kernel alone / all "
              "kernels of our call (tile plan, gathers, split merge), one profiled call. GB/s = K+V bytes / our time; TFLOP/s = 4 x visible "
-             "pairs x H x D / our time. null = the peer failed (see the JSON for why).", ""]
+             "pairs x H x D / our time. null = the peer failed (see the JSON for why).", "",
+             f"Our tiles: {TILE_TABLE.describe_device(device)} (per row: the JSON's `tiles`).", ""]
     sections = [("decode", "Decode, Qwen3 shape (32 q / 4 KV heads, D=128), page 16",
                  "triton_paged_attention", "jax Triton paged_attention ms (x)"),
                 ("prefill", "Prefill, causal", None, None),

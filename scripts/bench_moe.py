@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels import moe_tuning
 from pallas_kernels.activations import apply_activation
 from pallas_kernels.moe import moe_experts_pallas
 from pallas_kernels.moe_reference import moe_experts_reference, random_experts
@@ -301,6 +302,9 @@ def bench_model(name, tokens, ceil, peers, reps, log):
                    date=datetime.date.today().isoformat(), tokamax_ms=None,
                    copy_Bps=ceil["copy_Bps"], matmul_flops=ceil["matmul_flops"],
                    torch_B_layout=layout)
+        tiles = moe_tuning.choose(E, D, F, A, row["device"])
+        row.update(ours_config=str(tiles.config), tiles=tiles.describe())
+        log(f"  {name} T={T}: tiles: {tiles.describe()}")
         # Reference on the first (up to) 256 tokens: a token's output depends only on its own
         # routing, and lax.ragged_dot's lowering needs [rows, E * D] memory.
         n_chk = min(T, 256)
@@ -378,6 +382,7 @@ def markdown(rows, ceil, device):
              f"bf16 matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s. Times: ms per layer call, "
              "device-synchronised, median. x = that peer's time / ours (>1: ours faster). "
              "GB/s = active-expert weight bytes / our time.", "",
+             f"Our tiles: {moe_tuning.TABLE.describe_device(device)} (per row: the JSON's `tiles`).", "",
              "| model | tokens | ours ms | TFLOP/s | GB/s (experts) | floor ms (kind) | ours/floor "
              "| torch._grouped_mm ms (x) | ragged_dot_mgpu ms (x) | lax.ragged_dot ms (x) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

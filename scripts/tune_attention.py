@@ -3,12 +3,14 @@ tile table.
 
 For each model shape and each representative call (decode batches, a long prefill, mixed batches
 as the schedules make them; the cases of bench_attention), times every candidate of `candidates`
-and stores the fastest under (H, N, A, rows bucket, kind, device kind) in
+and the entry that serves this device now (on an untuned Hopper GPU: the nearest tuned one's), and
+stores the fastest under (H, N, A, rows bucket, kind, device kind) in
 pallas_kernels/attention_tiles.json (entries of other devices and shapes are kept). The whole
 sweep goes to --log as JSON.
 
 Usage (GPU machine): PYTHONPATH=. python3 scripts/tune_attention.py --log $OUT/attention_tune.json \
-    --table-out $OUT/attention_tiles.json
+    --table-out $OUT/attention_tiles.json [--models qwen3 --calls "decode 64x4K,prefill 1x8K" --reps 5]
+On a device without entries (e.g. the H200) this adds entries under its own device kind.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import jax
 from bench_attention import MIXED, SHAPES, ragged_case
 from bench_moe import jax_time_ms
 from pallas_kernels import attention_tuning
-from tuning_cli import add_table_args, read_json, write_json
-from pallas_kernels.moe_tuning import rows_bucket
+from tuning_cli import add_table_args, start_table, write_json
+from pallas_kernels.tile_tables import rows_bucket
 from pallas_kernels.paged_attention import AttentionTileConfig, paged_attention
 
 CALLS = {  # name: sequences [(kv_len, q_len)]
@@ -64,7 +66,7 @@ def main(argv=None):
     add_table_args(ap, attention_tuning.TABLE_PATH, "attention_tune.json")
     args = ap.parse_args(argv)
     device = jax.devices()[0].device_kind
-    table = read_json(attention_tuning.TABLE_PATH)
+    table = start_table(attention_tuning.TABLE_PATH, args.table_out)
     sweep = []
     for model in args.models.split(","):
         H, N, A = SHAPES[model]
@@ -72,7 +74,12 @@ def main(argv=None):
             sets, meta = ragged_case(CALLS[call], H, N, A, key=len(call))
             kind = attention_tuning.call_kind(meta["T"], meta["B"])
             best = None
-            for cfg in candidates(H, N, A, kind):
+            prior = attention_tuning.choose(H, N, A, meta["T"], meta["B"], device)
+            cands = candidates(H, N, A, kind)
+            cands = cands if prior.config in cands else [prior.config, *cands]
+            print(f"{model} {call}: {len(cands)} candidates; now served by {prior.describe()}: {prior.config}",
+                  flush=True)
+            for cfg in cands:
                 t0 = time.time()
                 fn = jax.jit(lambda q, kp, vp, table, seq, pos, cfg=cfg: paged_attention(
                     q, kp, vp, 0, table, seq, pos, config=cfg))

@@ -1,12 +1,14 @@
 """Sweep the MoE layer's tile configurations on this GPU and write the winners to the tile table.
 
 For each model shape and token count, times the whole layer (both kernels share block_m and
-the orientation) for every candidate of `candidates`, and stores the fastest under
+the orientation) for every candidate of `candidates` and for the entry that serves this device
+now (on an untuned Hopper GPU: the nearest tuned one's), and stores the fastest under
 (E, D, F, rows bucket, device kind) in pallas_kernels/moe_tiles.json (entries of other devices
 and shapes are kept). The full sweep goes to --log as JSON.
 
 Usage (GPU machine): PYTHONPATH=. python3 scripts/tune_moe.py --log $OUT/moe_tune.json \
-    --table-out $OUT/moe_tiles.json
+    --table-out $OUT/moe_tiles.json [--models qwen3_30b_a3b --tokens 1,64 --reps 5]
+On a device without entries (e.g. the H200) this adds entries under its own device kind.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import jax
 
 from bench_moe import MODELS, jax_time_ms, make_sets
 from pallas_kernels import moe_tuning
-from tuning_cli import add_table_args, read_json, write_json
+from tuning_cli import add_table_args, start_table, write_json
 from pallas_kernels.grouped_matmul import TileConfig
 from pallas_kernels.moe import moe_experts_pallas
 from pallas_kernels.moe_reference import random_experts
 from pallas_kernels.moe_tuning import MoETileConfig
+from pallas_kernels.tile_tables import rows_bucket
 
 
 def _blocks(n: int, options) -> list[int]:
@@ -85,7 +88,7 @@ def main(argv=None):
     add_table_args(ap, moe_tuning.TABLE_PATH, "moe_tune.json")
     args = ap.parse_args(argv)
     device = jax.devices()[0].device_kind
-    table = read_json(moe_tuning.TABLE_PATH)
+    table = start_table(moe_tuning.TABLE_PATH, args.table_out)
     sweep = []
     for name in args.models.split(","):
         E, K, D, F, act, bias = MODELS[name]
@@ -93,7 +96,14 @@ def main(argv=None):
         for T in map(int, args.tokens.split(",")):
             sets = make_sets(jax.random.key(T), T, D, E, K)
             best = None
-            for cfg in candidates(E, D, F, T * K):
+            # The entry this device uses now (its own, the nearest tuned Hopper's, or the
+            # default) is timed too, so a new entry is never slower than what it replaces.
+            prior = moe_tuning.choose(E, D, F, T * K, device)
+            cands = candidates(E, D, F, T * K)
+            cands = cands if prior.config in cands else [prior.config, *cands]
+            print(f"{name} T={T}: {len(cands)} candidates; now served by {prior.describe()}: {prior.config}",
+                  flush=True)
+            for cfg in cands:
                 t0 = time.time()
                 fn = jax.jit(functools.partial(moe_experts_pallas, activation=act, config=cfg))
                 try:
@@ -111,7 +121,7 @@ def main(argv=None):
                     best = (ms, cfg)
             if best is None:
                 continue
-            key = dict(E=E, D=D, F=F, rows_bucket=moe_tuning.rows_bucket(T * K), device=device)
+            key = dict(E=E, D=D, F=F, rows_bucket=rows_bucket(T * K), device=device)
             table = [e for e in table if {k: e[k] for k in key} != key]
             table.append(dict(**key, gate_up=dataclasses.asdict(best[1].gate_up),
                               down=dataclasses.asdict(best[1].down), ms=best[0]))

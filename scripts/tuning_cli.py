@@ -1,10 +1,14 @@
 """What the tile sweeps (tune_moe.py, tune_attention.py) share: their table/log options and the
-reading and writing of a tile table (a JSON list of entries) and of the sweep log."""
+reading and writing of a tile table (a JSON list of entries) and of the sweep log.
+
+Entries are keyed by JAX's device kind, so a sweep on an H200 adds "NVIDIA H200" entries beside
+the H100's (the tables' lookup prefers a device's own entries, `pallas_kernels.tile_tables`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_table_args(ap: argparse.ArgumentParser, table_path: str, log_name: str) -> None:
@@ -14,6 +18,12 @@ def add_table_args(ap: argparse.ArgumentParser, table_path: str, log_name: str) 
     ap.add_argument("--table-out", default=table_path,
                     help="where to write the updated table (default: the package's table; on a "
                          "machine whose files do not come back, point it at the results folder)")
+
+
+def start_table(table_path: str, table_out: str) -> list:
+    """The entries a sweep starts from: table_out's when it exists (an earlier sweep of the same
+    run wrote it, so sweeps into one file add up), else the package's table."""
+    return read_json(table_out if os.path.exists(table_out) else table_path)
 
 
 def read_json(path: str) -> list:
