@@ -1,7 +1,8 @@
 """Benchmark the ragged paged-attention kernel (Pallas Mosaic GPU) against its peers, on one GPU.
 
 Cases (bf16, page size 16, one layer's pool, every K/V already in its pages):
-  decode   batch 1 x 2K, batch 8/64/256 x context 1K/4K/16K, Qwen3 shape (32 q heads, 4 KV heads, D=128).
+  decode   batch 1 x 2K, batch 8/64/256 x context 1K/4K/16K, Qwen3 shape (32 q heads, 4 KV heads, D=128);
+           64 x 4K also in the GPT-OSS shape (64 q, 8 KV, D=64).
            Peer: jax.experimental.pallas.ops.gpu.paged_attention (Triton, deprecated; its own
            [N, P, Z, D] page layout; best of a small sweep). Floor: KV bytes / copy bandwidth.
   prefill  causal, 1K/4K/8K/16K tokens as one sequence and as 4 sequences of a quarter each;
@@ -13,7 +14,8 @@ Cases (bf16, page size 16, one layer's pool, every K/V already in its pages):
            a 2K paged prefix; layered = 64 decodes at 2K + a cohort of 4 prompts x 2048 tokens.
            Floor = max(KV bytes / copy bandwidth, FLOPs / bf16 matmul rate).
 A peer that fails is recorded as null with the reason. Ceilings (copy bandwidth read+write, bf16
-matmul rate) are measured in the same run (`bench_moe.ceilings`).
+matmul rate, by several methods, beside the datasheet) are measured in the same run
+(`kernel_ceilings.py`, or its JSON from earlier in the same command: --ceilings).
 
 Ours is also profiled with CUPTI (`profiler.measure`, one call): per-kernel ms of the attention
 kernel and of the wrapper's XLA kernels (ours_kernels_ms, their sum ours_cupti_ms).
@@ -23,8 +25,9 @@ sets (fresh queries; small decode pools get a copy of the pages per set, so L2 d
 them) back to back; its time / NSETS, median over --reps runs (`bench_moe.jax_time_ms`). Ours
 includes the wrapper's tile planning and query/output gathers, as the engine calls it.
 
-Usage (GPU machine): PYTHONPATH=. python3 scripts/bench_attention.py --out-dir $OUT [--quick]
-Writes attention_<device>.json (list of rows) and attention_<device>.md to --out-dir.
+Usage (GPU machine): PYTHONPATH=scripts:. python3 scripts/bench_attention.py --out-dir $OUT
+    [--cases full|targets|quick] [--ceilings ceilings.json]
+Writes attention_<device>[_<cases>].json (list of rows, rewritten after each case) and .md to --out-dir.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_moe import ceilings, device_slug, jax_time_ms, rel_err
+from bench_moe import ceilings_line, device_slug, load_ceilings, rel_err
+from kernel_ceilings import summary
+from kernel_timing import jax_time_ms
 from pallas_kernels.attention_reference import FULL_WINDOW, paged_attention_reference
 from pallas_kernels.attention_tuning import TABLE as TILE_TABLE, choose
 from pallas_kernels.paged_attention import paged_attention
@@ -209,11 +214,11 @@ class Bench:
                     row[f"speedup_vs_{p}"] = row[f"{p}_ms"] / o
         return row
 
-    def decode(self, batch, ctx, triton_cfgs):
-        H, N, A = SHAPES["qwen3"]
+    def decode(self, batch, ctx, triton_cfgs, model="qwen3"):
+        H, N, A = SHAPES[model]
         seqs = [(ctx, 1)] * batch
         bytes_ = kv_bytes(seqs, N, A)
-        row = self.row(case=f"decode {batch}x{ctx}", kind="decode", model="qwen3", batch=batch,
+        row = self.row(case=f"decode {model} {batch}x{ctx}", kind="decode", model=model, batch=batch,
                        context=ctx)
         if 2 * bytes_ * copies_for(seqs, N, A) > POOL_BUDGET:
             row["skipped"] = f"pools of {2 * bytes_ / 1e9:.1f} GB exceed the {POOL_BUDGET / 1e9:.0f} GB budget"
@@ -310,20 +315,36 @@ MIXED = {
 }
 
 
-def run_all(bench, quick, save):
-    """All cases (a handful with quick); save(rows) after each, so a cut-off run keeps its rows."""
+CASE_SETS = ("full", "targets", "quick")
+TARGET_DECODE = (64, 4096)  # batch x context of the decode target (>= 85% of the bandwidth floor)
+TARGET_PREFILL = 8192  # tokens of the causal prefill target (>= 0.95x cuDNN)
+
+
+def run_all(bench, cases, save):
+    """The cases of one set; save(rows) after each, so a cut-off run keeps its rows.
+    quick: a handful (< 2 min), a first GPU check; targets: the issue's targets for both model
+    shapes (decode 64 x 4K against the bandwidth floor and the Triton peer, 8K causal prefill
+    against cuDNN); full: every case."""
     rows = _Saved(save)
-    if quick:
+    if cases == "quick":
         rows.append(bench.decode(64, 4096, TRITON_SWEEP[:1]))
         rows.append(bench.decode(1, 2048, TRITON_SWEEP[:1]))
         rows.append(bench.prefill("qwen3", 8192, 1, FULL_WINDOW, ["cudnn", "tokamax"]))
         rows.append(bench.prefill("gpt_oss", 4096, 1, 128, ["cudnn"]))
         rows.append(bench.mixed(*next(iter(MIXED.items()))))
         return rows
+    if cases == "targets":
+        batch, ctx = TARGET_DECODE
+        for model in SHAPES:
+            rows.append(bench.decode(batch, ctx, TRITON_SWEEP, model=model))
+            rows.append(bench.prefill(model, TARGET_PREFILL, 1, FULL_WINDOW, ["cudnn"]))
+        rows.append(bench.prefill("gpt_oss", TARGET_PREFILL, 1, 128, ["cudnn"]))
+        return rows
     rows.append(bench.decode(1, 2048, TRITON_SWEEP))
     for batch in (8, 64, 256):
         for ctx in (1024, 4096, 16384):
             rows.append(bench.decode(batch, ctx, TRITON_SWEEP))
+    rows.append(bench.decode(64, 4096, TRITON_SWEEP, model="gpt_oss"))
     for S in (1024, 4096, 8192, 16384):
         for nseq in (1, 4):
             rows.append(bench.prefill("qwen3", S, nseq, FULL_WINDOW, ["cudnn", "tokamax"]))
@@ -348,14 +369,13 @@ def markdown(rows, ceil, device):
 
     date = rows[0]["date"] if rows else ""
     lines = [f"# Ragged paged attention, {device}, {date}", "",
-             f"Ceilings (same run): copy {ceil['copy_Bps'] / 1e12:.2f} TB/s (read+write), bf16 matmul "
-             f"{ceil['matmul_flops'] / 1e12:.0f} TFLOP/s. Times: ms per call, device-synchronised, median "
+             ceilings_line(ceil) + " Times: ms per call, device-synchronised, median "
              f"over input sets. (x) = peer time / ours (> 1: ours faster). floor/ours = fraction of the "
              "floor reached (1 = at the floor). kernel / all CUPTI ms: our attention kernel alone / all "
              "kernels of our call (tile plan, gathers, split merge), one profiled call. GB/s = K+V bytes / our time; TFLOP/s = 4 x visible "
              "pairs x H x D / our time. null = the peer failed (see the JSON for why).", "",
              f"Our tiles: {TILE_TABLE.describe_device(device)} (per row: the JSON's `tiles`).", ""]
-    sections = [("decode", "Decode, Qwen3 shape (32 q / 4 KV heads, D=128), page 16",
+    sections = [("decode", "Decode, page 16 (Qwen3: 32 q / 4 KV heads, D=128; GPT-OSS: 64 q / 8 KV heads, D=64)",
                  "triton_paged_attention", "jax Triton paged_attention ms (x)"),
                 ("prefill", "Prefill, causal", None, None),
                 ("mixed", "Mixed batches (Qwen3 shape)", None, None)]
@@ -386,27 +406,39 @@ def markdown(rows, ceil, device):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out-dir", default="benchmarks/results")
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="a handful of cases (< 2 min): a first GPU check")
+    ap.add_argument("--reps", type=int, default=20, help="timed runs per case (median reported)")
+    ap.add_argument("--cases", choices=CASE_SETS, default="full",
+                    help="full: every case; targets: decode 64x4K and 8K prefill of both models (the issue's "
+                         "targets); quick: a handful (< 2 min), a first GPU check")
+    ap.add_argument("--quick", action="store_const", const="quick", dest="cases", help="same as --cases quick")
+    ap.add_argument("--ceilings", help="ceilings JSON of this run (kernel_ceilings.py --out); default: measure them")
     args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error(f"--reps must be >= 1, got {args.reps}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = jax.devices()[0].device_kind
     os.makedirs(args.out_dir, exist_ok=True)
 
     def log(s):
         print(s, flush=True)
 
-    ceil = ceilings(reps=5 if args.quick else 10)
-    log(f"{device}: copy {ceil['copy_Bps'] / 1e12:.3f} TB/s, matmul {ceil['matmul_flops'] / 1e12:.1f} TFLOP/s")
-    bench = Bench(ceil, 5 if args.quick else args.reps, log)
-    slug = device_slug(device) + ("_quick" if args.quick else "")
+    quick = args.cases == "quick"
+    ceil = load_ceilings(args.ceilings, reps=5 if quick else 10)
+    log(summary(ceil))
+    bench = Bench(ceil, 5 if quick else args.reps, log)
+    slug = device_slug(device) + ("" if args.cases == "full" else f"_{args.cases}")
 
     def save(rows):
         with open(os.path.join(args.out_dir, f"attention_{slug}.json"), "w") as fh:
             json.dump(list(rows), fh, indent=1)
-    rows = run_all(bench, args.quick, save)
+    rows = run_all(bench, args.cases, save)
     md = markdown(rows, ceil, device)
     with open(os.path.join(args.out_dir, f"attention_{slug}.md"), "w") as fh:
         fh.write(md)

@@ -1,22 +1,29 @@
 """Benchmark the MoE expert layer: ours (Pallas Mosaic GPU) against its peers, on one GPU.
 
 Peers, each the same layer (given routing -> sort -> gate/up -> activation -> down -> weighted
-combine), all in this one process:
+combine), all in this one process, each with its own best configuration:
+  vllm_fused_moe     vLLM's Triton fused_moe_kernel (from .peers/, `fetch_peers.py`) with our torch
+                     routing-align step and a Triton activation (`vllm_moe.py`); vLLM's tuned
+                     config file for the shape and device where it ships one, else the fastest of
+                     a small sweep; CUDA graph
   torch_grouped_mm   torch._grouped_mm (gate and up as one [E, D, 2F] product), HF-style torch
                      (bf16 elementwise, index_add_ combine), the faster B layout, CUDA graph
   ragged_dot_mgpu    jax.experimental.pallas.ops.gpu.ragged_dot_mgpu, block sizes by rows
   lax_ragged_dot     jax.lax.ragged_dot
   tokamax            not installed on the GPU machine: reported as null
-Ceilings measured in the same run: device-to-device copy bandwidth (bytes read + written) and a
-bf16 8192^3 matmul, each the best of JAX and torch. floor = max(FLOPs / matmul rate,
-active-expert bytes / copy bandwidth), FLOPs = 6 * rows * D * F over real rows only.
+Ceilings measured in the same run (`kernel_ceilings.py`: copy bandwidth, bytes read + written, best
+of four methods; bf16 8192^3 matmul, best of JAX and torch; beside the datasheet peaks).
+floor = max(FLOPs / matmul rate, active-expert bytes / copy bandwidth), FLOPs = 6 * rows * D * F
+over real rows only. Every peer's output is compared with the float32 reference (relative error
+printed and in the JSON).
 
 Time = device-synchronised wall time of one layer call: one program (a jitted function, or a
 CUDA graph for torch) runs the layer on 8 distinct input sets (fresh x and routing, so different
 experts are hot) back to back; its time / 8, median over `--reps` runs.
 
-Usage (GPU machine): PYTHONPATH=. python3 scripts/bench_moe.py --out-dir benchmarks/results
-Writes moe_<device>.json (list of rows) and moe_<device>.md.
+Usage (GPU machine): PYTHONPATH=scripts:. python3 scripts/bench_moe.py --out-dir benchmarks/results
+    [--ceilings ceilings.json] [--models ...] [--tokens ...] [--peers ...]
+Writes moe_<device>.json (list of rows, rewritten after each case) and moe_<device>.md.
 """
 
 from __future__ import annotations
@@ -27,7 +34,6 @@ import functools
 import json
 import os
 import re
-import statistics
 import sys
 import time
 import traceback
@@ -38,6 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import vllm_moe
+from kernel_ceilings import ceilings, summary
+from kernel_timing import jax_time_ms, torch_time_ms
 from pallas_kernels import moe_tuning
 from pallas_kernels.activations import apply_activation
 from pallas_kernels.moe import moe_experts_pallas
@@ -55,92 +64,6 @@ NSETS = 8
 def device_slug(kind: str) -> str:
     s = re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_")
     return s.removeprefix("nvidia_")
-
-
-# ---------------------------------------------------------------- timing
-
-def jax_time_ms(fn, sets, reps):
-    """Median device-synchronised time (ms) of one fn call.
-
-    One jitted program runs fn once on each of the (distinct) input sets back to back, so host
-    dispatch overlaps device work and nothing is served from a previous call's L2 content more
-    than real serving would; wall time of that program / len(sets), median over reps."""
-    many = jax.jit(lambda ss: [fn(*s) for s in ss])
-    jax.block_until_ready(many(sets))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(many(sets))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3 / len(sets)
-
-
-def torch_time_ms(fn, sets, reps):
-    """Same for torch: the calls over all sets captured in one CUDA graph (eager if capture
-    fails), replayed reps times."""
-    import torch
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for s in sets:
-            fn(*s)
-    torch.cuda.synchronize()
-    try:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for s in sets:
-                fn(*s)
-        run = graph.replay
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        print("  torch: CUDA graph capture failed, timing eager calls", flush=True)
-
-        def run():
-            for s in sets:
-                fn(*s)
-    run()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3 / len(sets)
-
-
-def ceilings(reps=10):
-    """Copy bandwidth (B/s, read + write) and bf16 matmul rate (FLOP/s): best of JAX, torch."""
-    out = {}
-    n = 1 << 28  # 512 MiB of bf16 per array
-    xs = [(jax.random.normal(jax.random.key(i), (n,), jnp.bfloat16),) for i in range(4)]
-    t = jax_time_ms(lambda a: a + jnp.bfloat16(1), xs, reps)
-    out["jax_copy_Bps"] = 2 * 2 * n / (t / 1e3)
-    del xs
-    s = 8192
-    ms = [tuple(jax.random.normal(jax.random.key(10 + 2 * i + j), (s, s), jnp.bfloat16)
-                for j in range(2)) for i in range(4)]
-    t = jax_time_ms(jnp.dot, ms, reps)
-    out["jax_matmul_flops"] = 2 * s**3 / (t / 1e3)
-    del ms
-    try:
-        import torch
-        src = [torch.randn(n, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
-        dst = [torch.empty_like(a) for a in src]
-        t = torch_time_ms(lambda a, b: b.copy_(a), list(zip(src, dst)), reps)
-        out["torch_copy_Bps"] = 2 * 2 * n / (t / 1e3)
-        del src, dst
-        ab = [(torch.randn(s, s, device="cuda", dtype=torch.bfloat16),
-               torch.randn(s, s, device="cuda", dtype=torch.bfloat16)) for _ in range(4)]
-        t = torch_time_ms(torch.matmul, ab, reps)
-        out["torch_matmul_flops"] = 2 * s**3 / (t / 1e3)
-        del ab
-        torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - the JAX numbers still stand
-        traceback.print_exc()
-    out["copy_Bps"] = max(v for k, v in out.items() if k.endswith("copy_Bps"))
-    out["matmul_flops"] = max(v for k, v in out.items() if k.endswith("matmul_flops"))
-    return out
 
 
 # ---------------------------------------------------------------- inputs
@@ -272,7 +195,33 @@ def rdm_config(rows, D, F):
     return (64 if rows <= 4096 else 128, bn, 64, 4 if bn == 128 else 3)
 
 
-def bench_model(name, tokens, ceil, peers, reps, log):
+def vllm_layer_for(T, K, E, F, layer_of, sets, reps, device_name, log):
+    """vLLM's configuration for T tokens and the layer built with it: its tuned file's entry
+    where vLLM ships one for this shape and device, else the fastest of our small sweep (timed
+    here on the same input sets). Returns (layer, config, source)."""
+    tuned = vllm_moe.tuned_configs(E, F, device_name)
+    if tuned:
+        key = vllm_moe.nearest_key(tuned, T)
+        name = f"E={E},N={F},device_name={vllm_moe.vllm_device_name(device_name)}.json"
+        return layer_of(tuned[key]), tuned[key], f"vLLM's tuned file {name} (its entry for {key} tokens)"
+    best = None
+    for cfg in vllm_moe.sweep_candidates(T, K, E):
+        layer = layer_of(cfg)
+        try:
+            t = torch_time_ms(layer, sets, max(3, reps // 3))
+        except Exception:  # noqa: BLE001 - e.g. out of shared memory: skip the candidate
+            traceback.print_exc()
+            continue
+        log(f"    vllm sweep T={T}: {t:.4f} ms {cfg}")
+        if best is None or t < best[0]:
+            best = (t, cfg, layer)
+    if best is None:
+        raise RuntimeError("no candidate configuration of vLLM's kernel ran")
+    return best[2], best[1], "our sweep of 4 (vLLM ships no tuned file for this shape and device)"
+
+
+def bench_model(name, tokens, ceil, peers, reps, log, save):
+    """Rows of one model at each token count; save(rows) after each, so a cut-off run keeps them."""
     E, K, D, F, act, bias = MODELS[name]
     ex = random_experts(jax.random.key(7), E, D, F, bias)
     wgu = jnp.concatenate([ex["w_gate"], ex["w_up"]], axis=-1)  # peers: one [E, D, 2F] product
@@ -282,10 +231,28 @@ def bench_model(name, tokens, ceil, peers, reps, log):
     ours = jax.jit(functools.partial(moe_experts_pallas, activation=act))
     ref = jax.jit(functools.partial(moe_experts_reference, activation=act))
     torch_w, layout = None, None
+    broken = {}  # peer -> why its set-up failed (each of its rows says so)
     if "torch_grouped_mm" in peers:
-        layout, tw = torch_weights(wgu, ex["w_down"])
-        torch_w = (*tw, to_torch(bgu) if bias else None, to_torch(bd) if bias else None)
-        torch_layer = torch_layer_fn(act)
+        try:
+            layout, tw = torch_weights(wgu, ex["w_down"])
+            torch_w = (*tw, to_torch(bgu) if bias else None, to_torch(bd) if bias else None)
+            torch_layer = torch_layer_fn(act)
+        except Exception as e:  # noqa: BLE001 - e.g. no torch or no GPU: ours and the others still run
+            traceback.print_exc()
+            broken["torch_grouped_mm"] = f"set-up: {type(e).__name__}: {str(e)[:300]}"
+    if "vllm_fused_moe" in peers:
+        try:
+            import torch
+            device_name = torch.cuda.get_device_name()
+            vllm_moe.load_kernel()  # fails here, once, if .peers was not carried
+            vw = vllm_moe.vllm_weights(*(to_torch(ex[k]) if k in ex else None
+                                         for k in ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")))
+            vllm_layer_of = lambda cfg: vllm_moe.make_layer(vw, act, lambda T: cfg)  # noqa: E731
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            broken["vllm_fused_moe"] = f"set-up: {type(e).__name__}: {str(e)[:300]}"
+    for p, why in broken.items():
+        log(f"  {name}: peer {p} unavailable ({why})")
     rows_out = []
     for T in tokens:
         sets = make_sets(jax.random.key(T), T, D, E, K)
@@ -301,6 +268,8 @@ def bench_model(name, tokens, ceil, peers, reps, log):
                    device=jax.devices()[0].device_kind,
                    date=datetime.date.today().isoformat(), tokamax_ms=None,
                    copy_Bps=ceil["copy_Bps"], matmul_flops=ceil["matmul_flops"],
+                   datasheet_copy_Bps=ceil.get("datasheet_copy_Bps"),
+                   datasheet_matmul_flops=ceil.get("datasheet_matmul_flops"),
                    torch_B_layout=layout)
         tiles = moe_tuning.choose(E, D, F, A, row["device"])
         row.update(ours_config=str(tiles.config), tiles=tiles.describe())
@@ -323,14 +292,30 @@ def bench_model(name, tokens, ceil, peers, reps, log):
                 row[f"{label}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 traceback.print_exc()
             log(f"  {name} T={T} {label}: {row.get(label + '_ms')} ms "
-                f"err={row.get(label + '_err')} ({time.time() - t0:.1f}s)")
+                f"rel.err vs f32 reference={row.get(label + '_err')} ({time.time() - t0:.1f}s)")
 
         measure("ours", ours, [args(s) for s in sets], check=lambda: ours(*args(sets[0])))
-        if "torch_grouped_mm" in peers:
-            tsets = [(to_torch(s[0]), to_torch(s[1]), to_torch(s[2]).long()) + torch_w
-                     for s in sets]
-            measure("torch_grouped_mm", torch_layer, tsets, timer=torch_time_ms,
-                    check=lambda: np.asarray(torch_layer(*tsets[0]).float().cpu()))
+        for p, why in broken.items():
+            row[f"{p}_ms"], row[f"{p}_error"] = None, why
+        live = [p for p in peers if p not in broken]
+        tsets = None
+        if "torch_grouped_mm" in live or "vllm_fused_moe" in live:
+            tsets = [(to_torch(s[0]), to_torch(s[1]), to_torch(s[2]).long()) for s in sets]
+        if "torch_grouped_mm" in live:
+            gsets = [s + torch_w for s in tsets]
+            measure("torch_grouped_mm", torch_layer, gsets, timer=torch_time_ms,
+                    check=lambda: np.asarray(torch_layer(*gsets[0]).float().cpu()))
+        if "vllm_fused_moe" in live:
+            try:
+                layer, cfg, source = vllm_layer_for(T, K, E, F, vllm_layer_of, tsets, reps, device_name, log)
+                row.update(vllm_fused_moe_config=cfg, vllm_fused_moe_config_source=source)
+                log(f"  {name} T={T} vllm_fused_moe config: {cfg} from {source}")
+                measure("vllm_fused_moe", layer, tsets, timer=torch_time_ms,
+                        check=lambda: np.asarray(layer(*tsets[0]).float().cpu()))
+            except Exception as e:  # noqa: BLE001 - e.g. .peers not carried: the row says why
+                traceback.print_exc()
+                row["vllm_fused_moe_ms"] = None
+                row["vllm_fused_moe_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         jsets = [(s[0], s[1], s[2], wgu, ex["w_down"], bgu, bd) for s in sets]
         if "ragged_dot_mgpu" in peers:
             cfg = rdm_config(A, D, F)
@@ -346,16 +331,28 @@ def bench_model(name, tokens, ceil, peers, reps, log):
                 fn = jax.jit(functools.partial(jax_peer_layer, activation=act,
                                                grouped=lax_ragged_dot))
                 measure("lax_ragged_dot", fn, jsets[:1] if A > 8192 else jsets)
-        o = row.get("ours_ms")
-        if o:
-            row["ours_tflops"] = flops / (o / 1e3) / 1e12
-            row["ours_GBps"] = bytes_ / (o / 1e3) / 1e9
-            row["ours_over_floor"] = o / row["floor_ms"]
-            for p in ("torch_grouped_mm", "ragged_dot_mgpu", "lax_ragged_dot"):
-                if row.get(f"{p}_ms"):
-                    row[f"speedup_vs_{p}"] = row[f"{p}_ms"] / o
+        finish_row(row, peers)
         rows_out.append(row)
+        save(rows_out)
     return rows_out
+
+
+def finish_row(row, peers):
+    """Our rates, ratio to the floor, speedup over each peer, and the best (fastest) peer."""
+    o = row.get("ours_ms")
+    timed = {p: row[f"{p}_ms"] for p in peers if row.get(f"{p}_ms")}
+    if timed:
+        best = min(timed, key=timed.get)
+        row.update(best_peer=best, best_peer_ms=timed[best])
+    if not o:
+        return
+    row["ours_tflops"] = row["flops"] / (o / 1e3) / 1e12
+    row["ours_GBps"] = row["expert_bytes"] / (o / 1e3) / 1e9
+    row["ours_over_floor"] = o / row["floor_ms"]
+    for p, t in timed.items():
+        row[f"speedup_vs_{p}"] = t / o
+    if timed:
+        row["speedup_vs_best_peer"] = row["best_peer_ms"] / o
 
 
 def breakdown(name, T, log):
@@ -373,46 +370,101 @@ def breakdown(name, T, log):
     return kernels
 
 
-def markdown(rows, ceil, device):
+PEERS = ("vllm_fused_moe", "torch_grouped_mm", "ragged_dot_mgpu", "lax_ragged_dot")
+PEER_NAMES = {"vllm_fused_moe": "vLLM fused_moe (Triton)", "torch_grouped_mm": "torch._grouped_mm (CUDA graph)",
+              "ragged_dot_mgpu": "ragged_dot_mgpu", "lax_ragged_dot": "lax.ragged_dot"}
+
+
+def ceilings_line(ceil) -> str:
+    """The ceilings sentence of a table: best method, datasheet ratios."""
+    def ratio(kind):
+        r = ceil.get(f"{kind}_over_datasheet")
+        return f", {r:.0%} of the datasheet's {ceil[f'datasheet_{kind}'] / 1e12:.2f}" if r else ""
+    return (f"Ceilings (same run): copy {ceil['copy_Bps'] / 1e12:.2f} TB/s read+write "
+            f"(best of {ceil.get('copy_method', '?')} and the other methods{ratio('copy_Bps')}), bf16 matmul "
+            f"{ceil['matmul_flops'] / 1e12:.0f} TFLOP/s ({ceil.get('matmul_method', '?')}{ratio('matmul_flops')}).")
+
+
+def markdown(rows, ceil, device, peers=PEERS):
     def f(v, nd=3):
         return "-" if v is None else f"{v:.{nd}f}"
 
     lines = [f"# MoE layer, {device}, {rows[0]['date'] if rows else ''}", "",
-             f"Ceilings (same run): copy {ceil['copy_Bps'] / 1e12:.2f} TB/s (read+write), "
-             f"bf16 matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s. Times: ms per layer call, "
-             "device-synchronised, median. x = that peer's time / ours (>1: ours faster). "
-             "GB/s = active-expert weight bytes / our time.", "",
+             ceilings_line(ceil) + " Times: ms per layer call, device-synchronised, median. "
+             "x = that peer's time / ours (>1: ours faster). GB/s = active-expert weight bytes / our time. "
+             "Peers run in the same process on the same inputs; each row's JSON has its configuration "
+             "and relative error against the float32 reference.", "",
              f"Our tiles: {moe_tuning.TABLE.describe_device(device)} (per row: the JSON's `tiles`).", "",
-             "| model | tokens | ours ms | TFLOP/s | GB/s (experts) | floor ms (kind) | ours/floor "
-             "| torch._grouped_mm ms (x) | ragged_dot_mgpu ms (x) | lax.ragged_dot ms (x) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| model | tokens | ours ms | TFLOP/s | GB/s (experts) | floor ms (kind) | ours/floor | best peer (x) | "
+             + " | ".join(f"{PEER_NAMES[p]} ms (x)" for p in peers) + " |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |" + " ---: |" * len(peers)]
     for r in rows:
         def peer(p):
             t = r.get(f"{p}_ms")
             s = r.get(f"speedup_vs_{p}")
-            return "-" if t is None else f"{t:.3f} ({f(s, 2)}x)"
+            return ("null" if f"{p}_error" in r else "-") if t is None else f"{t:.3f} ({f(s, 2)}x)"
+        best = (f"{PEER_NAMES[r['best_peer']]} ({f(r.get('speedup_vs_best_peer'), 2)}x)"
+                if r.get("best_peer") else "-")
         lines.append(
             f"| {r['model']} | {r['tokens']} | {f(r.get('ours_ms'))} | {f(r.get('ours_tflops'), 0)} "
             f"| {f(r.get('ours_GBps'), 0)} | {f(r['floor_ms'])} ({r['floor_kind']}) "
-            f"| {f(r.get('ours_over_floor'), 2)} | {peer('torch_grouped_mm')} "
-            f"| {peer('ragged_dot_mgpu')} | {peer('lax_ragged_dot')} |")
+            f"| {f(r.get('ours_over_floor'), 2)} | {best} | " + " | ".join(peer(p) for p in peers) + " |")
     lines.append("")
-    lines.append("tokamax: not installed on the GPU machine, not measured.")
+    lines.append("null = the peer failed (the JSON says why). tokamax: not installed on the GPU machine, "
+                 "not measured.")
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
-    ap.add_argument("--peers", default="torch_grouped_mm,ragged_dot_mgpu,lax_ragged_dot")
-    ap.add_argument("--reps", type=int, default=30)
+def _int_list(text: str, what: str, lo: int, hi: int) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: comma-separated integers, got {text!r}") from None
+    if not values or any(not lo <= v <= hi for v in values):
+        raise argparse.ArgumentTypeError(f"{what}: integers in [{lo}, {hi}], got {text!r}")
+    return values
+
+
+def _names(text: str, what: str, valid) -> list[str]:
+    names = [t for t in text.split(",") if t]
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{what}: unknown {bad}; choose from {', '.join(valid)}")
+    return names
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), type=lambda t: _names(t, "--models", MODELS),
+                    help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)),
+                    type=lambda t: _int_list(t, "--tokens", 1, 1 << 17), help="token counts per layer call")
+    ap.add_argument("--peers", default="vllm_fused_moe,torch_grouped_mm,ragged_dot_mgpu,lax_ragged_dot",
+                    type=lambda t: _names(t, "--peers", PEERS),
+                    help=f"comma-separated, from {', '.join(PEERS)} (empty: ours only)")
+    ap.add_argument("--reps", type=int, default=30, help="timed runs per case (median reported)")
+    ap.add_argument("--ceilings", help="ceilings JSON of this run (kernel_ceilings.py --out); default: measure them")
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--breakdown", action="store_true",
                     help="only print the per-kernel time of our layer for --models x --tokens")
     ap.add_argument("--once", action="store_true",
                     help="only run our layer twice per --models x --tokens (a target for ncu)")
     args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error(f"--reps must be >= 1, got {args.reps}")
+    return args
+
+
+def load_ceilings(path: str | None, reps: int = 10) -> dict:
+    """The ceilings JSON written earlier in this run, or freshly measured ones."""
+    if path:
+        with open(path) as fh:
+            return json.load(fh)
+    return ceilings(reps)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = jax.devices()[0].device_kind
     slug = device_slug(device)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -421,8 +473,8 @@ def main(argv=None):
         print(s, flush=True)
 
     if args.breakdown or args.once:
-        for name in args.models.split(","):
-            for T in map(int, args.tokens.split(",")):
+        for name in args.models:
+            for T in args.tokens:
                 if args.breakdown:
                     breakdown(name, T, log)
                     continue
@@ -434,20 +486,20 @@ def main(argv=None):
                     jax.block_until_ready(fn(x, w, ids, ex))
         return 0
 
-    ceil = ceilings()
-    log(f"{device}: copy {ceil['copy_Bps'] / 1e12:.3f} TB/s, matmul "
-        f"{ceil['matmul_flops'] / 1e12:.1f} TFLOP/s ({json.dumps(ceil)})")
-    peers = [p for p in args.peers.split(",") if p]
+    ceil = load_ceilings(args.ceilings)
+    log(summary(ceil))
     rows = []
-    for name in args.models.split(","):
-        rows += bench_model(name, [int(t) for t in args.tokens.split(",")], ceil, peers,
-                            args.reps, log)
+
+    def save(model_rows):
         with open(os.path.join(args.out_dir, f"moe_{slug}.json"), "w") as fh:
-            json.dump(rows, fh, indent=1)
-    md = markdown(rows, ceil, device)
+            json.dump(rows + model_rows, fh, indent=1)
+    for name in args.models:
+        rows += bench_model(name, args.tokens, ceil, args.peers, args.reps, log, save)
+    md = markdown(rows, ceil, device, args.peers)
     with open(os.path.join(args.out_dir, f"moe_{slug}.md"), "w") as fh:
         fh.write(md)
     print(md)
+    return 0
 
 
 if __name__ == "__main__":

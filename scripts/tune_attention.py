@@ -25,7 +25,7 @@ import traceback
 import jax
 
 from bench_attention import MIXED, SHAPES, ragged_case
-from bench_moe import jax_time_ms
+from kernel_timing import jax_time_ms
 from pallas_kernels import attention_tuning
 from tuning_cli import add_table_args, start_table, write_json
 from pallas_kernels.tile_tables import rows_bucket

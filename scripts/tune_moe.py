@@ -22,7 +22,8 @@ import traceback
 
 import jax
 
-from bench_moe import MODELS, jax_time_ms, make_sets
+from bench_moe import MODELS, make_sets
+from kernel_timing import jax_time_ms
 from pallas_kernels import moe_tuning
 from tuning_cli import add_table_args, start_table, write_json
 from pallas_kernels.grouped_matmul import TileConfig
