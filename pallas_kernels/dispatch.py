@@ -87,7 +87,9 @@ def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, se
     """Attention of a ragged batch over paged K/V (this call's K/V already written to the pages);
     see `attention_reference.paged_attention_reference`. plan, window_index: from
     `attention_plan` (None: planned in this call); `window` must be the plan's window at
-    window_index.
+    window_index. window_index may be every layer's index ([L] int32) and sinks_H the layer stack
+    [L, H]: the kernel reads both at `layer` itself, so a layer's attention is one kernel launch
+    (no per-layer slicing in XLA).
 
     Automatic choice (backend None) takes the reference for shapes the kernel does not tile;
     an explicit backend="pallas" lets the kernel raise instead."""
@@ -98,5 +100,7 @@ def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, se
         return kernel(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, window=window,
                       sinks_H=sinks_H, plan=plan, window_index=window_index)
     from pallas_kernels.attention_reference import paged_attention_reference
+    if sinks_H is not None and sinks_H.ndim == 2:
+        sinks_H = sinks_H[layer]
     return paged_attention_reference(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T,
                                      window=window, sinks_H=sinks_H)

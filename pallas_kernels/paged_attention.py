@@ -78,6 +78,8 @@ def tile_rows(seq_T, pos_T, *, num_seqs: int, block_q: int) -> dict:
         empty slots);
       qpos [max_tiles, block_q] int32: position of each slot (-1 for empty slots);
       seq [max_tiles] int32: each tile's sequence;
+      span [max_tiles, 2] int32: each tile's first row and number of rows (its rows are
+        contiguous: the kernel reads q and writes o there in place);
       num_tiles [] int32, max_tiles: int).
     """
     T = seq_T.shape[0]
@@ -92,8 +94,9 @@ def tile_rows(seq_T, pos_T, *, num_seqs: int, block_q: int) -> dict:
     tile_row = jnp.minimum(first[:, None] + jnp.arange(block_q, dtype=jnp.int32), T - 1)
     valid = (first[:, None] + jnp.arange(block_q) < T) & (tile_T[tile_row] == tile[:, None])
     qpos = jnp.where(valid, pos_T[tile_row], -1)
+    span = jnp.stack([jnp.minimum(first, T - 1), jnp.sum(valid, axis=1, dtype=jnp.int32)], axis=1)
     return dict(tile_T=tile_T, slot_T=slot_T, tile_row=tile_row, qpos=qpos, seq=seq_T[tile_row[:, 0]],
-                num_tiles=tile_T[-1] + 1, max_tiles=max_tiles)
+                span=span.astype(jnp.int32), num_tiles=tile_T[-1] + 1, max_tiles=max_tiles)
 
 
 def key_ranges(rows: dict, *, block_kv: int, window) -> dict:
@@ -156,6 +159,22 @@ def num_splits(cfg: AttentionTileConfig, max_tiles: int, N: int, num_ctas: int) 
     return cfg.kv_splits or max(1, min(MAX_SPLITS, num_ctas // (max_tiles * N)))
 
 
+def in_place(R: int) -> bool:
+    """Whether the kernel reads q and writes o in place ([T, H, A]): each token's R heads must be
+    whole 8-row SMEM tiles. Other group sizes go through tile-layout gathers."""
+    return R % 8 == 0
+
+
+def sink_rows(sinks_H, *, N: int, R: int, block_q: int, splits: int):
+    """Sink logits per tile row (row = token * R + head), log2 units, MASK in splits > 0 (the sink
+    counts once): [S, N, block_q * R] from sinks [H], or [L, S, N, block_q * R] from a layer stack
+    [L, H]."""
+    lead = sinks_H.shape[:-1]
+    rows = jnp.tile(sinks_H.astype(jnp.float32).reshape(*lead, N, R) * math.log2(math.e), (1,) * len(lead) + (1, block_q))
+    rest = jnp.full((*lead, splits - 1, N, block_q * R), MASK, jnp.float32)
+    return jnp.concatenate([rows[..., None, :, :], rest], axis=-3)
+
+
 def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T, *,
                     window=FULL_WINDOW, sinks_H=None, scale=None, config: AttentionTileConfig | None = None,
                     num_sms: int | None = None, plan: dict | None = None, window_index=0):
@@ -163,11 +182,16 @@ def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, se
 
     q [T, H, A] bf16/f16; pools [L, P, Z, N, A] of q's dtype, already holding this call's K/V;
     layer, window: int or traced int32 scalar; block_table_BM [B, M] int32; seq_T, pos_T [T]
-    int32; sinks_H [H] or None; config from `tile_config` when None; num_sms: the persistent
-    grid's SM count (device core count, else 132). plan: `batch_plan` of this batch (made with
-    the same config), shared by the layers of a call; the layer's window is then
-    plan["windows"][window_index] (window_index an int or traced int32 scalar) and `window` is
-    not read. Without a plan, the plan is made here for `window`.
+    int32; sinks_H [H], or the layer stack [L, H] (read at `layer` inside the kernel), or None;
+    config from `tile_config` when None; num_sms: the persistent grid's SM count (device core
+    count, else 132). plan: `batch_plan` of this batch (made with the same config), shared by the
+    layers of a call; the layer's window is then plan["windows"][window_index], where
+    window_index is an int or traced int32 scalar, or an [L] int32 array of every layer's index
+    (read at `layer` inside the kernel), and `window` is not read. Without a plan, the plan is made
+    here for `window`.
+
+    With a plan, no sinks or stacked sinks, and one key split, the call is the kernel alone when
+    H / N is a multiple of 8 (q and o in place): no XLA work per layer.
     """
     T, H, A = q_THA.shape
     _, _, Z, N, _ = k_pool_LPZNA.shape
@@ -182,32 +206,36 @@ def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, se
     elif (plan["block_q"], plan["block_kv"]) != (cfg.block_q, cfg.block_kv):
         raise ValueError(f"plan made for blocks ({plan['block_q']}, {plan['block_kv']}), the call tiles "
                          f"({cfg.block_q}, {cfg.block_kv}): make it with the same config")
-    window = plan["windows"][window_index]
+    window_index = jnp.asarray(window_index, jnp.int32)
+    window_per_layer = window_index.ndim == 1
     nt, bq = plan["max_tiles"], cfg.block_q
     num_ctas = (num_sms or _num_sms()) * cfg.ctas_per_sm
     splits = num_splits(cfg, nt, N, num_ctas)
+    direct = in_place(R)
 
-    q_tiles = q_THA.reshape(T, N, R, A)[plan["tile_row"]].transpose(0, 2, 1, 3, 4).reshape(nt, N, bq * R, A)
-    sinks_rows = jnp.full((splits, N, bq * R), MASK, jnp.float32)
-    if sinks_H is not None:
-        sinks_rows = sinks_rows.at[0].set(
-            jnp.tile(sinks_H.astype(jnp.float32).reshape(N, R) * math.log2(math.e), (1, bq)))
-    scalars = jnp.stack([jnp.asarray(layer, jnp.int32), window, plan["num_tiles"]])
-
+    sinks = () if sinks_H is None else (sink_rows(sinks_H, N=N, R=R, block_q=bq, splits=splits),)
+    if sinks_H is not None and sinks_H.ndim == 1:
+        sinks = (sinks[0][None],)
+    q = q_THA if direct else q_THA.reshape(T, N, R, A)[plan["tile_row"]].transpose(0, 2, 1, 3, 4).reshape(
+        nt, N, bq * R, A)
     kernel = attention_kernel(cfg, N=N, R=R, A=A, Z=Z, M=M, scale=scale, dtype=dtype, max_tiles=nt,
-                              num_ctas=num_ctas, splits=splits)
-    o_tiles, *lse = kernel(scalars, plan["order"][window_index], plan["info"][window_index],
-                           block_table_BM.astype(jnp.int32), plan["qpos_rows"], sinks_rows, q_tiles, k_pool_LPZNA,
-                           v_pool_LPZNA)
-    # Rows back in call order, per split: [S, T, N, R(, A)]. (Indexing all splits at once, or
-    # moving the token axis first, made XLA's gather 3x slower on the H100: 0.19 vs 0.06 ms.)
-    def rows(x):  # [S, nt, N, bq * R, ...] -> [S, T, N, R, ...]
-        x = x.reshape(splits, nt, N, bq, R, *x.shape[4:])
-        return jnp.stack([xs[plan["tile_T"], :, plan["slot_T"]] for xs in x])
-    out = rows(o_tiles)
-    if splits > 1:  # merge the splits by their log-sum-exps (log2 units)
-        w = rows(lse[0])
-        w = jnp.exp2(w - w.max(axis=0))
-        out = jnp.einsum("stnr,stnra->tnra", w, out.astype(jnp.float32)) / w.sum(axis=0)[..., None]
-        return out.astype(dtype).reshape(T, H, A)
-    return out[0].reshape(T, H, A)
+                              num_ctas=num_ctas, splits=splits, T=T, in_place=direct,
+                              sinks_per_layer=None if sinks_H is None else sinks_H.ndim == 2,
+                              window_per_layer=window_per_layer)
+    o, *lse = kernel(jnp.asarray(layer, jnp.int32).reshape(1), plan["num_tiles"].reshape(1).astype(jnp.int32),
+                     window_index.reshape(-1), plan["windows"], plan["order"], plan["info"], plan["span"],
+                     block_table_BM.astype(jnp.int32), plan["qpos_rows"], *sinks, q, k_pool_LPZNA, v_pool_LPZNA)
+    if not direct:  # rows back in call order, per split: [S, T, N, R(, A)]. (Indexing all splits at
+        # once, or moving the token axis first, made XLA's gather 3x slower on the H100: 0.19 vs 0.06 ms.)
+        def rows(x):  # [S, nt, N, bq * R, ...] -> [S, T, H, ...]
+            x = x.reshape(splits, nt, N, bq, R, *x.shape[4:])
+            return jnp.stack([xs[plan["tile_T"], :, plan["slot_T"]] for xs in x]).reshape(splits, T, H, *x.shape[5:])
+        o, lse = rows(o), [rows(x) for x in lse]
+    elif splits == 1:
+        return o
+    if splits == 1:
+        return o[0]
+    # Merge the splits by their log-sum-exps (log2 units).
+    w = jnp.exp2(lse[0] - lse[0].max(axis=0))
+    out = jnp.einsum("sth,stha->tha", w, o.astype(jnp.float32)) / w.sum(axis=0)[..., None]
+    return out.astype(dtype)

@@ -68,12 +68,23 @@ class AttentionTileConfig:
 
 
 def attention_kernel(config: AttentionTileConfig, *, N: int, R: int, A: int, Z: int, M: int,
-                     scale: float, dtype, max_tiles: int, num_ctas: int, splits: int):
-    """plgpu.kernel(scalars [3] = (layer, window, num_tiles), order [max_tiles], info
-    [max_tiles, 5], table [B, M], qpos rows [max_tiles, rows], sink rows [S, N, rows] (log2
-    units; MASK in splits > 0 so the sink counts once),
-    q tiles [max_tiles, N, rows, A], k/v pools [L, P, Z, N, A]) -> (o [S, max_tiles, N, rows, A]
-    normalised per split, and when S > 1 lse [S, max_tiles, N, rows] f32 in log2 units).
+                     scale: float, dtype, max_tiles: int, num_ctas: int, splits: int, T: int,
+                     in_place: bool, sinks_per_layer: bool | None, window_per_layer: bool):
+    """plgpu.kernel(layer [1], num_tiles [1], window_sel [1 or L], windows [W], order [W, max_tiles],
+    info [W, max_tiles, 5], span [max_tiles, 2] (first row, valid rows of each tile), table [B, M],
+    qpos rows [max_tiles, rows], (sink rows [1 or L, S, N, rows] in log2 units, MASK in splits > 0
+    so the sink counts once; absent when sinks_per_layer is None), q, k/v pools [L, P, Z, N, A])
+    -> o (and when S > 1 lse, f32 log2 units), each split normalised.
+
+    The layer's window is windows[window_sel[layer]] when window_per_layer, else windows[window_sel[0]];
+    its sink rows are sink_rows[layer] when sinks_per_layer, else sink_rows[0]: the executor's
+    per-layer choices are read here, so a layer's call is this one launch.
+
+    in_place (R a multiple of 8: each token's R heads are whole 8-row SMEM tiles): q is [T, H, A]
+    read by TMA straight from the call's queries (one [R, A] box per token of a tile), o [T, H, A]
+    (S > 1: o [S, T, H, A], lse [S, T, H]) written straight back, only for the tile's valid rows.
+    Otherwise q is [max_tiles, N, rows, A] gathered by the wrapper and o [S, max_tiles, N, rows,
+    A], lse [S, max_tiles, N, rows] come back in tile layout.
 
     Warpgroups: `wgs` compute warpgroups (64 rows each) and one producer that streams the pages
     of each key block by TMA into a ring of `stages` slots; a slot's K (V) is released as soon as
@@ -85,6 +96,9 @@ def attention_kernel(config: AttentionTileConfig, *, N: int, R: int, A: int, Z: 
     pages_per_block = bk // Z
     qk_scale = scale * math.log2(math.e)
     pingpong = wgs == 2
+    wg_tokens = WG_ROWS // R  # tokens of one compute warpgroup's rows (row = token * R + head)
+    if in_place and R % 8:
+        raise ValueError(f"in-place q/o needs R = H / N a multiple of 8 (whole SMEM row tiles), got {R}")
 
     def unit_range(u, info_ref, order_ref):
         """(tile, KV head, split, sequence, key blocks [lo, hi), unmasked blocks [a, b))."""
@@ -99,10 +113,15 @@ def attention_kernel(config: AttentionTileConfig, *, N: int, R: int, A: int, Z: 
         b = jnp.clip(info_ref[tile, 4], a, hi)
         return tile, n, s, seq, lo, hi, a, b
 
-    def ragged_paged_attention(scalars_ref, order_ref, info_ref, table_ref, qpos_ref, sinks_ref, q_ref, k_ref, v_ref,
-             o_ref, *lse_ref, q_smem, k_smem, v_smem, q_bar, k_bar, v_bar, k_free, v_free,
-             p_smem=None, lse_smem=None, sched=None):
-        layer, window, num_tiles = scalars_ref[0], scalars_ref[1], scalars_ref[2]
+    def ragged_paged_attention(layer_ref, num_tiles_ref, window_sel_ref, windows_ref, order_all_ref, info_all_ref,
+                               span_ref, table_ref, qpos_ref, *refs, q_smem, k_smem, v_smem, q_bar, k_bar, v_bar,
+                               k_free, v_free, p_smem=None, lse_smem=None, sched=None):
+        sinks_ref = refs[0] if sinks_per_layer is not None else None
+        q_ref, k_ref, v_ref, o_ref, *lse_ref = refs[sinks_per_layer is not None:]
+        layer, num_tiles = layer_ref[0], num_tiles_ref[0]
+        w = window_sel_ref[layer] if window_per_layer else window_sel_ref[0]
+        window = windows_ref[w]
+        order_ref, info_ref = order_all_ref.at[w], info_all_ref.at[w]
         wg = lax.axis_index("wg")
         units = (num_tiles * (N * splits),)
 
@@ -191,11 +210,23 @@ def attention_kernel(config: AttentionTileConfig, *, N: int, R: int, A: int, Z: 
             @plgpu.nd_loop(units, collective_axes="sm", init_carry=jnp.int32(0))
             def _unit(info, carry):
                 tile, n, s, _, lo, hi, a, b = unit_range(info.index[0], info_ref, order_ref)
+                heads = pl.ds(n * R, R)
+                tok0 = span_ref[tile, 0] + wg * wg_tokens  # this warpgroup's first row in q / o
+                valid = span_ref[tile, 1] - wg * wg_tokens  # ... and how many of its tokens are real
                 # The previous unit's output store must have read q_wg before it is reused.
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                plgpu.copy_gmem_to_smem(q_ref.at[tile, n, rows], q_wg, q_bar_wg)
+                if in_place:  # a token past the batch's rows reads the last row: finite, never stored
+                    for t in range(wg_tokens):
+                        plgpu.copy_gmem_to_smem(q_ref.at[jnp.minimum(tok0 + t, T - 1), heads],
+                                                q_wg.at[pl.ds(t * R, R)], q_bar_wg)
+                else:
+                    plgpu.copy_gmem_to_smem(q_ref.at[tile, n, rows], q_wg, q_bar_wg)
                 qpos = plgpu.load(qpos_ref.at[tile, rows], layout=_ROW, optimized=False)
-                m0 = plgpu.load(sinks_ref.at[s, n, rows], layout=_ROW, optimized=False)
+                if sinks_ref is None:
+                    m0 = plgpu.layout_cast(jnp.full((WG_ROWS,), MASK, jnp.float32), _ROW)
+                else:
+                    m0 = plgpu.load(sinks_ref.at[layer if sinks_per_layer else 0, s, n, rows], layout=_ROW,
+                                    optimized=False)
                 l0 = plgpu.layout_cast(jnp.full((WG_ROWS,), 1.0, jnp.float32), _ROW)
                 o0 = plgpu.layout_cast(jnp.zeros((WG_ROWS, A), jnp.float32), plgpu.Layout.WGMMA)
                 plgpu.barrier_wait(q_bar_wg)
@@ -212,9 +243,19 @@ def attention_kernel(config: AttentionTileConfig, *, N: int, R: int, A: int, Z: 
                 if lse_smem is not None:
                     lse_smem.at[wg][...] = m + jnp.log(l) * math.log2(math.e)
                 plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(q_wg, o_ref.at[s, tile, n, rows])
-                if lse_smem is not None:
-                    plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref[0].at[s, tile, n, rows])
+                if in_place:  # only the tile's own rows: the next rows belong to another tile
+                    for t in range(wg_tokens):
+                        @pl.when(t < valid)
+                        def _store():
+                            o_row = o_ref.at[s, tok0 + t] if splits > 1 else o_ref.at[tok0 + t]
+                            plgpu.copy_smem_to_gmem(q_wg.at[pl.ds(t * R, R)], o_row.at[heads])
+                            if lse_smem is not None:
+                                plgpu.copy_smem_to_gmem(lse_smem.at[wg, pl.ds(t * R, R)],
+                                                        lse_ref[0].at[s, tok0 + t, heads])
+                else:
+                    plgpu.copy_smem_to_gmem(q_wg, o_ref.at[s, tile, n, rows])
+                    if lse_smem is not None:
+                        plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref[0].at[s, tile, n, rows])
                 return count
 
             plgpu.wait_smem_to_gmem(0)
@@ -224,7 +265,7 @@ def attention_kernel(config: AttentionTileConfig, *, N: int, R: int, A: int, Z: 
         q_smem=plgpu.SMEM((wgs, WG_ROWS, A), dtype, transforms=transforms),
         k_smem=plgpu.SMEM((stages, bk, A), dtype, transforms=transforms),
         v_smem=plgpu.SMEM((stages, bk, A), dtype, transforms=transforms),
-        q_bar=plgpu.Barrier(num_barriers=wgs),
+        q_bar=plgpu.Barrier(num_arrivals=wg_tokens if in_place else 1, num_barriers=wgs),  # one per q copy
         k_bar=plgpu.Barrier(num_arrivals=pages_per_block, num_barriers=stages),
         v_bar=plgpu.Barrier(num_arrivals=pages_per_block, num_barriers=stages),
         k_free=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
@@ -237,10 +278,15 @@ def attention_kernel(config: AttentionTileConfig, *, N: int, R: int, A: int, Z: 
     if pingpong:
         scratch["sched"] = plgpu.Barrier(num_arrivals=wgs)
     rows_total = wgs * WG_ROWS
+    if in_place:
+        o_shape = (T, N * R, A) if splits == 1 else (splits, T, N * R, A)
+        lse_shape = (splits, T, N * R)
+    else:
+        o_shape, lse_shape = (splits, max_tiles, N, rows_total, A), (splits, max_tiles, N, rows_total)
     return plgpu.kernel(
         ragged_paged_attention,  # the kernel's name in profiles
-        out_type=(jax.ShapeDtypeStruct((splits, max_tiles, N, rows_total, A), dtype),
-                  *[jax.ShapeDtypeStruct((splits, max_tiles, N, rows_total), jnp.float32)] * (splits > 1)),
+        out_type=(jax.ShapeDtypeStruct(o_shape, dtype),
+                  *[jax.ShapeDtypeStruct(lse_shape, jnp.float32)] * (splits > 1)),
         scratch_types=scratch,
         grid=(num_ctas,),
         grid_names=("sm",),

@@ -24,6 +24,7 @@ Z = 16  # page size (lp_jax's default)
 DECODE_R8 = AttentionTileConfig(block_q=8, block_kv=64, stages=3, p_via_smem=True)
 PREFILL_R8 = AttentionTileConfig(block_q=16, block_kv=64, stages=2, ctas_per_sm=2, p_via_smem=True)
 DECODE_R16 = AttentionTileConfig(block_q=4, block_kv=64, stages=2, p_via_smem=True)
+DECODE_R4 = AttentionTileConfig(block_q=16, block_kv=64, stages=2, p_via_smem=True)
 PREFILL_R16 = AttentionTileConfig(block_q=8, block_kv=128, stages=2, p_via_smem=True)
 
 
@@ -150,6 +151,53 @@ def test_key_splits_merge_with_sinks_and_windows(window):
 def test_gqa16(cfg):
     b = ragged_batch(jax.random.key(7), [(90, 1), (45, 12), (128, 1)], H=16, N=1, A=64, pad_rows=1)
     check(b, cfg, layer=0)
+
+
+def test_gqa4_goes_through_tile_gathers():
+    """R = 4 heads per KV head is not a whole 8-row SMEM tile per token: q and o go through the
+    wrapper's tile-layout gathers (the in-place path needs R % 8 == 0); decode and a chunk."""
+    b = ragged_batch(jax.random.key(14), [(70, 1), (40, 20), (3, 1)], H=8, N=2, A=64, pad_rows=2)
+    check(b, DECODE_R4)
+
+
+def test_per_layer_window_index_and_stacked_sinks_are_read_in_the_kernel():
+    """The executor passes every layer's window index ([L]) and the stacked sinks ([L, H]); the
+    kernel reads them at the (traced) layer: the same result as the layer's own scalar index and
+    sinks, for both layers (different windows and sinks)."""
+    b = ragged_batch(jax.random.key(15), [(60, 1), (35, 12)], H=8, N=1, A=64, pad_rows=1)
+    windows, index_L = (FULL_WINDOW, 16), jnp.array([1, 0], jnp.int32)
+    sinks_LH = jax.random.normal(jax.random.key(16), (2, 8), jnp.float32) * 2
+    B = b["block_table_BM"].shape[0]
+
+    def run(layer, index, sinks):
+        plan = batch_plan(b["seq_T"], b["pos_T"], H=8, N=1, A=64, num_seqs=B, windows=windows, config=PREFILL_R8)
+        return paged_attention(layer=layer, **b, config=PREFILL_R8, num_sms=2, plan=plan, window_index=index,
+                               sinks_H=sinks)
+    with plgpu.force_gpu_interpret_mode():
+        for layer in (0, 1):
+            got = jax.jit(run)(jnp.int32(layer), index_L, sinks_LH)
+            want = run(layer, int(index_L[layer]), sinks_LH[layer])
+            np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+            ref = reference(b, layer, window=windows[int(index_L[layer])], sinks_H=sinks_LH[layer])
+            assert rel_err(got, ref) <= 1e-2
+
+
+def test_a_planned_call_is_the_kernel_alone():
+    """With a plan, no split and R % 8 == 0, the call is one kernel launch: q is read and o
+    written in place, nothing is gathered, scattered, sliced or stacked around it (traced only)."""
+    b = ragged_batch(jax.random.key(17), [(40, 1), (30, 16)], H=8, N=1, A=64)
+    B = b["block_table_BM"].shape[0]
+    plan = batch_plan(b["seq_T"], b["pos_T"], H=8, N=1, A=64, num_seqs=B, windows=(FULL_WINDOW, 16), config=PREFILL_R8)
+    index_L = jnp.array([1, 0], jnp.int32)
+    static = {k: v for k, v in plan.items() if isinstance(v, int)}
+    arrays = {k: v for k, v in plan.items() if k not in static}
+    jaxpr = jax.make_jaxpr(lambda layer, b, arrays: paged_attention(
+        layer=layer, **b, config=PREFILL_R8, num_sms=1, plan=dict(arrays, **static),
+        window_index=index_L))(jnp.int32(1), b, arrays)
+    names = [e.primitive.name for e in jaxpr.jaxpr.eqns]
+    kernel = {"pallas_call", "custom_vmap_call"}  # plgpu.kernel wraps its pallas_call in the latter
+    assert sum(n in kernel for n in names) == 1, names
+    assert set(names) <= kernel | {"reshape", "convert_element_type"}, names
 
 
 def test_traced_layer_and_window_under_jit_match_eager():

@@ -114,9 +114,11 @@ def run_layers(model: ModelConfig, backend, num_run: int, stacked, embed_VD, sam
             kp = k_pool.at[layer, batch.page_T, batch.offset_T].set(k.astype(k_pool.dtype))
             vp = v_pool.at[layer, batch.page_T, batch.offset_T].set(v.astype(v_pool.dtype))
             pools.update(k=kp, v=vp)
+            # The stacked sinks and every layer's window index go whole: the kernel reads them at
+            # `layer`, so no per-layer slice runs in XLA (the reference slices them itself).
             return paged_attention(q, kp, vp, layer, batch.block_tables_BM, batch.seq_T, batch.pos_T,
-                                   window=windows_L[layer], sinks_H=lp.get("sinks"), backend=backend, plan=plan,
-                                   window_index=window_index_L[layer] if len(windows) > 1 else 0)
+                                   window=windows_L[layer], sinks_H=stacked.get("sinks"), backend=backend, plan=plan,
+                                   window_index=window_index_L if len(windows) > 1 else 0)
 
         x, ids = decoder_layer(model, lp, x, batch.pos_T, attend, batch.valid_T, backend,
                                layer if model.is_moe else None)
