@@ -173,7 +173,8 @@ def test_bench_attention_dry_run(tmp_path, monkeypatch):
     bench_attention = load_script("bench_attention")
     from pallas_kernels.attention_reference import paged_attention_reference
 
-    def ours(q, kp, vp, layer, table, seq, pos, *, window):
+    def ours(q, kp, vp, layer, table, seq, pos, *, window=None, plan=None):
+        window = plan["windows"][0] if plan is not None else window  # the per-layer call takes a plan
         return paged_attention_reference(q, kp, vp, layer, table, seq, pos, window=window)
     monkeypatch.setattr(bench_attention, "paged_attention", ours)
     monkeypatch.setattr(bench_attention, "SHAPES", {"qwen3": (8, 1, 64), "gpt_oss": (16, 2, 64)})
@@ -190,6 +191,7 @@ def test_bench_attention_dry_run(tmp_path, monkeypatch):
                                          "prefill gpt_oss 1x32 full", "prefill gpt_oss 1x32 window 128"]
     for r in rows:
         assert r["ours_ms"] > 0 and r["ours_err"] < 1e-2 and r["floor_ms"] > 0 and "tiles" in r
+        assert r["ours_with_plan_ms"] > 0
     assert all(r["triton_paged_attention_ms"] is None for r in rows if r["kind"] == "decode")
     assert all(r["cudnn_ms"] is None and r["cudnn_error"] for r in rows if r["kind"] == "prefill")
 
