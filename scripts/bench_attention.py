@@ -358,7 +358,6 @@ def run_all(bench, cases, save):
         for model in SHAPES:
             rows.append(bench.decode(batch, ctx, TRITON_SWEEP, model=model))
             rows.append(bench.prefill(model, TARGET_PREFILL, 1, FULL_WINDOW, ["cudnn"]))
-        rows.append(bench.prefill("gpt_oss", TARGET_PREFILL, 1, 128, ["cudnn"]))
         return rows
     rows.append(bench.decode(1, 2048, TRITON_SWEEP))
     for batch in (8, 64, 256):
