@@ -117,15 +117,16 @@ def ours_fn(window=FULL_WINDOW):
         q, kp, vp, 0, table, seq, pos, window=window))
 
 
-def ours_layer_fn(s, window, H, N, A):
+def ours_layer_fn(s, window, H, N, A, config=None):
     """Our call as the engine makes it for each layer: the batch's tile plan made once beforehand
-    (the executor plans once per call, for all layers) and passed in. Same arguments as ours_fn."""
+    (the executor plans once per call, for all layers) and passed in. Same arguments as ours_fn.
+    config: the tiles (default: the table's for this device)."""
     _, _, _, table, seq, pos = s
-    plan = batch_plan(seq, pos, H=H, N=N, A=A, num_seqs=table.shape[0], windows=(window,))
+    plan = batch_plan(seq, pos, H=H, N=N, A=A, num_seqs=table.shape[0], windows=(window,), config=config)
     statics = {k: v for k, v in plan.items() if isinstance(v, int)}
     arrays = {k: v for k, v in plan.items() if k not in statics}
     layer = jax.jit(lambda q, kp, vp, table, seq, pos, arrays: paged_attention(
-        q, kp, vp, 0, table, seq, pos, plan=dict(arrays, **statics)))
+        q, kp, vp, 0, table, seq, pos, config=config, plan=dict(arrays, **statics)))
     return lambda q, kp, vp, table, seq, pos: layer(q, kp, vp, table, seq, pos, arrays)
 
 

@@ -2,7 +2,8 @@
 tile table.
 
 For each model shape and each representative call (decode batches, a long prefill, mixed batches
-as the schedules make them; the cases of bench_attention), times every candidate of `candidates`
+as the schedules make them; the cases of bench_attention), times per layer as the engine calls it
+(the tile plan made beforehand) every candidate of `candidates`
 and the entry that serves this device now (on an untuned Hopper GPU: the nearest tuned one's), and
 stores the fastest under (H, N, A, rows bucket, kind, device kind) in
 pallas_kernels/attention_tiles.json (entries of other devices and shapes are kept). The whole
@@ -24,12 +25,13 @@ import traceback
 
 import jax
 
-from bench_attention import MIXED, SHAPES, ragged_case
+from bench_attention import MIXED, SHAPES, ours_layer_fn, ragged_case
 from kernel_timing import jax_time_ms
 from pallas_kernels import attention_tuning
 from tuning_cli import add_table_args, start_table, write_json
 from pallas_kernels.tile_tables import rows_bucket
-from pallas_kernels.paged_attention import AttentionTileConfig, paged_attention
+from pallas_kernels.attention_reference import FULL_WINDOW
+from pallas_kernels.paged_attention import AttentionTileConfig
 
 CALLS = {  # name: sequences [(kv_len, q_len)]
     "decode 64x4K": [(4096, 1)] * 64,
@@ -81,8 +83,7 @@ def main(argv=None):
                   flush=True)
             for cfg in cands:
                 t0 = time.time()
-                fn = jax.jit(lambda q, kp, vp, table, seq, pos, cfg=cfg: paged_attention(
-                    q, kp, vp, 0, table, seq, pos, config=cfg))
+                fn = ours_layer_fn(sets[0], FULL_WINDOW, H, N, A, config=cfg)  # as the engine calls it
                 try:
                     ms, err = jax_time_ms(fn, sets, args.reps), None
                 except Exception as e:  # noqa: BLE001 - e.g. a register spill failure: skip it

@@ -237,3 +237,22 @@ def test_ceilings_take_the_best_method():
     assert "torch_error" in c or "torch_copy_copy_Bps" in c
     assert c["device"] in kernel_ceilings.summary(c)
     assert kernel_ceilings.datasheet("NVIDIA H200") == dict(datasheet_copy_Bps=4.8e12, datasheet_matmul_flops=989e12)
+
+
+def test_tune_moe_dry_run_writes_entries_for_this_device(tmp_path, monkeypatch):
+    """tune_moe end to end on the CPU (tiny model, the layer = the reference): it adds entries keyed by
+    this device beside the package table's, and times the entry that serves the device now too."""
+    tune_moe = load_script("tune_moe")
+    from pallas_kernels.moe_reference import moe_experts_reference
+    monkeypatch.setattr(tune_moe, "MODELS", {"tiny": (4, 2, 128, 128, "swiglu", False)})
+    monkeypatch.setattr(tune_moe, "moe_experts_pallas", lambda *a, config=None, **kw: moe_experts_reference(*a, **kw))
+    table_out, log = tmp_path / "moe_tiles.json", tmp_path / "sweep.json"
+    assert not tune_moe.main(["--models", "tiny", "--tokens", "1", "--reps", "1", "--log", str(log),
+                              "--table-out", str(table_out)])
+    device = jax.devices()[0].device_kind
+    entries = json.loads(table_out.read_text())
+    mine = [e for e in entries if e["device"] == device]
+    assert [(e["E"], e["D"], e["F"], e["rows_bucket"]) for e in mine] == [(4, 128, 128, 2)]
+    assert any(e["device"] == "NVIDIA H100 80GB HBM3" for e in entries)  # the package table's are kept
+    sweep = json.loads(log.read_text())
+    assert len(sweep) >= 2 and all(r["tokens"] == 1 and r["ms"] is not None for r in sweep)
