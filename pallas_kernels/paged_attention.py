@@ -15,15 +15,22 @@ Design
   (R = 8) fills 8 of 64 rows with block_q = 8, and every key byte is read once per
   (sequence, KV head), which is what decode is bound by. Prefill tiles take 128 rows: two compute
   warpgroups of 64 rows share the tile's key stream, as FlashAttention-3's 128-row CTA tile does.
-  The tile layout (q gathered into [tiles, N, block_q * R, A], outputs gathered back) and the
-  per-tile key ranges are computed outside the kernel with jit-friendly jnp ops (`batch_plan`),
-  gathers only: an XLA scatter of the queries cost 0.30 ms of a 1.5 ms 8K prefill on the H100.
+  The tiles (their rows, positions, key ranges) are planned outside the kernel with jit-friendly
+  jnp ops (`batch_plan`), once per batch: the executor shares one plan among all layers of a call.
+* q and o in place. A tile's tokens are contiguous rows of q [T, H, A], and with R a multiple of 8
+  each token's R heads are whole 8-row SMEM tiles: the kernel reads them by one [R, A] TMA box
+  per token and writes the outputs back the same way, only for the tile's own rows (a tile that
+  ends inside a sequence leaves the next tile's rows alone). The layer's window index and sinks
+  are read inside the kernel at the traced layer, so a layer's attention is one launch. (Other R
+  go through tile-layout gathers: q into [tiles, N, block_q * R, A] and the outputs back. The
+  H100 sessions measured what the wrapper's small XLA kernels and their launch gaps cost: ~0.45 ms
+  of a 1.39 ms 8K prefill, ~0.09 ms of a 0.29 ms decode at 64 x 4K.)
 * Work unit = (tile, KV head, key split). A persistent grid of `num_sms * ctas_per_sm` CTAs walks
   the units longest-first (tiles sorted by their number of key blocks), so one long prefill tile
   does not finish last behind many short decodes. When tiles x KV heads are fewer than the CTAs
   (small decode batches), each unit's key range is split in `kv_splits` parts whose normalised
-  outputs and log-sum-exps are merged after the kernel (flash-decoding); the sink counts in
-  split 0 only.
+  outputs and log-sum-exps (written in place per split) are merged after the kernel by one XLA
+  fusion (flash-decoding); the sink counts in split 0 only.
 * Warp specialisation (`paged_attention_kernel`): one producer warpgroup streams each key block
   of `block_kv` tokens = block_kv / Z pages, each page of one KV head a strided [Z, A] TMA box of
   the pool ([L, P, Z, N, A] at layer, page, :, n, :), into a ring of `stages` slots, running ahead
