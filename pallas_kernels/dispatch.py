@@ -104,3 +104,12 @@ def paged_attention(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, se
         sinks_H = sinks_H[layer]
     return paged_attention_reference(q_THA, k_pool_LPZNA, v_pool_LPZNA, layer, block_table_BM, seq_T, pos_T,
                                      window=window, sinks_H=sinks_H)
+
+
+def tile_tables_report(device_kind: str | None = None) -> dict:
+    """Which tuned tile table each kernel uses on a device (default: JAX's first device), for
+    engine and bench records: {"moe": ..., "attention": ...}, e.g. "H100 table (nearest tuned
+    Hopper) for NVIDIA H200" (`tile_tables.TileTable.describe_device`)."""
+    from pallas_kernels import attention_tuning, moe_tuning
+    kind = device_kind or jax.devices()[0].device_kind
+    return {"moe": moe_tuning.TABLE.describe_device(kind), "attention": attention_tuning.TABLE.describe_device(kind)}

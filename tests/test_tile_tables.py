@@ -110,3 +110,12 @@ def test_package_tables_serve_the_h200_from_the_h100():
 
 def test_rows_bucket():
     assert [rows_bucket(r) for r in (0, 1, 2, 3, 8, 9, 1000)] == [1, 1, 2, 4, 8, 16, 1024]
+
+
+def test_tile_tables_report_for_records():
+    from pallas_kernels.dispatch import tile_tables_report
+    report = tile_tables_report("NVIDIA H200")
+    assert set(report) == {"moe", "attention"}
+    assert all(v in ("H100 table (nearest tuned Hopper) for NVIDIA H200", "H200 table (tuned here) for NVIDIA H200")
+               for v in report.values())
+    assert tile_tables_report()["moe"].startswith("default_config")  # the CPU: no Hopper table
