@@ -173,7 +173,7 @@ def test_bench_attention_dry_run(tmp_path, monkeypatch):
     bench_attention = load_script("bench_attention")
     from pallas_kernels.attention_reference import paged_attention_reference
 
-    def ours(q, kp, vp, layer, table, seq, pos, *, window=None, plan=None):
+    def ours(q, kp, vp, layer, table, seq, pos, *, window=None, plan=None, config=None):
         window = plan["windows"][0] if plan is not None else window  # the per-layer call takes a plan
         return paged_attention_reference(q, kp, vp, layer, table, seq, pos, window=window)
     monkeypatch.setattr(bench_attention, "paged_attention", ours)
