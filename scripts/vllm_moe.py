@@ -19,6 +19,7 @@ Shapes: T tokens, K experts per token, A = T*K rows, E experts, D hidden, F expe
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -105,8 +106,10 @@ def sweep_candidates(T: int, K: int, E: int) -> list[dict]:
 
 # ---------------------------------------------------------------- the layer (GPU)
 
+@functools.cache
 def load_kernel(peer_dir: str = PEER_DIR):
-    """The extracted kernel module; a clear error when fetch_peers has not been run."""
+    """The extracted kernel (loaded once, so Triton compiles each configuration once); a clear
+    error when fetch_peers has not been run."""
     path = os.path.join(peer_dir, "fused_moe_kernel.py")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: run `python scripts/fetch_peers.py` (and carry .peers "
