@@ -8,7 +8,6 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from lp_jax.engine.config import EngineConfig
 from lp_jax.engine.executor import ModelExecutor
@@ -17,6 +16,7 @@ from lp_jax.engine.request import Request, SamplingParams, Status
 from lp_jax.engine.scheduler import IterationPlan, PrefillWork
 from lp_jax.model import init_params
 from lp_jax.model.config import get_preset
+from pallas_kernels.interpret import gpu_interpret_mode
 
 CFG = dataclasses.replace(get_preset("tiny-qwen3"), name="tiny-dense-windowed-hd64", head_dim=64, num_heads=8,
                           num_kv_heads=1, attention_sinks=True, sliding_window=16,
@@ -36,7 +36,7 @@ def _run(backend: str) -> list[np.ndarray]:
                      status=Status.DECODING, num_computed=30)
     blocks.allocate(0, 40)
     blocks.allocate(1, 33)
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         ex = ModelExecutor(CFG, ENGINE, init_params(CFG, seed=3), blocks, "bfloat16", backend)
         ex.precompile()
         L = CFG.num_layers

@@ -12,11 +12,11 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import grouped_matmul as gm
 from pallas_kernels.activations import apply_activation
 from pallas_kernels.grouped_matmul import TileConfig, grouped_matmul, plan_tiles, scatter_rows
+from pallas_kernels.interpret import gpu_interpret_mode
 from pallas_kernels.moe import moe_experts_pallas
 from pallas_kernels.moe_reference import moe_experts_reference, random_experts
 from pallas_kernels.moe_tuning import MoETileConfig, default_config
@@ -111,7 +111,7 @@ def test_grouped_matmul_interpret(cfg, nw, bias, scale):
     bs = [jax.random.normal(ks[4 + j], (E, N), jnp.float32) for j in range(nw)] if bias else None
     sc = jax.random.uniform(ks[6], (M,), jnp.float32) if scale else None
     act = "clamped_swiglu" if nw == 2 else None
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         out = grouped_matmul(x, ws, p["tile_expert"], p["num_tiles"], config=cfg, biases=bs,
                              row_scale=sc, activation=act, num_sms=4)
     e_M = np.repeat(np.asarray(p["tile_expert"]), cfg.block_m)
@@ -140,7 +140,7 @@ def test_moe_layer_interpret(cfg, activation, bias, kind, T, valid):
     x = jax.random.normal(k2, (T, D), jnp.bfloat16)
     w, ids = routing(k3, T, K, E, kind)
     valid_T = None if valid is None else jnp.arange(T) < valid
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         out = moe_experts_pallas(x, w, ids, ex, activation=activation, valid_T=valid_T,
                                  config=cfg, num_sms=4)
     ref = moe_experts_reference(f32(x), w, ids, f32(ex), activation=activation, valid_T=valid_T)
@@ -161,7 +161,7 @@ def test_moe_layer_reads_a_layer_of_stacked_weights_in_place(cfg):
     x = jax.random.normal(keys[L], (T, D), jnp.bfloat16)
     w, ids = routing(keys[L + 1], T, K, E, "uniform")
     run = functools.partial(moe_experts_pallas, activation="clamped_swiglu", config=cfg, num_sms=4)
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         from_stack = jax.jit(lambda l: run(x, w, ids, stacked, layer=l))(1)
         alone = run(x, w, ids, layers[1])
     np.testing.assert_array_equal(np.asarray(from_stack, np.float32), np.asarray(alone, np.float32))

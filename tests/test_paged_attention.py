@@ -13,11 +13,11 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import dispatch
 from pallas_kernels.attention_reference import FULL_WINDOW, paged_attention_reference
 from pallas_kernels.attention_tuning import default_config
+from pallas_kernels.interpret import gpu_interpret_mode
 from pallas_kernels.paged_attention import AttentionTileConfig, batch_plan, paged_attention
 
 Z = 16  # page size (lp_jax's default)
@@ -70,7 +70,7 @@ def rel_err(out, ref):
 
 
 def check(batch, cfg, *, layer=1, window=FULL_WINDOW, sinks_H=None):
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         out = paged_attention(layer=layer, **batch, window=window, sinks_H=sinks_H, config=cfg, num_sms=3)
     ref = reference(batch, layer, window=window, sinks_H=sinks_H)
     assert out.shape == batch["q_THA"].shape and out.dtype == batch["q_THA"].dtype
@@ -206,7 +206,7 @@ def test_traced_layer_and_window_under_jit_match_eager():
 
     def run(layer, window):
         return paged_attention(layer=layer, **b, window=window, config=DECODE_R8, num_sms=2)
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         traced = jax.jit(run)(jnp.int32(1), jnp.int32(16))
         eager = run(1, 16)
     np.testing.assert_array_equal(np.asarray(traced, np.float32), np.asarray(eager, np.float32))
@@ -223,7 +223,7 @@ def test_a_plan_shared_by_layers_gives_each_window_what_planning_per_call_gives(
     def shared(layer, index):
         plan = batch_plan(b["seq_T"], b["pos_T"], H=8, N=1, A=64, num_seqs=B, windows=windows, config=DECODE_R8)
         return paged_attention(layer=layer, **b, config=DECODE_R8, num_sms=2, plan=plan, window_index=index)
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         for index, window in enumerate(windows):
             got = jax.jit(shared)(jnp.int32(1), jnp.int32(index))
             want = paged_attention(layer=1, **b, window=window, config=DECODE_R8, num_sms=2)
@@ -236,7 +236,7 @@ def test_a_plan_shared_by_layers_gives_each_window_what_planning_per_call_gives(
 
 def test_dispatch_pallas_runs_the_kernel_and_falls_back_for_untiled_shapes():
     b = ragged_batch(jax.random.key(9), [(40, 1), (20, 4)], H=8, N=1, A=64)
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         out = dispatch.paged_attention(layer=0, **b, window=FULL_WINDOW, backend="pallas")
     assert rel_err(out, reference(b, 0)) <= 1e-2
     assert dispatch.pallas_attention_supports(32, 4, 128, Z, jnp.bfloat16)
