@@ -173,7 +173,7 @@ def test_per_layer_window_index_and_stacked_sinks_are_read_in_the_kernel():
         plan = batch_plan(b["seq_T"], b["pos_T"], H=8, N=1, A=64, num_seqs=B, windows=windows, config=PREFILL_R8)
         return paged_attention(layer=layer, **b, config=PREFILL_R8, num_sms=2, plan=plan, window_index=index,
                                sinks_H=sinks)
-    with plgpu.force_gpu_interpret_mode():
+    with gpu_interpret_mode():
         for layer in (0, 1):
             got = jax.jit(run)(jnp.int32(layer), index_L, sinks_LH)
             want = run(layer, int(index_L[layer]), sinks_LH[layer])
