@@ -36,6 +36,24 @@ def pallas_moe_supports(D: int, F: int) -> bool:
     return D % 64 == 0 and F % 64 == 0
 
 
+def _moe_impl(D: int, F: int, backend: str | None) -> str:
+    """The backend serving MoE layers of these shapes: automatic choice (backend None) takes the
+    reference for shapes the kernels do not tile; an explicit "pallas" lets the kernel raise."""
+    chosen = resolve_backend(backend)
+    if chosen == "pallas" and backend is None and not pallas_moe_supports(D, F):
+        chosen = "reference"
+    return chosen
+
+
+def serving_backends(*, D: int, F: int | None, H: int, N: int, A: int, Z: int, dtype,
+                     backend: str | None = None) -> tuple[str | None, str]:
+    """(MoE, attention) backends that serve a model of these shapes under `backend` (F None: no
+    MoE layers). What a compiled step depends on, so executables are keyed by it rather than by
+    the raw option: None means "pallas" or "reference" depending on the device and LP_JAX_KERNELS,
+    and None and "reference" build the same executables on a CPU."""
+    return (None if F is None else _moe_impl(D, F, backend)), _attention_impl(H, N, A, Z, dtype, backend)
+
+
 def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "swiglu",
                 alpha: float = 1.702, limit: float = 7.0, valid_T=None, layer=None, backend: str | None = None):
     """Routed expert computation of one MoE layer; see `moe_reference.moe_experts_reference`
@@ -44,10 +62,7 @@ def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "s
     Automatic choice (backend None) takes the reference for shapes the kernels do not tile;
     an explicit backend="pallas" lets the kernel raise instead."""
     D, F = experts["w_gate"].shape[-2:]
-    chosen = resolve_backend(backend)
-    if chosen == "pallas" and backend is None and not pallas_moe_supports(D, F):
-        chosen = "reference"
-    if chosen == "pallas":
+    if _moe_impl(D, F, backend) == "pallas":
         from pallas_kernels.moe import moe_experts_pallas as impl
     else:
         from pallas_kernels.moe_reference import moe_experts_reference as impl

@@ -26,3 +26,25 @@ def test_compiles_each_job_once_on_threads_and_reports_every_job():
     again = compile_all(_jobs(fn, (7, 5, 5), kind), threads=2, done=lambda: ticks.append(1))
     assert compile_counter.count() - before == 3 and len(ticks) == 6
     assert again[0] is exes[2] and again[1] is again[2] is exes[0]
+
+
+def test_executables_are_keyed_by_the_kernels_that_serve_not_the_raw_backend(monkeypatch):
+    """backend=None and "reference" build the same executables on a CPU (one key), while
+    LP_JAX_KERNELS=pallas makes None mean the Pallas kernels (another key)."""
+    from lp_jax.engine.config import EngineConfig
+    from lp_jax.engine.executor import ModelExecutor
+    from lp_jax.engine.kv_cache import BlockManager
+    from tests.engine_helpers import preset_model
+
+    cfg, params = preset_model("tiny-qwen3-moe", seed=5)
+    config = EngineConfig(max_num_seqs=2, max_prefill_tokens=16, max_cohort_tokens=16, max_model_len=64,
+                          row_buckets=(18,))
+
+    def kind(backend):
+        return ModelExecutor(cfg, config, params, BlockManager(8, 16), "float32", backend)._kind
+
+    monkeypatch.delenv("LP_JAX_KERNELS", raising=False)
+    assert kind(None) == kind("reference") == (cfg, ("reference", "reference"))
+    monkeypatch.setenv("LP_JAX_KERNELS", "pallas")
+    # float32 pools: the attention kernel tiles bf16/f16 only, so automatic choice keeps the reference there.
+    assert kind(None) == (cfg, ("pallas", "reference")) != kind("reference")

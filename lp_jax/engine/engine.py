@@ -175,7 +175,6 @@ class Engine:
             for w in plan.prefills:
                 req = w.request
                 req.num_computed = w.end
-                req.prefill_group = None
                 if w.completes_prompt:
                     req.status = Status.DECODING
                     self._token_in_flight(req)

@@ -48,7 +48,7 @@ from lp_jax.model.config import ModelConfig
 from lp_jax.model.forward import decoder_layer, unembed
 from lp_jax.model.layers import EXPERT_WEIGHTS, distinct_experts
 from pallas_kernels.attention_reference import FULL_WINDOW
-from pallas_kernels.dispatch import attention_plan, paged_attention
+from pallas_kernels.dispatch import attention_plan, paged_attention, serving_backends
 
 
 def stack_layers(layers: list[dict] | dict) -> dict:
@@ -209,7 +209,10 @@ class ModelExecutor:
         self._step_fns = {n: jax.jit(functools.partial(run_layers, model, backend, n), donate_argnums=(3, 4, 5))
                           for n in lengths}
         self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,), donate_argnums=(3,))
-        self._kind = (model, backend)
+        kernels = serving_backends(D=model.hidden_size, F=model.moe_intermediate_size if model.is_moe else None,
+                                   H=model.num_heads, N=model.num_kv_heads, A=model.head_dim, Z=blocks.page_size,
+                                   dtype=self.dtype, backend=backend)
+        self._kind = (model, kernels)  # the kernels that serve, not the raw option (see serving_backends)
         self._step_exe: dict[tuple[int, int], object] = {}  # (layer count, row bucket) -> step
         self._sample_exe: dict[tuple[int, bool], object] = {}
 

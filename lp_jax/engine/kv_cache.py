@@ -74,11 +74,6 @@ class BlockManager:
             arr = self._arrays[request_id] = np.asarray(self.table(request_id), np.int32)
         return arr
 
-    def slot(self, request_id: int, position: int) -> int:
-        """Flat pool slot (page * Z + offset) of a token position."""
-        page = self.tables[request_id][position // self.page_size]
-        return page * self.page_size + position % self.page_size
-
     def all_free(self) -> bool:
         return len(self.free) == self.usable_pages and not self.tables
 

@@ -74,9 +74,6 @@ class Request:
     # Progress: tokens of `tokens` whose K/V are in the cache; target of the current prefill.
     num_computed: int = 0
     prefill_target: int = 0
-    prefill_group: int | None = None  # layered: the group its cohort is at
-    prefill_chunk: int = 0  # chunks started for this prefill
-    admitted_iter: int | None = None
     num_preemptions: int = 0
     expert_bytes: float = 0.0
     # Tokens sampled by an iteration still in flight (not yet read back, so not in `output`).

@@ -106,7 +106,6 @@ class SchedulerState:
         self.waiting.remove(req)
         self.running.append(req)
         req.start_prefill()
-        req.admitted_iter = self.iteration
 
     def preempt(self, req: Request) -> None:
         """Free its pages and send it back to the front of the waiting queue; its outputs are
@@ -116,7 +115,6 @@ class SchedulerState:
         req.status = Status.WAITING
         req.num_computed = 0
         req.prefill_target = 0
-        req.prefill_group = None
         req.num_preemptions += 1
         self.waiting.appendleft(req)
 
@@ -129,11 +127,10 @@ class SchedulerState:
             self.waiting.remove(req)
 
 
-def reserve_decode_slots(state: SchedulerState, protected: frozenset[int] = frozenset()):
+def reserve_decode_slots(state: SchedulerState):
     """Give every decoding request a KV slot for its next token, preempting the most recently
     admitted decodes when pages run out. Returns (decodes that run, preempted requests).
-
-    `protected` request ids are never preempted (a layered cohort in flight).
+    Only decodes are candidates: a layered cohort in flight is prefilling, so never preempted here.
     """
     decodes = state.decoding()
     preempted: list[Request] = []
@@ -144,8 +141,7 @@ def reserve_decode_slots(state: SchedulerState, protected: frozenset[int] = froz
             state.blocks.allocate(req.request_id, req.num_computed + 1)
             i += 1
             continue
-        victims = [r for r in decodes[i:] if r.request_id not in protected]
-        victim = victims[-1] if victims else req
+        victim = decodes[-1]
         decodes.remove(victim)
         state.preempt(victim)
         preempted.append(victim)
@@ -181,7 +177,6 @@ def take_prefill_chunks(state: SchedulerState, budget: int, *, whole_prompts: bo
         if new:
             state.admit(req)
         state.blocks.allocate(req.request_id, start + n)
-        req.prefill_chunk += 1
         works.append(PrefillWork(req, start, start + n, offset))
         offset += n
         budget -= n

@@ -32,15 +32,12 @@ class LayeredScheduler:
         self.cohort = [w for w in self.cohort if w.request.status == Status.PREFILLING]
         if self.cohort and self.group >= len(self.groups):
             self.cohort = []
-        protected = frozenset(w.request.request_id for w in self.cohort)
-        decodes, preempted = reserve_decode_slots(state, protected)
+        decodes, preempted = reserve_decode_slots(state)
         if not self.cohort:
             self._admit_cohort(state)
         if not self.cohort:
             return IterationPlan(L, decodes=decodes, preempted=preempted)
         layers = self.groups[self.group]
-        for w in self.cohort:
-            w.request.prefill_group = self.group
         self.group += 1
         return IterationPlan(L, decodes=decodes, prefills=list(self.cohort), prefill_layers=layers,
                              preempted=preempted)
