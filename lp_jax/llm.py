@@ -48,6 +48,13 @@ class LLM:
     keywords: params (weights to use), backend ("pallas" / "reference"), trace (keep
     per-iteration records), progress (callback(done, total), told before the first and after
     each start-up compilation).
+
+    Single-threaded: one caller drives an LLM (and its Engine); nothing in them is locked. A
+    server runs the engine loop on a thread of its own and hands requests to it.
+
+    `generate` and the incremental API mix: requests queued with `add_request` before a
+    `generate` call keep running during it, and those that finish meanwhile are returned by the
+    next `step()` (nothing is dropped, and `generate` returns exactly its own prompts' outputs).
     """
 
     def __init__(self, model, schedule: str = "layered", *, params: dict | None = None, backend: str | None = None,
@@ -60,12 +67,15 @@ class LLM:
         self.engine_config = EngineConfig(schedule=schedule, **engine_options)
         dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
         self.model_config = resolve_config(model)
+        self.engine_config.check_model(self.model_config)
         # Decided (or refused) before anything is allocated, and not again once weights take memory.
         num_pages = plan_num_pages(self.model_config, self.engine_config, dtype)
         if params is None:
             params = load_weights(model, self.model_config, self.engine_config.seed, dtype)
         self.engine = Engine(self.model_config, self.engine_config, params, dtype, backend=backend, trace=trace,
                              progress=progress, num_pages=num_pages)
+        # Requests of the incremental API that finished inside `generate`, for the next `step`.
+        self._finished_earlier: list[RequestOutput] = []
 
     # --- incremental API --------------------------------------------------------------------
     def add_request(self, prompt: Sequence[int], max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
@@ -76,22 +86,28 @@ class LLM:
         return self.engine.add_request(prompt, params, arrival_s)
 
     def step(self) -> list[RequestOutput]:
-        """One iteration; returns the requests that finished in it."""
-        return self.engine.step()
+        """One iteration; returns the requests that finished in it (and first any queued with
+        `add_request` that finished during a `generate` call since the last step)."""
+        held, self._finished_earlier = self._finished_earlier, []
+        return held + self.engine.step()
 
     def abort(self, request_id: int) -> bool:
         """Cancel a request; False if it had already ended, ValueError if the id is unknown."""
         return self.engine.abort(request_id)
 
     def has_unfinished(self) -> bool:
-        return self.engine.has_unfinished()
+        """Whether `step` still has something to return: requests in the engine, or outputs
+        held from a `generate` call."""
+        return bool(self._finished_earlier) or self.engine.has_unfinished()
 
     # --- offline ----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int = 16, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_token_ids: Sequence[int] = (),
                  ignore_eos: bool = False) -> list[RequestOutput]:
         """Run all prompts to completion; outputs in prompt order. Every prompt is checked before
-        any is queued, so a bad one raises ValueError and leaves the engine untouched."""
+        any is queued, so a bad one raises ValueError and leaves the engine untouched. Requests
+        queued earlier with `add_request` run alongside; those that finish meanwhile come back
+        from the next `step()`."""
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise ValueError("prompts must be a list of token-id lists")
         params = SamplingParams(max_tokens, temperature, top_p, top_k, seed, tuple(stop_token_ids), ignore_eos)
@@ -107,4 +123,6 @@ class LLM:
             for out in self.engine.step():
                 if out.request_id in wanted:
                     done[out.request_id] = out
+                else:
+                    self._finished_earlier.append(out)
         return [done[i] for i in ids]

@@ -223,3 +223,40 @@ def test_next_iteration_is_dispatched_before_tokens_are_read_back():
     recs = llm.engine.records
     assert all(a.end_s > b.start_s for a, b in zip(recs, recs[1:]))
     assert {t for o in outs for t in o.token_times_s} <= {r.end_s for r in recs}
+
+
+def test_generate_keeps_requests_queued_earlier_and_step_returns_them():
+    """Requests added with add_request before generate() run alongside it; those that finish
+    inside the call come back from the next step(), with their outputs intact."""
+    cfg, params = tiny()
+    early_prompts, late_prompts = prompts_of([12, 70], seed=7), prompts_of([30, 5], seed=8)
+    llm = make_llm("chunked")
+    early = [llm.add_request(p, max_tokens=4) for p in early_prompts]
+    outs = llm.generate(late_prompts, max_tokens=10)  # longer: the early ones finish inside the call
+    assert [o.token_ids for o in outs] == [reference_greedy(cfg, params, p, 10, CONTEXT) for p in late_prompts]
+    assert llm.has_unfinished()  # the held outputs are still to be returned
+    held = {o.request_id: o for o in llm.step()}
+    assert set(held) == set(early) and not llm.has_unfinished()
+    for rid, p in zip(early, early_prompts):
+        assert held[rid].token_ids == reference_greedy(cfg, params, p, 4, CONTEXT)
+        assert held[rid].status == "finished"
+    assert llm.step() == []
+
+
+def test_sampling_parameters_take_any_integral_type_and_refuse_bools_and_floats():
+    llm = make_llm()
+    rid = llm.add_request(np.array([3, 4, 5]), max_tokens=np.int64(3), top_k=np.int32(5), seed=np.uint16(7),
+                          temperature=np.float32(0.5), stop_token_ids=[np.int64(9)])
+    params = llm.engine.requests[rid].params
+    assert (params.max_tokens, params.top_k, params.seed, params.stop_token_ids) == (3, 5, 7, (9,))
+    assert all(type(v) is int for v in (params.max_tokens, params.top_k, params.seed, *params.stop_token_ids))
+    for kwargs, message in [(dict(max_tokens=True), "max_tokens must be a positive integer, got True"),
+                            (dict(max_tokens=3.0), "max_tokens must be a positive integer, got 3.0"),
+                            (dict(top_k=np.float64(2)), "top_k must be an integer"),
+                            (dict(seed=False), "seed must be a non-negative integer, got False"),
+                            (dict(temperature=True), "temperature must be a finite number"),
+                            (dict(stop_token_ids=[1.0]), "stop token id 1.0")]:
+        with pytest.raises(ValueError, match=message):
+            llm.add_request([1, 2], **kwargs)
+    while llm.has_unfinished():
+        llm.step()

@@ -36,7 +36,7 @@ def test_cli_refuses_the_old_name_naming_the_new_fields(where, capsys, tmp_path)
 
 def test_new_fields_are_checked_like_the_others():
     for name in ("max_prefill_tokens", "max_cohort_tokens"):
-        with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got 0"):
             EngineConfig(**{name: 0})
 
 
@@ -63,3 +63,54 @@ def test_each_cap_limits_its_own_schedule_only():
     assert _first_prefill_tokens("prefill_first", max_prefill_tokens=8192, max_cohort_tokens=150) == 400
     assert _first_prefill_tokens("layered", max_cohort_tokens=150, max_prefill_tokens=8192) == 100
     assert _first_prefill_tokens("layered", max_cohort_tokens=8192, max_prefill_tokens=150) == 400
+
+
+REFUSALS = [
+    (dict(max_model_len=0), r"max_model_len must be an integer >= 1 or None, got 0"),
+    (dict(max_model_len=-5), r"max_model_len must be an integer >= 1 or None, got -5"),
+    (dict(page_size=0), r"page_size must be an integer >= 1, got 0"),
+    (dict(page_size=16.0), r"page_size must be an integer >= 1, got 16.0"),
+    (dict(max_num_seqs=-1), r"max_num_seqs must be an integer >= 1, got -1"),
+    (dict(token_budget=True), r"token_budget must be an integer >= 1, got True"),
+    (dict(group_tokens=-512), r"group_tokens must be an integer >= 1, got -512"),
+    (dict(num_pages=1), r"num_pages must be an integer >= 2 \(one is the reserved trash page\) or None, got 1"),
+    (dict(num_groups=0), r"num_groups must be an integer >= 1 or None, got 0"),
+    (dict(seed=-1), r"seed must be an integer >= 0, got -1"),
+    (dict(kv_memory_fraction=0.0), r"kv_memory_fraction must be in \(0, 1\], got 0.0"),
+    (dict(kv_memory_fraction=1.01), r"kv_memory_fraction must be in \(0, 1\], got 1.01"),
+    (dict(kv_memory_fraction=-0.5), r"kv_memory_fraction must be in \(0, 1\], got -0.5"),
+    (dict(dtype="float8"), r"unknown dtype 'float8'; choose one of float32, bfloat16, float16 or None"),
+    (dict(dtype="int32"), r"unknown dtype 'int32'"),
+    (dict(row_buckets=()), r"row_buckets must be a non-empty tuple of row counts >= 1 or None"),
+    (dict(row_buckets=(16, 0)), r"row_buckets entry must be an integer >= 1, got 0"),
+    (dict(compiler_options=("xla_flag",)), r"compiler_options must be a tuple of \(name, value\) pairs"),
+]
+
+
+@pytest.mark.parametrize("options,message", REFUSALS)
+def test_engine_config_refuses_nonsense_naming_the_field_and_range(options, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**options)
+
+
+def test_engine_config_takes_what_is_valid():
+    import numpy as np
+
+    cfg = EngineConfig(max_num_seqs=np.int64(8), dtype="bfloat16", kv_memory_fraction=1, row_buckets=[64, 16],
+                       num_pages=2, max_model_len=1)
+    assert cfg.row_buckets == (64, 16) and hash(cfg)  # a list becomes a tuple: the config stays hashable
+
+
+def test_options_the_model_cannot_take_are_refused_where_the_model_is_known():
+    """num_groups above the layer count (used to be clamped) and max_model_len beyond the
+    position embeddings (used to be clamped) are refused before any weight is made."""
+    from lp_jax.model.config import get_preset
+
+    model = get_preset("tiny-qwen3-moe")  # 4 layers, 4096 positions
+    EngineConfig(num_groups=4, max_model_len=4096).check_model(model)
+    with pytest.raises(ValueError, match=r"num_groups must be in \[1, 4\] \(tiny-qwen3-moe has 4 layers\), got 5"):
+        EngineConfig(num_groups=5).check_model(model)
+    with pytest.raises(ValueError, match=r"max_model_len must be in \[1, 4096\]"):
+        EngineConfig(max_model_len=4097).check_model(model)
+    with pytest.raises(ValueError, match="num_groups must be in"):
+        lp_jax.LLM("qwen3-30b-a3b", "layered", num_groups=49)  # refused before 57 GB of weights are made

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
+
+import jax.numpy as jnp
 
 from lp_jax.model.config import ModelConfig, ceil_div
 
 SCHEDULES = ("prefill_first", "chunked", "layered")
 GROUP_RULES = ("linear", "pow2")
+DTYPES = ("float32", "bfloat16", "float16")  # what the weights, activations and KV pools may be
 # Options that no longer exist -> what replaced them.
 REMOVED_OPTIONS = {
     "max_num_batched_tokens": "max_num_batched_tokens was split in two: max_prefill_tokens (prefill_first's "
@@ -69,18 +73,37 @@ class EngineConfig:
         return super().__new__(cls)
 
     def __post_init__(self):
+        """ValueError naming the field and its valid range for any option that cannot work (what
+        needs the model, num_groups and max_model_len against it, is `check_model`'s)."""
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.group_rule not in GROUP_RULES:
             raise ValueError(f"unknown group_rule {self.group_rule!r}; choose one of {', '.join(GROUP_RULES)}")
         for name in ("page_size", "max_num_seqs", "max_prefill_tokens", "max_cohort_tokens", "token_budget",
                      "group_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_pages is not None and self.num_pages < 2:
-            raise ValueError(f"num_pages must be >= 2 (one is the reserved trash page), got {self.num_pages}")
-        if self.num_groups is not None and self.num_groups < 1:
-            raise ValueError(f"num_groups must be >= 1, got {self.num_groups}")
+            _check_int(name, getattr(self, name), 1)
+        for name, low, why in (("num_pages", 2, " (one is the reserved trash page)"), ("max_model_len", 1, ""),
+                               ("num_groups", 1, "")):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low, why + " or None")
+        _check_int("seed", self.seed, 0)
+        if self.dtype is not None and _dtype_name(self.dtype) not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)} or None (bfloat16 "
+                             "on a GPU, float32 elsewhere)")
+        if self.row_buckets is not None:
+            if not isinstance(self.row_buckets, (tuple, list)) or not self.row_buckets:
+                raise ValueError(f"row_buckets must be a non-empty tuple of row counts >= 1 or None, got "
+                                 f"{self.row_buckets!r}")
+            for b in self.row_buckets:
+                _check_int("row_buckets entry", b, 1)
+            object.__setattr__(self, "row_buckets", tuple(int(b) for b in self.row_buckets))  # hashable
+        if isinstance(self.kv_memory_fraction, bool) or not isinstance(self.kv_memory_fraction, numbers.Real) \
+                or not 0 < self.kv_memory_fraction <= 1:
+            raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction!r}")
+        if not isinstance(self.compiler_options, tuple) or not all(
+                isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in self.compiler_options):
+            raise ValueError("compiler_options must be a tuple of (name, value) pairs, got "
+                             f"{self.compiler_options!r}")
         if self.schedule == "chunked" and self.token_budget <= self.max_num_seqs:
             # Decodes take one budget token each; a budget they can fill would starve prefill.
             raise ValueError(f"token_budget ({self.token_budget}) must exceed max_num_seqs "
@@ -88,6 +111,16 @@ class EngineConfig:
 
     def model_len(self, model: ModelConfig) -> int:
         return min(self.max_model_len or model.max_position_embeddings, model.max_position_embeddings)
+
+    def check_model(self, model: ModelConfig) -> None:
+        """ValueError for options this model cannot take: num_groups above its layer count (a
+        group holds at least one layer), max_model_len beyond its position embeddings."""
+        if self.num_groups is not None and self.num_groups > model.num_layers:
+            raise ValueError(f"num_groups must be in [1, {model.num_layers}] ({model.name} has {model.num_layers} "
+                             f"layers), got {self.num_groups}")
+        if self.max_model_len is not None and self.max_model_len > model.max_position_embeddings:
+            raise ValueError(f"max_model_len must be in [1, {model.max_position_embeddings}] ({model.name}'s "
+                             f"position embeddings), got {self.max_model_len}")
 
     def pages_per_seq(self, model: ModelConfig) -> int:
         return ceil_div(self.model_len(model), self.page_size)
@@ -148,6 +181,20 @@ class EngineConfig:
         else:
             g = next((g for limit, g in ((512, 1), (1024, 2), (2048, 4), (4096, 8)) if cohort_tokens <= limit), 16)
         return min(g, num_layers)
+
+
+def _check_int(name: str, value, low: int, also: str = "") -> None:
+    """ValueError unless value is an integer (any integral type, not a bool) >= low."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}{also}, got {value!r}")
+
+
+def _dtype_name(dtype) -> str | None:
+    """The dtype's name ("bfloat16"), or None for something that names no dtype."""
+    try:
+        return jnp.dtype(dtype).name
+    except TypeError:
+        return None
 
 
 def bucket_for(n: int, ladder: tuple[int, ...]) -> int:

@@ -10,6 +10,9 @@ overlap the device's work. Everything a plan implies except the tokens' values i
 it is dispatched (positions, prefill progress, a request finishing at max_tokens). A token's time
 is when the host has it. A stop token is seen one iteration late: the request has already been
 scheduled once more, and that extra token is discarded.
+
+Single-threaded: one caller drives an Engine (add_request, step, abort from the same thread);
+nothing is locked. A server runs the loop on a thread of its own and hands requests to it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Engine:
     def __init__(self, model: ModelConfig, config: EngineConfig, params: dict, dtype,
                  clock: Callable[[], float] = time.perf_counter, backend: str | None = None,
                  trace: bool = False, progress=None, num_pages: int | None = None):
+        config.check_model(model)
         self.model, self.config, self.clock, self.trace = model, config, clock, trace
         self.dtype = np.dtype(dtype)
         num_pages = num_pages or plan_num_pages(model, config, dtype)

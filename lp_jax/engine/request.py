@@ -13,6 +13,7 @@ Times are seconds on the engine's clock (time.perf_counter by default).
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass, field
 
 
@@ -42,20 +43,39 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
 
+    def __post_init__(self):
+        # Any integral value (numpy's included, as prompts take them) becomes an int, so that it
+        # hashes, prints and serialises as one; bools and floats stay as given, for validate to refuse.
+        for name in ("max_tokens", "top_k", "seed"):
+            if _integral(getattr(self, name)):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "stop_token_ids",
+                           tuple(int(t) if _integral(t) else t for t in self.stop_token_ids))
+
     def validate(self, vocab_size: int) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        if not _integral(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if not (self.temperature >= 0.0) or self.temperature != self.temperature or self.temperature == float("inf"):
+        if not _real(self.temperature) or not 0.0 <= self.temperature < float("inf"):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not (0.0 < self.top_p <= 1.0):
+        if not _real(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not _integral(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+        if self.seed is not None and (not _integral(self.seed) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         for t in self.stop_token_ids:
-            if not isinstance(t, int) or not 0 <= t < vocab_size:
+            if not _integral(t) or not 0 <= t < vocab_size:
                 raise ValueError(f"stop token id {t!r} is outside the vocabulary [0, {vocab_size})")
+
+
+def _integral(x) -> bool:
+    """An integer of any integral type (int, numpy integers), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _real(x) -> bool:
+    """A real number (int, float, numpy's), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 @dataclass
