@@ -149,10 +149,10 @@ def reserve_decode_slots(state: SchedulerState):
 
 
 def take_prefill_chunks(state: SchedulerState, budget: int, *, whole_prompts: bool = False,
-                        candidates: list[Request] | None = None) -> list[PrefillWork]:
+                        candidates: list[Request] | None = None, keep_free: int = 0) -> list[PrefillWork]:
     """Prefill chunks up to `budget` tokens: unfinished prefills first (admission order), then
     waiting requests (FCFS, admitted here). Stops at the first request that cannot get its pages
-    or a running slot, so FCFS order is kept.
+    (leaving `keep_free` pages free: a watermark) or a running slot, so FCFS order is kept.
 
     whole_prompts: a waiting prompt is taken only whole, except a prompt longer than the budget,
     which is taken alone in budget-sized chunks (prefill_first).
@@ -172,7 +172,7 @@ def take_prefill_chunks(state: SchedulerState, budget: int, *, whole_prompts: bo
         if whole_prompts and new and remaining > budget and works:
             break
         n = min(remaining, budget)
-        if not state.blocks.can_allocate(req.request_id, start + n):
+        if state.blocks.pages_needed(req.request_id, start + n) > state.blocks.num_free() - keep_free:
             break
         if new:
             state.admit(req)
