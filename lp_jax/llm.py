@@ -30,7 +30,7 @@ def load_weights(model, config: ModelConfig, seed: int, dtype) -> dict:
     """Weights of a checkpoint directory, or seeded random weights generated on the device."""
     if not isinstance(model, ModelConfig) and os.path.isdir(model):
         from lp_jax.checkpoint import load_hf
-        return load_hf(model, dtype=dtype)[1]
+        return load_hf(model, dtype=dtype, stacked=True)[1]
     return init_params(config, seed, dtype, stacked=True)
 
 

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 import lp_jax.checkpoint.hf as ckpt
 from lp_jax.checkpoint import common, config_from_hf, dequantize_mxfp4, load_hf, orbax, restore, save
+from lp_jax.engine.executor import stack_layers
 from lp_jax.model.config import GPT_OSS_20B, QWEN3_8B, QWEN3_30B_A3B
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -305,3 +306,37 @@ def test_orbax_restore_checks_shapes_against_config(tmp_path):
     (tmp_path / "ckpt" / orbax.CONFIG_FILE).write_text(json.dumps(stored))
     with pytest.raises(ValueError, match=r"weight embed has shape \(512, 64\); expected \(256, 64\)"):
         restore(tmp_path / "ckpt")
+
+
+# --- device memory of a load ------------------------------------------------------------------
+
+def _live_bytes() -> int:
+    return sum(a.nbytes for a in jax.live_arrays())
+
+
+def test_stacked_load_peaks_at_the_weights_plus_one_layer_weight(monkeypatch):
+    """Live device bytes before each in-place write (the weight in transit alive, the stacks
+    allocated) never exceed the weights + one layer's largest weight; loading per layer and
+    stacking afterwards (what the engine used to do) holds both copies. Same values both ways."""
+    peaks, write = [], ckpt._write_layer
+
+    def measured(stack, layer, x):
+        peaks.append(_live_bytes() - base)
+        return write(stack, layer, x)
+
+    monkeypatch.setattr(ckpt, "_write_layer", measured)
+    base = _live_bytes()
+    config, stacked = load_hf(QWEN3_MOE, stacked=True)
+    weights = sum(x.nbytes for x in jax.tree.leaves(stacked))
+    largest = max(x.nbytes for x in stacked["layers"].values()) // config.num_layers
+    assert len(peaks) == len(stacked["layers"]) * config.num_layers  # every layer weight written in place
+    assert max(peaks) <= weights + largest, (max(peaks), weights, largest)
+
+    _, per_layer = load_hf(QWEN3_MOE)
+    for name, stack in stacked["layers"].items():
+        np.testing.assert_array_equal(stack, np.stack([lp[name] for lp in per_layer["layers"]]), err_msg=name)
+    base = _live_bytes() - sum(x.nbytes for x in jax.tree.leaves(per_layer))
+    restacked = stack_layers(per_layer["layers"])
+    assert _live_bytes() - base > weights + largest  # the old way: per-layer copies and their stack at once
+    del restacked
+

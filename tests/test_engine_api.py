@@ -198,6 +198,21 @@ def test_model_that_does_not_fit_fails_before_allocating():
     assert 4096 // 16 < pages <= 64 * 256 + 1
 
 
+def test_memory_plan_counts_the_load_peak():
+    """A model whose weights, workspace and one sequence of KV fit, but not the weights plus the
+    layer weight in transit while they load, is refused before anything is made."""
+    from lp_jax.engine.config import EngineConfig
+    from lp_jax.engine.memory import load_peak_bytes, plan_num_pages, weight_bytes, workspace_bytes
+
+    cfg = get_preset("qwen3-30b-a3b")
+    options = EngineConfig(max_num_seqs=1, max_prefill_tokens=16, max_cohort_tokens=16, max_model_len=64)
+    steady = weight_bytes(cfg, "bfloat16") + workspace_bytes(cfg, options, "bfloat16") + 8 * 2**20
+    assert load_peak_bytes(cfg, "bfloat16") > steady  # the 1.5 GiB expert stack in transit exceeds the workspace
+    with pytest.raises(ValueError, match=r"does not fit while its weights are made or loaded: 58\.4 GiB"):
+        plan_num_pages(cfg, options, "bfloat16", available=steady)
+    assert plan_num_pages(cfg, options, "bfloat16", available=load_peak_bytes(cfg, "bfloat16")) >= 5
+
+
 def test_llm_from_a_checkpoint_directory():
     from pathlib import Path
 

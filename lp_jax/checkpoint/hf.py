@@ -10,7 +10,9 @@
    `validate` checks the index against the plan (missing, unexpected, misshaped, wrongly typed).
 3. `read_weights` runs the rules one at a time: reads their tensors lazily (`safe_open`), converts
    them on the host in numpy, casts, and hands each weight to `place` (`jnp.asarray` here; a sharded
-   `jax.device_put` later), so host memory peaks at one rule's tensors, not the whole checkpoint.
+   `jax.device_put` later), so host memory peaks at one rule's tensors, not the whole checkpoint;
+   with `stacked`, each layer's weight is written in place into its preallocated [L, ...] stack,
+   so device memory peaks at the weights plus one layer's weight.
 
 Published layouts handled: Qwen3 / Qwen3-MoE (torch Linear `[out, in]` weights, per-expert
 `mlp.experts.E.{gate,up,down}_proj.weight`, router `mlp.gate.weight`), GPT-OSS as transformers'
@@ -22,6 +24,7 @@ the last axis, `down_proj [E, F, D]`) and as openai publishes it (the same exper
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from lp_jax.checkpoint.common import WeightPath, listed, read_json, weight_shapes
 from lp_jax.checkpoint.mxfp4 import MXFP4_GROUP, dequantize_mxfp4
 from lp_jax.model.config import ARCHITECTURES, ModelConfig, YarnScaling
-from lp_jax.model.spec import ParamSpec, model_spec
+from lp_jax.model.spec import ParamSpec, layer_spec, model_spec
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -381,12 +384,26 @@ def _set(tree: dict, path: WeightPath, value) -> None:
     node[path[-1]] = value
 
 
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _write_layer(stack_LX, layer, x_X):
+    """stack_LX with x_X at [layer], in place (the stack is donated)."""
+    return stack_LX.at[layer].set(x_X)
+
+
 def read_weights(config: ModelConfig, plan: list[Rule], index: dict[str, TensorInfo], dtype,
-                 place: Callable[[WeightPath, np.ndarray], jax.Array] = lambda path, x: jnp.asarray(x)) -> dict:
+                 place: Callable[[WeightPath, np.ndarray], jax.Array] = lambda path, x: jnp.asarray(x),
+                 stacked: bool = False) -> dict:
     """Run a validated plan: the params pytree with every weight cast to `dtype` and put where
-    `place(path, host_array)` puts it. Tensors are read lazily, one rule at a time."""
+    `place(path, host_array)` puts it. Tensors are read lazily, one rule at a time.
+
+    stacked=True: "layers" is one dict of [L, ...] arrays (what the engine runs on), allocated
+    first and filled layer by layer in place, so device memory peaks at the weights plus one
+    layer's weight in transit. (Loading per-layer arrays and stacking them afterwards holds both
+    copies at once: twice the weights, more than an 80 GB GPU has for Qwen3-30B-A3B.)"""
     shapes = weight_shapes(config)
-    params: dict = {"layers": [{} for _ in range(config.num_layers)]}
+    layers = ({name: jnp.zeros((config.num_layers, *s.shape), dtype) for name, s in layer_spec(config).items()}
+              if stacked else [{} for _ in range(config.num_layers)])
+    params: dict = {"layers": layers}
     with contextlib.ExitStack() as stack:
         handles = {}
         for rule in plan:
@@ -401,7 +418,13 @@ def read_weights(config: ModelConfig, plan: list[Rule], index: dict[str, TensorI
                     raise ValueError(f"cannot read tensor {name!r} from {file}: {e}") from None
             for path, value in zip(rule.targets, rule.convert(*arrays), strict=True):
                 assert value.shape == shapes[path], f"{path}: made {value.shape}, declared {shapes[path]}"
-                _set(params, path, place(path, value.astype(dtype, copy=False)))
+                weight = place(path, value.astype(dtype, copy=False))
+                if stacked and path[0] == "layers":
+                    _, layer, name = path
+                    layers[name] = _write_layer(layers[name], layer, weight)
+                else:
+                    _set(params, path, weight)
+                del weight  # the next weight's transfer must not find this one still alive
     return params
 
 
@@ -416,9 +439,12 @@ def read_hf_config(path) -> ModelConfig:
     return config_from_hf(hf, generation, name=path.name)
 
 
-def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
+def load_hf(path, dtype=None, stacked: bool = False) -> tuple[ModelConfig, dict]:
     """(config, params) of a HuggingFace checkpoint directory (config.json + safetensors, single file
     or sharded), for model types qwen3_moe, gpt_oss and qwen3.
+
+    stacked: "layers" as one dict of [L, ...] arrays filled in place (see `read_weights`), what
+    the engine runs on; otherwise a list of per-layer dicts (what `reference_forward` reads).
 
     dtype: of every weight; default config.json's dtype (torch_dtype), else float32. MXFP4 experts
     are dequantised exactly. The whole checkpoint is validated (tensor names, shapes, dtypes, file
@@ -431,4 +457,4 @@ def load_hf(path, dtype=None) -> tuple[ModelConfig, dict]:
     mxfp4 = config.arch == "gpt_oss" and any(n.endswith("experts.gate_up_proj_blocks") for n in index)
     plan = conversion_plan(config, mxfp4)
     validate(plan, index, config)
-    return config, read_weights(config, plan, index, dtype)
+    return config, read_weights(config, plan, index, dtype, stacked=stacked)

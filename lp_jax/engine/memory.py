@@ -1,4 +1,5 @@
-"""Device-memory planning: does a model fit, and how many KV pages fit beside it.
+"""Device-memory planning: does a model fit (while it loads, and then with its workspace), and
+how many KV pages fit beside it.
 
 Checked before anything is allocated, so a model or pool that cannot fit fails at once with the
 figures, instead of after minutes of weight generation with an allocator error.
@@ -6,12 +7,15 @@ figures, instead of after minutes of weight generation with an allocator error.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 
 from lp_jax.engine.config import EngineConfig
 from lp_jax.engine.kv_cache import kv_bytes_per_page
 from lp_jax.model.config import ModelConfig
+from lp_jax.model.spec import layer_spec
 
 GIB = 2**30
 
@@ -35,6 +39,15 @@ def device_memory_bytes(device=None) -> int:
 
 def weight_bytes(model: ModelConfig, dtype) -> int:
     return model.total_params() * np.dtype(dtype).itemsize
+
+
+def load_peak_bytes(model: ModelConfig, dtype) -> int:
+    """Device bytes while the weights are made or loaded: every weight (the [L, ...] stacks are
+    allocated first and filled in place, `init_params(stacked=True)` and
+    `load_hf(stacked=True)`) plus one layer's largest weight in transit, counted twice in
+    float32 (random init draws it in float32 before casting; a checkpoint puts it in `dtype`)."""
+    largest = max(math.prod(s.shape) for s in layer_spec(model).values())
+    return weight_bytes(model, dtype) + 2 * 4 * largest
 
 
 def workspace_bytes(model: ModelConfig, config: EngineConfig, dtype) -> int:
@@ -71,6 +84,11 @@ def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: i
             "max_cohort_tokens"
             + ("; JAX takes 75% of GPU memory unless XLA_PYTHON_CLIENT_MEM_FRACTION is set (e.g. 0.95)"
                if jax.devices()[0].platform == "gpu" else ""))
+    load = load_peak_bytes(model, dtype)
+    if load > available:  # the load's transient is gone before the workspace and the pool exist
+        raise ValueError(f"{model.name} does not fit while its weights are made or loaded: {load / GIB:.1f} GiB "
+                         f"(weights {w / GIB:.1f} GiB + one layer's weight in transit) > {available / GIB:.1f} GiB "
+                         "available; use a smaller dtype")
     if config.num_pages is not None:
         if config.num_pages * per_page > left:
             raise ValueError(f"num_pages={config.num_pages} needs {config.num_pages * per_page / GIB:.1f} GiB of KV; "
