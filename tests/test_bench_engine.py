@@ -30,7 +30,13 @@ def test_quick_run_writes_every_case_with_floors(tmp_path):
         assert sum(parts) <= 3 * r["pipelined_ms"], (name, parts)  # medians of steps whose mean is the wall
     assert cases["layered mixed"]["prefill_tokens"] == 256 and cases["chunked mixed"]["prefill_tokens"] == 32
     assert entry["layer_slices"]  # the reference path on the CPU slices layers; counted, not judged here
-    assert "| decode B=4 |" in (tmp_path / "engine_cpu.md").read_text()
+    md = (tmp_path / "engine_cpu.md").read_text()
+    assert "| decode B=4 |" in md
+    # Ceilings: the best of the methods that ran here, and no datasheet for a CPU.
+    c = entry["ceilings"]
+    assert c["copy_method"] in ("xla_elementwise", "xla_copy") and c["copy_Bps_over_datasheet"] is None
+    assert all(r["datasheet_ratio"] is None for r in cases.values() if "floor_ms" in r)
+    assert "datasheet unknown" in md and "| wall / datasheet floor |" in md and "| unknown |" in md
 
 
 def test_layer_slices_are_grouped_by_the_fusion_that_holds_them():

@@ -22,8 +22,11 @@ then read iteration i's tokens (the engine's loop without its scheduler); engine
 loop also records the kernels' time with CUPTI (`lp_jax.bench.kernel_times`): kernels + gaps = device.
 CUPTI misses some kernels that XLA runs inside CUDA graphs (the whole-model steps' static layer
 loop is one), so there kernels is a lower bound and gaps an upper bound.
-Ceilings are the best of 20 timed calls after warm-up: a floor must not be lenient, and the
-median of 10 varied from 2.08 to 2.49 TB/s between runs on one H100.
+Ceilings (`lp_jax.bench.ceilings`): copy bandwidth is the best of several methods (XLA elementwise,
+XLA copy, torch's copy and add where torch has the GPU), the matmul rate the best of XLA's and
+torch's, each the fastest of 20 timed runs after warm-up: a floor must not be lenient, and the
+median of 10 varied from 2.08 to 2.49 TB/s between runs on one H100. Every row also states its
+wall time over the floor at the datasheet's peaks (H100 SXM, H200; "unknown" elsewhere).
 
 Floor of a call = max(bytes / copy bandwidth, FLOPs / matmul rate); bytes = distinct experts
 actually routed to (counted by the step) x expert bytes + the other weights of its layers + K/V
@@ -59,6 +62,7 @@ import numpy as np
 
 import lp_jax
 from lp_jax.bench.ceilings import ceilings
+from lp_jax.bench.ceilings import summary as ceilings_summary
 from lp_jax.bench.engine_cases import decode_case, drain, mixed_case, prefill_case, serving_run
 from lp_jax.bench.engine_report import device_slug, log, markdown, write
 from lp_jax.bench.hlo import layer_slices
@@ -130,7 +134,7 @@ def main(argv=None) -> int:
     log(f"{device}, {datetime.date.today()}, jax {jax.__version__}, {args.model} in {dtype}, sizes {sizes}")
 
     ceil = ceilings(sizes["ceiling_mib"], sizes["matmul"])
-    log(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.3f} TB/s, matmul {ceil['matmul_flops'] / 1e12:.2f} TFLOP/s")
+    log(f"ceilings: {ceilings_summary(ceil)}")
 
     C, P, chunk, D = sizes["context"], sizes["prefill"], sizes["chunk"], sizes["mixed_decodes"]
     cohort = max(1, P // C)  # the layered mixed case's prompts, of about C tokens each

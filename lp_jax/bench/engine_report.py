@@ -7,6 +7,9 @@ import json
 import pathlib
 import re
 
+from lp_jax.bench.ceilings import summary as ceilings_summary
+from lp_jax.bench.ceilings import with_datasheet
+
 
 def device_slug(kind: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_").removeprefix("nvidia_")
@@ -29,6 +32,14 @@ def _ms(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _ratio(row: dict) -> str:
+    """wall / datasheet floor; "unknown" for a device without datasheet peaks, "-" in rows
+    written before the column existed."""
+    if "datasheet_ratio" not in row:
+        return "-"
+    return "unknown" if row["datasheet_ratio"] is None else f"{row['datasheet_ratio']:.2f}"
+
+
 def markdown(data: dict) -> str:
     lines = [f"# Engine iterations vs floors on {data['device']}", "",
              "Written by `scripts/bench_engine.py` (see its --help for what each column measures). ms per "
@@ -38,27 +49,31 @@ def markdown(data: dict) -> str:
              "device (what the host adds to the device's own pace); kernels = CUPTI kernel time per iteration "
              "(a separate loop), gaps = device - kernels (the device idle between its ~60 kernels per layer); CUPTI "
              "misses some kernels run inside CUDA graphs (the whole-model steps), so there kernels is a lower "
-             "bound and gaps an upper bound; ceilings: best of 20 calls.", ""]
+             "bound and gaps an upper bound; ceilings: the best method, each its fastest of 20 runs; wall / "
+             "datasheet floor = wall over the floor at the datasheet's bandwidth and matmul peaks (unknown for a "
+             "device not in lp_jax.bench.ceilings.DATASHEET).", ""]
     for entry in data["models"].values():
-        c = entry["ceilings"]
+        # Entries written before the ceilings had several methods measured XLA's elementwise copy only.
+        c = with_datasheet(dict(dict(device=data["device"], copy_method="xla_elementwise",
+                                     matmul_method="xla_matmul", unavailable={}), **entry["ceilings"]))
         lines += [f"## {entry['model']} ({entry['dtype']}, {entry['date']}, jax {entry['jax']})", "",
-                  f"Copy bandwidth {c['copy_Bps'] / 1e12:.3f} TB/s (read + write), bf16 matmul "
-                  f"{c['matmul_flops'] / 1e12:.1f} TFLOP/s, measured in this run. Start-up: weights "
+                  f"Measured in this run: {ceilings_summary(c)}. Start-up: weights "
                   f"{entry['weights_s']:.1f} s, {entry['executables']} executables compiled in "
                   f"{entry['compile_s']:.1f} s (row buckets {entry['row_buckets']}); KV pool {entry['num_pages']} "
                   f"pages of {entry['page_size']} tokens.", "",
                   "| case | rows (buckets) | wall ms | device ms | serial ms | floor ms | wall / floor | "
-                  "device / floor | kernels ms | gaps ms | expert GB | host overhead ms (%) |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "device / floor | wall / datasheet floor | kernels ms | gaps ms | expert GB | host overhead ms (%) |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in entry["cases"]:
             if "error" in r:
-                lines.append(f"| {r['case']} | error: {r['error'][:120]} | | | | | | | | | | |")
+                lines.append(f"| {r['case']} | error: {r['error'][:120]} | | | | | | | | | | | |")
             if "buckets" not in r:
                 continue
             calls = f" in {r['step_calls']} calls" if r.get("step_calls", 0) > len(r["buckets"]) else ""
             lines.append(f"| {r['case']} | {r['buckets']}{calls} | {r[r['wall'] + '_ms']:.2f} ({r['wall']}) | "
                          f"{r['device_ms']:.2f} | {r['serial_ms']:.2f} | {r['floor_ms']:.2f} | {r['ratio']:.2f} | "
-                         f"{r['device_ratio']:.2f} | {_ms(r['kernel_busy_ms'])} | {_ms(r['launch_gaps_ms'])} | "
+                         f"{r['device_ratio']:.2f} | {_ratio(r)} | {_ms(r['kernel_busy_ms'])} | "
+                         f"{_ms(r['launch_gaps_ms'])} | "
                          f"{r['expert_GB']:.2f} | {r['host_overhead_ms']:.2f} "
                          f"({r['host_overhead_pct']:.1f}%) |")
         for r in entry["cases"]:

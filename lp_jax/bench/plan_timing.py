@@ -84,12 +84,17 @@ def summarise(name: str, cfg, plan, timing: dict, item: int, ceil: dict, wall_ke
     """One result row. Host overhead = wall - device: the time the host adds to the device's own
     pace (the prepared iteration launched back to back). The device's pace itself splits into
     kernel busy time (CUPTI) and launch gaps between its kernels."""
-    floor = plan_floor(cfg, plan, timing.pop("counts"), item, ceil)
+    counts = timing.pop("counts")
+    floor = plan_floor(cfg, plan, counts, item, ceil)
+    # The same floor at the datasheet's peaks: no measured ceiling below them makes it lenient.
+    peaks = dict(copy_Bps=ceil.get("datasheet_copy_Bps"), matmul_flops=ceil.get("datasheet_matmul_flops"))
+    datasheet_ms = plan_floor(cfg, plan, counts, item, peaks)["floor_ms"] if all(peaks.values()) else None
     wall, kind = timing[wall_key], wall_key.removesuffix("_ms")
     busy = timing.pop(kind + "_busy_ms")
     device = timing["device_ms"]
     row = dict(case=name, **extra, **timing, **floor, wall=kind, ratio=wall / floor["floor_ms"],
-               device_ratio=device / floor["floor_ms"], host_overhead_ms=wall - device,
+               device_ratio=device / floor["floor_ms"], datasheet_floor_ms=datasheet_ms,
+               datasheet_ratio=None if datasheet_ms is None else wall / datasheet_ms, host_overhead_ms=wall - device,
                host_overhead_pct=100 * (wall - device) / wall, kernel_busy_ms=busy,
                launch_gaps_ms=None if busy is None else device - busy)
     gaps = "" if busy is None else f", kernels {busy:.2f} ms + gaps {device - busy:.2f} ms"
@@ -97,6 +102,8 @@ def summarise(name: str, cfg, plan, timing: dict, item: int, ceil: dict, wall_ke
         gaps += (f"; pipelined step's host: rows {timing['host_prepare_ms']:.2f} ms, in launch calls "
                  f"{timing['host_launch_ms']:.2f} ms, waiting for tokens {timing['host_wait_ms']:.2f} ms (medians)")
     log(f"  {name}: wall {wall:.2f} ms ({kind}), device {device:.2f} ms{gaps}, serial "
-        f"{timing['serial_ms']:.2f} ms, floor {floor['floor_ms']:.2f} ms, ratio {row['ratio']:.2f}, host overhead "
+        f"{timing['serial_ms']:.2f} ms, floor {floor['floor_ms']:.2f} ms, ratio {row['ratio']:.2f} ("
+        + ("datasheet unknown" if datasheet_ms is None else f"{row['datasheet_ratio']:.2f} of the datasheet floor")
+        + f"), host overhead "
         f"{row['host_overhead_ms']:.2f} ms ({row['host_overhead_pct']:.1f}%)")
     return row
