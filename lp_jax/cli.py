@@ -78,6 +78,7 @@ def _resolve(args, command: str):
     presets, FULL otherwise), check everything that can be checked before an engine starts, and
     return (configurations, rates, workload keywords, out dir)."""
     from lp_jax.bench.compare import defaults_for, parse_config, parse_option, parse_rate
+    from lp_jax.bench.metrics import parse_goodput
     from lp_jax.bench.runner import prepare_out_dir
     from lp_jax.bench.workload import make_workload
 
@@ -105,6 +106,7 @@ def _resolve(args, command: str):
         raise ValueError("--num-requests must be >= 1 and --warmup >= 0")
     if not (args.slo_ttft_s > 0 and args.slo_tbt_s > 0):
         raise ValueError("SLO bounds must be > 0 seconds")
+    args.goodput = parse_goodput(args.goodput) if args.goodput else None
     workload = dict(source=args.workload, num_requests=args.num_requests, arrival=args.arrival, cv=args.cv,
                     seed=args.seed, length_scale=args.length_scale, context_policy=args.context_policy)
     make_workload(rate=rates[0], **workload)  # fail now on a bad trace or argument, not after start-up
@@ -114,6 +116,7 @@ def _resolve(args, command: str):
 
 def cmd_bench(args) -> int:
     """One model x configuration x workload x rate; writes requests.jsonl and summary.json."""
+    from lp_jax.bench.metrics import goodput_text
     from lp_jax.bench.runner import make_llm, run_bench, write_bench
     from lp_jax.bench.workload import make_workload
 
@@ -122,7 +125,7 @@ def cmd_bench(args) -> int:
     limit = llm.engine_config.model_len(llm.model_config)
     result = run_bench(llm, make_workload(rate=rate, context_limit=limit, **workload),
                        ttft_bound_s=args.slo_ttft_s, tbt_bound_s=args.slo_tbt_s, label=config.label,
-                       warmup=args.warmup, progress=not args.no_progress)
+                       warmup=args.warmup, progress=not args.no_progress, goodput_slo_ms=args.goodput)
     paths = write_bench(result, out)
     s = result.summary
     ms = lambda d, k: "n/a" if d[k] is None else f"{d[k] * 1e3:.1f} ms"  # noqa: E731
@@ -132,9 +135,18 @@ def cmd_bench(args) -> int:
     print(f"  TTFT mean {ms(s['ttft_s'], 'mean')}, p99 {ms(s['ttft_s'], 'p99')}; TBT p50 {ms(s['tbt_s'], 'p50')}, "
           f"p99 {ms(s['tbt_s'], 'p99')}; output {s['throughput_tok_s'] or 0:.1f} tokens/s")
     print(f"  SLO attainment {100 * s['slo_attainment']:.0f}% (TTFT <= {args.slo_ttft_s:g} s, every gap <= "
-          f"{args.slo_tbt_s * 1e3:g} ms); expert weights {s['expert_bytes_per_request'] / 1e9:.4g} GB per request")
-    print("  energy: " + (f"{s['energy_mj_per_token']:.3g} mJ/token, {s['energy_mj_per_output_token']:.3g} mJ/output token"
-                          if s["energy_j"] is not None else f"not measured ({s['energy_reason']})"))
+          f"{args.slo_tbt_s * 1e3:g} ms); goodput {s['request_goodput_per_s'] or 0:.3g} requests/s "
+          f"({goodput_text(s['goodput_slo_ms'])})")
+    print("  expert weights " + ("n/a (no request finished)" if s["expert_bytes_per_request"] is None
+                                 else f"{s['expert_bytes_per_request'] / 1e9:.4g} GB per finished request"))
+    if s["energy_j"] is None:
+        print(f"  energy: not measured ({s['energy_reason']})")
+    else:
+        num = lambda x: "n/a" if x is None else f"{x:.3g}"  # noqa: E731
+        print(f"  energy above idle ({num(s['energy_idle_w'])} W measured before the run): "
+              f"{num(s['energy_mj_per_token_above_idle'])} mJ/token, "
+              f"{num(s['energy_mj_per_output_token_above_idle'])} mJ/output token; raw "
+              f"{num(s['energy_mj_per_token'])} mJ/token, {num(s['energy_mj_per_output_token'])} mJ/output token")
     print("wrote " + ", ".join(paths))
     return 0
 
@@ -147,7 +159,7 @@ def cmd_compare(args) -> int:
     if not 0 < args.slo_target <= 1:
         raise ValueError(f"--slo-target must be in (0, 1], got {args.slo_target}")
     spec = CompareSpec(args.model, configs, rates, workload, args.slo_ttft_s, args.slo_tbt_s, args.warmup,
-                       args.slo_target)
+                       args.slo_target, args.goodput)
     t = time.perf_counter()
     run_compare(spec, out, progress=not args.no_progress)
     with open(os.path.join(out, "results.md")) as f:
@@ -220,6 +232,10 @@ def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--slo-tbt-s", type=float, metavar="S",
                    help="SLO bound on every gap between tokens, seconds "
                         f"({both('tbt_bound_s', lambda x: f'{x:g}')})")
+    p.add_argument("--goodput", nargs="+", metavar="NAME:MS",
+                   help="request goodput bounds as vLLM takes them (ttft:MS tpot:MS e2el:MS, any of the three, "
+                        "milliseconds): finished requests meeting every one per second, beside the SLO attainment "
+                        "(default: ttft and tpot at the SLO bounds --slo-ttft-s and --slo-tbt-s)")
     p.add_argument("--warmup", type=int, metavar="N",
                    help=f"requests run before each measured run and left out of it ({both('warmup')})")
     p.add_argument("--out", metavar="DIR",
@@ -254,9 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="serve one workload at one rate with one schedule and measure it",
         description="Serve a workload in real time (requests enter when the clock reaches their arrival time) "
-                    "and write requests.jsonl (per-request token timestamps, expert bytes) and summary.json "
-                    "(TTFT, TBT, TPOT, E2E, throughput, SLO attainment, expert traffic, energy, and the model, "
-                    "schedule, options, device, jax version and date).",
+                    "and write requests.jsonl (per-request token timestamps, expert bytes), summary.json "
+                    "(TTFT, TBT, TPOT, E2E, throughput, SLO attainment, goodput, expert traffic, energy, and the "
+                    "model, schedule, options, device, jax version and date) and vllm_result.json (the same run "
+                    "with the keys and definitions of vLLM's `vllm bench serve --save-result`).",
         epilog=engine_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_bench_options(p, "bench")
     p.set_defaults(func=cmd_bench)

@@ -10,6 +10,7 @@ import matplotlib.image
 import pytest
 
 from lp_jax.cli import build_parser, main
+from tests.test_vllm_result import VLLM_KEYS
 
 # Small and fast: prompts ~37 tokens, outputs ~7; layered and chunked share one hidden buffer
 # (8 + 128 + 1 rows) and one bucket ladder, hence one set of executables.
@@ -45,6 +46,13 @@ def _check_run_dir(path, n):
     assert set(summary["ttft_s"]) == {"mean", "p50", "p90", "p99"}
     assert summary["energy_j"] is None and "cpu" in summary["energy_reason"]
     assert summary["compiles_during_serving"] == 0
+    vllm = json.loads((path / "vllm_result.json").read_text())
+    assert VLLM_KEYS <= set(vllm)
+    assert vllm["completed"] == summary["num_finished"] == n and vllm["num_prompts"] == n
+    assert vllm["duration"] == pytest.approx(summary["duration_s"])
+    assert vllm["output_throughput"] == pytest.approx(summary["throughput_tok_s"])
+    assert vllm["request_goodput"] == pytest.approx(summary["request_goodput_per_s"])
+    assert vllm["mean_ttft_ms"] == pytest.approx(1e3 * summary["ttft_s"]["mean"])
     return summary
 
 
@@ -60,6 +68,7 @@ def test_compare_writes_every_file(compare_dir):
     assert len(rows) == 4 and {"label", "workload.rate", "ttft_s.p99", "slo_attainment"} <= set(rows[0])
     report = (compare_dir / "results.md").read_text()
     assert "| layered:group_tokens=16 | 20 |" in report and "Energy not measured" in report
+    assert "goodput (req/s)" in report and "TTFT <= 500 ms, TPOT <= 100 ms" in report  # the SLO bounds by default
     spec = json.loads((compare_dir / "compare.json").read_text())
     assert spec["rates"] == [20.0, 50.0] and spec["model"] == "tiny-qwen3-moe"
 
@@ -96,9 +105,13 @@ def test_figures_label_axes_with_units(compare_dir):
 
 def test_bench_writes_requests_and_summary(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", *SMALL, "--schedule", "chunked:token_budget=32", "--rate", "50", "--out", str(out)]) == 0
+    assert main(["bench", *SMALL, "--schedule", "chunked:token_budget=32", "--rate", "50", "--out", str(out),
+                 "--goodput", "ttft:60000", "e2el:60000"]) == 0
     summary = _check_run_dir(out, 6)
     assert summary["label"] == "chunked:token_budget=32" and summary["workload"]["rate"] == 50.0
+    # Bounds no CPU run misses: every finished request counts.
+    assert summary["goodput_slo_ms"] == dict(ttft=60000.0, e2el=60000.0)
+    assert summary["request_goodput_per_s"] == pytest.approx(summary["request_throughput_per_s"])
     printed = capsys.readouterr().out
     assert "SLO attainment" in printed and "not measured" in printed and "summary.json" in printed
 
@@ -113,6 +126,7 @@ def test_bench_writes_requests_and_summary(tmp_path, capsys):
     (["--workload", "nowhere"], "unknown workload 'nowhere'"),
     (["--num-requests", "0"], "--num-requests must be >= 1"),
     (["--slo-tbt-s", "0"], "SLO bounds must be > 0"),
+    (["--goodput", "ttft:500", "itl:20"], "goodput bound 'itl:20'"),
 ])
 def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path):
     assert main(["compare", "--no-progress", "--out", str(tmp_path), *argv]) == 2

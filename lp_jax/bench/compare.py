@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from lp_jax.bench.metrics import max_rate_meeting_slo
+from lp_jax.bench.metrics import goodput_text, max_rate_meeting_slo
 from lp_jax.bench.plots import FIGURES, write_plots
 from lp_jax.bench.runner import BenchResult, make_llm, prepare_out_dir, run_bench, write_bench
 from lp_jax.bench.workload import make_workload
@@ -147,6 +147,7 @@ class CompareSpec:
     tbt_bound_s: float
     warmup: int
     slo_target: float = 0.9
+    goodput_slo_ms: dict | None = None  # vLLM's --goodput bounds (ms); None: TTFT and TPOT at the SLO bounds
 
 
 def run_compare(spec: CompareSpec, out_dir: str, progress: bool = True, log=print) -> list[BenchResult]:
@@ -164,7 +165,8 @@ def run_compare(spec: CompareSpec, out_dir: str, progress: bool = True, log=prin
             workloads = {rate: make_workload(rate=rate, context_limit=limit, **spec.workload) for rate in spec.rates}
         for rate in spec.rates:
             result = run_bench(llm, workloads[rate], ttft_bound_s=spec.ttft_bound_s, tbt_bound_s=spec.tbt_bound_s,
-                               label=config.label, warmup=spec.warmup, progress=progress)
+                               label=config.label, warmup=spec.warmup, progress=progress,
+                               goodput_slo_ms=spec.goodput_slo_ms)
             write_bench(result, os.path.join(out_dir, "runs", f"{config.slug}-rate{rate:g}"))
             s = result.summary
             log(f"[{config.label}] {rate:g} req/s: {s['num_finished']}/{s['num_requests']} finished in "
@@ -217,11 +219,14 @@ def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
         + (f" (cv {w['cv']:g})" if w["arrival"] == "gamma" else "")
         + f", lengths x{w['length_scale']:g}, context {w['context_limit']} tokens ({w['context_policy']} longer), "
         f"seed {w['seed']}; {s0['warmup_requests']} warm-up requests before each run, not measured",
-        f"- SLO: TTFT <= {spec.ttft_bound_s:g} s and every gap between tokens <= {spec.tbt_bound_s * 1e3:g} ms",
+        f"- SLO: TTFT <= {spec.ttft_bound_s:g} s and every gap between tokens <= {spec.tbt_bound_s * 1e3:g} ms; "
+        f"goodput (vLLM's): finished requests per second with {goodput_text(s0['goodput_slo_ms'])}; throughputs "
+        "and expert GB per request count finished requests",
         "",
         "| configuration | rate (req/s) | finished | TTFT mean / p99 (s) | TBT p50 / p99 (ms) | TPOT mean (ms) "
-        "| E2E mean (s) | output tok/s | SLO attainment | expert GB / request | mJ / token | mJ / output token |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| E2E mean (s) | output tok/s | SLO attainment | goodput (req/s) | expert GB / request "
+        "| mJ / token above idle (raw) | mJ / output token above idle (raw) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s = r.summary
@@ -230,8 +235,10 @@ def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
             f"| {_num(s['ttft_s']['mean'])} / {_num(s['ttft_s']['p99'])} "
             f"| {_num(s['tbt_s']['p50'], 1e3)} / {_num(s['tbt_s']['p99'], 1e3)} | {_num(s['tpot_s']['mean'], 1e3)} "
             f"| {_num(s['e2e_s']['mean'])} | {_num(s['throughput_tok_s'], 1, '.1f')} "
-            f"| {100 * s['slo_attainment']:.0f}% | {_num(s['expert_bytes_per_request'], 1e-9, '.4g')} "
-            f"| {_num(s['energy_mj_per_token'])} | {_num(s['energy_mj_per_output_token'])} |")
+            f"| {100 * s['slo_attainment']:.0f}% | {_num(s['request_goodput_per_s'])} "
+            f"| {_num(s['expert_bytes_per_request'], 1e-9, '.4g')} "
+            f"| {_num(s['energy_mj_per_token_above_idle'])} ({_num(s['energy_mj_per_token'])}) "
+            f"| {_num(s['energy_mj_per_output_token_above_idle'])} ({_num(s['energy_mj_per_output_token'])}) |")
     lines += ["", f"Highest measured rate with SLO attainment >= {100 * spec.slo_target:.0f}% at it and every lower "
               "rate:", ""]
     for config in spec.configs:
@@ -241,6 +248,11 @@ def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
         lines.append(f"- {config.label}: " + (f"{best:g} requests/s" if best is not None else "none of the rates"))
     if s0["energy_j"] is None:
         lines += ["", f"Energy not measured: {s0['energy_reason']}."]
+    else:
+        idle = ", ".join(f"{_num(r.summary['energy_idle_w'], 1, '.1f')} W" for r in results)
+        lines += ["", "Energy above idle subtracts the GPU's power at rest, measured over an idle window just "
+                  f"before each run (engine loaded, nothing in flight: {idle}), times the run's length; raw is "
+                  "everything the GPU drew."]
     if s0["device"]["platform"] == "cpu":
         lines += ["", "On the CPU, per-call overheads dominate and no weights stream from GPU memory, so these "
                   "latencies say little about a GPU; the expert-traffic column counts bytes and does not depend "

@@ -10,6 +10,10 @@ every request. A request meets the SLO when its TTFT and *every* one of its gaps
 their bounds (the layered-prefill paper's check); SLO attainment is the share of all requests
 that meet it, counting requests that did not finish as misses.
 
+Request goodput is vLLM's (`vllm bench serve --goodput ttft:MS tpot:MS e2el:MS`): finished
+requests meeting every given bound per second of the run, TPOT taken as 0 for a one-token
+output. Unlike attainment it judges the mean gap (TPOT), not every gap.
+
 Nothing here reads a clock: the same code serves real runs and simulated ones.
 """
 
@@ -91,6 +95,40 @@ def slo_attainment(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_bo
     return met / len(records)
 
 
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+
+
+def parse_goodput(pairs: Sequence[str]) -> dict[str, float]:
+    """vLLM's --goodput form, e.g. ["ttft:500", "tpot:50"] -> {"ttft": 500.0, "tpot": 50.0}
+    (milliseconds). ValueError naming the bad pair."""
+    slo: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition(":")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not sep or name not in GOODPUT_METRICS:
+            raise ValueError(f"goodput bound {pair!r}: expected NAME:MILLISECONDS with NAME one of "
+                             f"{', '.join(GOODPUT_METRICS)}")
+        if not value >= 0:
+            raise ValueError(f"goodput bound {pair!r}: the bound must be a number of milliseconds >= 0")
+        slo[name] = value
+    return slo
+
+
+def goodput_text(slo_ms: dict[str, float]) -> str:
+    """"TTFT <= 500 ms, TPOT <= 50 ms": the bounds as a reader reads them."""
+    return ", ".join(f"{name.upper()} <= {bound:g} ms" for name, bound in slo_ms.items())
+
+
+def meets_goodput_slo(lat: Latencies, slo_ms: dict[str, float]) -> bool:
+    """Every bound given in slo_ms ({ttft, tpot, e2el}: milliseconds) met; TPOT of a one-token
+    output counts as 0, as vLLM counts it."""
+    value_s = dict(ttft=lat.ttft, tpot=lat.tpot or 0.0, e2el=lat.e2e)
+    return all(value_s[name] <= bound / 1e3 for name, bound in slo_ms.items())
+
+
 def max_rate_meeting_slo(rates: Sequence[float], attainments: Sequence[float], target: float = 0.9) -> float | None:
     """Highest measured rate up to which attainment stays >= target at every measured rate
     (no interpolation); None if the lowest rate already misses it."""
@@ -102,13 +140,17 @@ def max_rate_meeting_slo(rates: Sequence[float], attainments: Sequence[float], t
     return best
 
 
-def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_bound_s: float) -> dict:
+def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_bound_s: float,
+                    goodput_slo_ms: dict[str, float] | None = None) -> dict:
     """Everything summary.json reports about latency, throughput and expert traffic.
 
-    Latency distributions cover finished requests. Throughputs are per second of the window
-    from the first arrival to the last token (None for an empty window): output tokens
-    (`throughput_tok_s`, vLLM's output throughput), prompt + output tokens, and finished
-    requests. Expert bytes per request are the mean over all requests, in bytes.
+    Latency distributions, throughputs and expert bytes per request count finished requests
+    only (as vLLM counts successful ones): a cancelled request's partial output is no
+    throughput. Throughputs are per second of the run's window, from the first arrival to the
+    last token of any request (None for an empty window): output tokens (`throughput_tok_s`,
+    vLLM's output throughput), prompt + output tokens, finished requests, and the request
+    goodput of `goodput_slo_ms` (vLLM's --goodput bounds in ms; default TTFT <= ttft_bound_s and
+    TPOT <= tbt_bound_s). Expert bytes in bytes.
     """
     if not records:
         raise ValueError("no requests to measure")
@@ -117,9 +159,11 @@ def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_b
     start = min(r.arrival_s for r in records)
     end = max([t for r in records for t in r.token_times_s[-1:]], default=start)
     duration = end - start
-    out_tokens = sum(len(r.token_times_s) for r in records)
-    # A prompt counts once its prefill completed, i.e. once it emitted a token.
-    prompt_tokens = sum(r.prompt_tokens for r in records if r.token_times_s)
+    out_tokens = sum(len(r.token_times_s) for r in done)
+    prompt_tokens = sum(r.prompt_tokens for r in done)
+    if goodput_slo_ms is None:
+        goodput_slo_ms = dict(ttft=ttft_bound_s * 1e3, tpot=tbt_bound_s * 1e3)
+    good = sum(meets_goodput_slo(x, goodput_slo_ms) for x in lats)
     per_s = (lambda n: n / duration) if duration > 0 else (lambda n: None)
     return dict(
         num_requests=len(records),
@@ -136,6 +180,8 @@ def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_b
         request_throughput_per_s=per_s(len(done)),
         slo=dict(ttft_s=ttft_bound_s, tbt_s=tbt_bound_s),
         slo_attainment=slo_attainment(records, ttft_bound_s, tbt_bound_s),
+        goodput_slo_ms=dict(goodput_slo_ms),
+        request_goodput_per_s=per_s(good),
         expert_bytes_total=float(sum(r.expert_bytes for r in records)),
-        expert_bytes_per_request=float(np.mean([r.expert_bytes for r in records])),
+        expert_bytes_per_request=float(np.mean([r.expert_bytes for r in done])) if done else None,
     )

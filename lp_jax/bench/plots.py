@@ -4,7 +4,7 @@
 - slo_attainment.png: share of requests within the SLO against the request rate;
 - pareto.png: mean TTFT against p99 TBT, each configuration's rates joined (the Pareto view);
 - expert_traffic.png: expert-weight traffic per request (GB = 1e9 bytes) against the rate;
-- energy_per_token.png: GPU energy per token (prompt + output, and output only), or a note
+- energy_per_token.png: GPU energy per token (prompt + output), above idle and raw, or a note
   saying why it was not measured.
 
 Input is the `BenchResult`s of the runs; the label and rate come from their summaries.
@@ -125,21 +125,25 @@ def pareto_figure(results):
 
 
 def expert_traffic_figure(results):
-    return _per_rate_figure(results, lambda s: s["expert_bytes_per_request"] / 1e9,
+    return _per_rate_figure(results, lambda s: _scaled(s["expert_bytes_per_request"], 1e-9),
                             "expert weights read per request (GB)", "MoE expert-weight traffic (1 GB = 1e9 bytes)")
 
 
+def _scaled(x, scale: float):
+    return None if x is None else x * scale
+
+
 def energy_figure(results):
-    """Solid: per prompt + output token; dashed: per output token."""
-    fig = _per_rate_figure(results, lambda s: s["energy_mj_per_token"], "GPU energy per token (mJ)",
-                           "energy per token: solid = prompt + output tokens, dashed = output tokens")
+    """Per prompt + output token. Solid: above the idle power measured in the same run; dashed: raw."""
+    fig = _per_rate_figure(results, lambda s: s.get("energy_mj_per_token_above_idle"), "GPU energy per token (mJ)",
+                           "energy per prompt + output token: solid = above idle, dashed = raw")
     ax = fig.axes[0]
     colors = {line.get_label(): line.get_color() for line in ax.lines}
     for label, runs in _by_label(results).items():
-        pts = [(r.summary["workload"]["rate"], r.summary["energy_mj_per_output_token"]) for r in runs
-               if r.summary["energy_mj_per_output_token"] is not None]
+        pts = [(r.summary["workload"]["rate"], r.summary["energy_mj_per_token"]) for r in runs
+               if r.summary["energy_mj_per_token"] is not None]
         if pts:
-            ax.plot(*zip(*pts), marker="s", linestyle="--", color=colors.get(label), label=f"{label} (per output token)")
+            ax.plot(*zip(*pts), marker="s", linestyle="--", color=colors.get(label), label=f"{label} (raw)")
     if ax.lines:
         ax.legend(fontsize=8)
     else:

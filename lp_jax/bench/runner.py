@@ -27,8 +27,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from lp_jax.bench.energy import EnergyMeter
+from lp_jax.bench.energy import IDLE_WINDOW_S, EnergyMeter, energy_fields
 from lp_jax.bench.metrics import RequestRecord, serving_metrics
+from lp_jax.bench.vllm_result import vllm_result_of_run
 from lp_jax.bench.workload import Workload
 
 
@@ -64,13 +65,17 @@ def make_llm(model, schedule: str, options: dict, label: str, progress: bool = T
 
 def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: float, label: str | None = None,
               warmup: int = 0, progress: bool = True,
-              wait_until: Callable[[float], None] | None = None) -> BenchResult:
+              wait_until: Callable[[float], None] | None = None,
+              goodput_slo_ms: dict[str, float] | None = None, idle_s: float = IDLE_WINDOW_S) -> BenchResult:
     """Serve `workload` on `llm` (an lp_jax.LLM) and measure it.
 
     Every request asks for exactly its workload output length (greedy, end-of-sequence
     ignored). A request the engine refuses (ValueError: too long for its context or KV pool)
     is recorded as "rejected" with no tokens. wait_until(t) must return once the engine clock
     reads >= t; by default it sleeps, which is right for the default wall clock.
+    goodput_slo_ms: vLLM's --goodput bounds (see `metrics.serving_metrics`). idle_s: seconds of
+    idle before the measured window whose power is subtracted from its energy (GPU only; see
+    `lp_jax.bench.energy`).
     """
     engine = llm.engine
     clock = engine.clock
@@ -85,6 +90,7 @@ def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: floa
     n = len(workload)
     records: dict[int, RequestRecord] = {}
     meter = EnergyMeter(jax.devices()[:1])
+    meter.measure_idle(idle_s)  # the engine is idle now (warm-up done): its power at rest, this run
     bytes_before = engine.total_expert_bytes
     bar = tqdm(total=n, desc=label or engine.config.schedule, unit="req", disable=not progress, leave=False)
     meter.start()
@@ -113,7 +119,7 @@ def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: floa
 
     ordered = sorted(records.values(), key=lambda r: r.arrival_s)
     summary = _summary(llm, workload, ordered, label, warmup, ttft_bound_s, tbt_bound_s, energy,
-                       engine.total_expert_bytes - bytes_before)
+                       engine.total_expert_bytes - bytes_before, goodput_slo_ms)
     return BenchResult(ordered, summary)
 
 
@@ -137,11 +143,10 @@ def _submit(llm, i: int, prompt: list[int], out_len: int, arrival_s: float) -> R
 
 
 def _summary(llm, workload: Workload, records: list[RequestRecord], label: str | None, warmup: int,
-             ttft_bound_s: float, tbt_bound_s: float, energy, expert_bytes_window: float) -> dict:
+             ttft_bound_s: float, tbt_bound_s: float, energy, expert_bytes_window: float,
+             goodput_slo_ms: dict[str, float] | None) -> dict:
     """summary.json: the metrics, energy, and what was run where."""
-    metrics = serving_metrics(records, ttft_bound_s, tbt_bound_s)
-    tokens = metrics["prompt_tokens"] + metrics["output_tokens"]
-    per_mj = lambda n: energy.joules * 1e3 / n if energy.joules is not None and n else None  # noqa: E731
+    metrics = serving_metrics(records, ttft_bound_s, tbt_bound_s, goodput_slo_ms)
     cfg = llm.engine_config
     dev = jax.devices()[0]
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "schedule"}
@@ -154,11 +159,7 @@ def _summary(llm, workload: Workload, records: list[RequestRecord], label: str |
         workload=workload.info,
         **metrics,
         expert_bytes_window=expert_bytes_window,
-        energy_j=energy.joules,
-        energy_mj_per_token=per_mj(tokens),
-        energy_mj_per_output_token=per_mj(metrics["output_tokens"]),
-        energy_reason=energy.reason,
-        energy_devices=energy.devices,
+        **energy_fields(energy, metrics["prompt_tokens"] + metrics["output_tokens"], metrics["output_tokens"]),
         warmup_requests=min(warmup, len(workload)),
         compiles_during_serving=llm.engine.compiles_since_startup(),
         device=dict(name=dev.device_kind, platform=dev.platform, count=jax.device_count(), host_cpus=os.cpu_count()),
@@ -182,16 +183,19 @@ def prepare_out_dir(path: str) -> str:
 
 
 def write_bench(result: BenchResult, out_dir: str) -> list[str]:
-    """Write requests.jsonl (one request per line) and summary.json into out_dir; their paths."""
+    """Write requests.jsonl (one request per line), summary.json and vllm_result.json (the run as
+    `vllm bench serve --save-result --save-detailed` writes it) into out_dir; their paths."""
     prepare_out_dir(out_dir)
     req_path, sum_path = os.path.join(out_dir, "requests.jsonl"), os.path.join(out_dir, "summary.json")
+    vllm_path = os.path.join(out_dir, "vllm_result.json")
     with open(req_path, "w") as f:
         for r in result.records:
             f.write(json.dumps(dataclasses.asdict(r)) + "\n")
-    with open(sum_path, "w") as f:
-        json.dump(result.summary, f, indent=2, default=_json_default)
-        f.write("\n")
-    return [req_path, sum_path]
+    for path, data in ((sum_path, result.summary), (vllm_path, vllm_result_of_run(result.records, result.summary))):
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+    return [req_path, sum_path, vllm_path]
 
 
 def _json_default(x):
