@@ -140,6 +140,32 @@ def max_rate_meeting_slo(rates: Sequence[float], attainments: Sequence[float], t
     return best
 
 
+@dataclass(frozen=True)
+class RunTotals:
+    """What both reports of a run (summary.json, vllm_result.json) count: the finished requests
+    and their latencies, the window (first arrival to last token of any request, seconds), the
+    finished requests' prompt and output tokens, and how many of them meet the goodput bounds."""
+
+    finished: list[RequestRecord]
+    latencies: list[Latencies]
+    duration_s: float
+    prompt_tokens: int
+    output_tokens: int
+    good: int
+
+
+def run_totals(records: Sequence[RequestRecord], goodput_slo_ms: dict[str, float]) -> RunTotals:
+    """RunTotals of a run's requests. ValueError for no requests."""
+    if not records:
+        raise ValueError("no requests to measure")
+    done = [r for r in records if r.finished]
+    lats = [latencies(r.arrival_s, r.token_times_s) for r in done]
+    start = min(r.arrival_s for r in records)
+    end = max([t for r in records for t in r.token_times_s[-1:]], default=start)
+    return RunTotals(done, lats, end - start, sum(r.prompt_tokens for r in done),
+                     sum(len(r.token_times_s) for r in done), sum(meets_goodput_slo(x, goodput_slo_ms) for x in lats))
+
+
 def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_bound_s: float,
                     goodput_slo_ms: dict[str, float] | None = None) -> dict:
     """Everything summary.json reports about latency, throughput and expert traffic.
@@ -152,18 +178,11 @@ def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_b
     goodput of `goodput_slo_ms` (vLLM's --goodput bounds in ms; default TTFT <= ttft_bound_s and
     TPOT <= tbt_bound_s). Expert bytes in bytes.
     """
-    if not records:
-        raise ValueError("no requests to measure")
-    done = [r for r in records if r.finished]
-    lats = [latencies(r.arrival_s, r.token_times_s) for r in done]
-    start = min(r.arrival_s for r in records)
-    end = max([t for r in records for t in r.token_times_s[-1:]], default=start)
-    duration = end - start
-    out_tokens = sum(len(r.token_times_s) for r in done)
-    prompt_tokens = sum(r.prompt_tokens for r in done)
     if goodput_slo_ms is None:
         goodput_slo_ms = dict(ttft=ttft_bound_s * 1e3, tpot=tbt_bound_s * 1e3)
-    good = sum(meets_goodput_slo(x, goodput_slo_ms) for x in lats)
+    totals = run_totals(records, goodput_slo_ms)
+    done, lats, duration, good = totals.finished, totals.latencies, totals.duration_s, totals.good
+    prompt_tokens, out_tokens = totals.prompt_tokens, totals.output_tokens
     per_s = (lambda n: n / duration) if duration > 0 else (lambda n: None)
     return dict(
         num_requests=len(records),

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lp_jax.bench.metrics import RequestRecord, latencies, meets_goodput_slo
+from lp_jax.bench.metrics import RequestRecord, run_totals
 
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
 
@@ -73,17 +73,10 @@ def vllm_result(records: Sequence[RequestRecord], *, goodput_slo_ms: dict[str, f
     """vLLM's result dict of one run. request_rate: requests/s (inf: all at once; None: the
     trace's own times); burstiness: vLLM's gamma shape (1 = Poisson, 1/cv^2 for gamma arrivals;
     None for trace times)."""
-    if not records:
-        raise ValueError("no requests to report")
-    done = [r for r in records if r.finished]
-    lats = [latencies(r.arrival_s, r.token_times_s) for r in done]
-    start = min(r.arrival_s for r in records)
-    end = max([t for r in records for t in r.token_times_s[-1:]], default=start)
-    duration = end - start
+    totals = run_totals(records, goodput_slo_ms)
+    done, lats, duration, good = totals.finished, totals.latencies, totals.duration_s, totals.good
+    total_in, total_out = totals.prompt_tokens, totals.output_tokens
     per_s = (lambda n: n / duration) if duration > 0 else (lambda n: 0.0)
-    total_in = sum(r.prompt_tokens for r in done)
-    total_out = sum(len(r.token_times_s) for r in done)
-    good = sum(meets_goodput_slo(x, goodput_slo_ms) for x in lats)
     by_id = dict(zip((r.id for r in done), lats))
     result = dict(
         date=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
