@@ -1,9 +1,10 @@
-"""Device-synchronised timing of one call, shared by the kernel benches, sweeps and ceilings.
+"""Device-synchronised timing of one call, shared by the kernel benches and sweeps (the ceilings
+time themselves in `lp_jax.bench.ceilings`, the same way: distinct sets, the fastest run).
 
 A timed program runs the call once on each of several distinct input sets back to back (so
 host dispatch overlaps device work and no set is served from L2 by the previous one); its wall
-time / number of sets is one sample. The benches report the median of `reps` samples; the
-ceilings take the fastest (`stat=min`: a floor must not be lenient).
+time / number of sets is one sample. The benches report the median of `reps` samples (`stat=min`
+gives the fastest, as a floor wants).
 """
 
 from __future__ import annotations

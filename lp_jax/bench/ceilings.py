@@ -217,7 +217,8 @@ def summary(c: dict) -> str:
                             if k.endswith("_" + kind) and not k.startswith("datasheet") and k != kind)
         return f"; {unit} by method: {figures}" if figures else ""
 
-    missing = "; not run: " + ", ".join(f"{k} ({v})" for k, v in c["unavailable"].items()) if c["unavailable"] else ""
+    unavailable = c.get("unavailable") or {}  # absent from figures written by hand or before it existed
+    missing = "; not run: " + ", ".join(f"{k} ({v})" for k, v in unavailable.items()) if unavailable else ""
     return (f"{c['device']}: copy {c['copy_Bps'] / 1e12:.3f} TB/s read + write ({c['copy_method']}, "
             f"{ratio_text(c, 'copy_Bps')}{listed('copy_Bps', 'TB/s', 3)}), bf16 matmul "
             f"{c['matmul_flops'] / 1e12:.1f} TFLOP/s ({c['matmul_method']}, {ratio_text(c, 'matmul_flops')}"
