@@ -47,6 +47,7 @@ import numpy as np
 import vllm_moe
 from kernel_ceilings import ceilings, summary
 from kernel_timing import jax_time_ms, torch_time_ms
+from lp_jax.bench.ceilings import ratio_text
 from pallas_kernels import moe_tuning
 from pallas_kernels.activations import apply_activation
 from pallas_kernels.moe import moe_experts_pallas
@@ -376,13 +377,12 @@ PEER_NAMES = {"vllm_fused_moe": "vLLM fused_moe (Triton)", "torch_grouped_mm": "
 
 
 def ceilings_line(ceil) -> str:
-    """The ceilings sentence of a table: best method, datasheet ratios."""
-    def ratio(kind):
-        r = ceil.get(f"{kind}_over_datasheet")
-        return f", {r:.0%} of the datasheet's {ceil[f'datasheet_{kind}'] / 1e12:.2f}" if r else ""
+    """The ceilings sentence of a table: best method, datasheet ratios ("datasheet unknown" for a
+    device without datasheet peaks)."""
     return (f"Ceilings (same run): copy {ceil['copy_Bps'] / 1e12:.2f} TB/s read+write "
-            f"(best of {ceil.get('copy_method', '?')} and the other methods{ratio('copy_Bps')}), bf16 matmul "
-            f"{ceil['matmul_flops'] / 1e12:.0f} TFLOP/s ({ceil.get('matmul_method', '?')}{ratio('matmul_flops')}).")
+            f"(best of {ceil.get('copy_method', '?')} and the other methods, {ratio_text(ceil, 'copy_Bps')}), "
+            f"bf16 matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s ({ceil.get('matmul_method', '?')}, "
+            f"{ratio_text(ceil, 'matmul_flops')}).")
 
 
 def markdown(rows, ceil, device, peers=PEERS):

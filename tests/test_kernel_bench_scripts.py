@@ -164,7 +164,7 @@ def test_bench_moe_dry_run(tmp_path, monkeypatch):
         assert r["lax_ragged_dot_ms"] > 0 and r["best_peer"] == "lax_ragged_dot"
         assert r["speedup_vs_best_peer"] == pytest.approx(r["lax_ragged_dot_ms"] / r["ours_ms"])
     md = (out / f"moe_{bench_moe.device_slug(device)}.md").read_text()
-    assert "vLLM fused_moe (Triton) ms (x)" in md and "83% of the datasheet's 4.80" in md
+    assert "vLLM fused_moe (Triton) ms (x)" in md and "83% of the datasheet's 4.8 TB/s" in md
 
 
 def test_bench_attention_dry_run(tmp_path, monkeypatch):
