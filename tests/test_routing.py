@@ -10,7 +10,7 @@ import pytest
 
 from lp_jax.model.config import TINY_GPT_OSS, TINY_QWEN3_MOE
 from lp_jax.model import routing as R
-from lp_jax.model.layers import route
+from lp_jax.model.layers import gate_weights, route
 
 PROFILE = R.QWEN3_PAPER
 E, K, L = 128, 8, 4
@@ -82,18 +82,18 @@ def test_gate_weights_of_the_routers_own_choice_are_the_routers_weights(config):
     h = jnp.asarray(rng.standard_normal((9, config.hidden_size)), jnp.float32) / 8
     weights, ids = route(config, lp, h)
     logits = h @ lp["router"] + lp.get("router_bias", 0.0)
-    np.testing.assert_allclose(R.gate_weights(config, logits, ids), weights, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gate_weights(config, logits, ids), weights, rtol=1e-5, atol=1e-6)
 
 
 def test_gate_weights_follow_each_architectures_router_for_other_ids():
     logits = jnp.asarray([[0.5, -1.0, 2.0, 0.0]])
     ids = jnp.asarray([[1, 3]])
     p = np.exp([0.5, -1.0, 2.0, 0.0]) / np.exp([0.5, -1.0, 2.0, 0.0]).sum()
-    qwen = np.asarray(R.gate_weights(TINY_QWEN3_MOE, logits, ids))[0]
+    qwen = np.asarray(gate_weights(TINY_QWEN3_MOE, logits, ids))[0]
     np.testing.assert_allclose(qwen, p[[1, 3]] / p[[1, 3]].sum(), rtol=1e-6)
-    unnormalised = np.asarray(R.gate_weights(TINY_QWEN3_MOE.replace(norm_topk_prob=False), logits, ids))[0]
+    unnormalised = np.asarray(gate_weights(TINY_QWEN3_MOE.replace(norm_topk_prob=False), logits, ids))[0]
     np.testing.assert_allclose(unnormalised, p[[1, 3]], rtol=1e-6)
-    gpt = np.asarray(R.gate_weights(TINY_GPT_OSS, logits, ids))[0]
+    gpt = np.asarray(gate_weights(TINY_GPT_OSS, logits, ids))[0]
     np.testing.assert_allclose(gpt, np.exp([-1.0, 0.0]) / np.exp([-1.0, 0.0]).sum(), rtol=1e-6)
 
 
@@ -126,3 +126,19 @@ def test_unknown_profile_is_refused_naming_the_known_ones():
         R.get_profile("zipf")
     assert R.get_profile("qwen3-paper") is R.QWEN3_PAPER
     assert R.get_profile("uniform").uses_router and not R.QWEN3_PAPER.uses_router
+
+
+@pytest.mark.parametrize("config", [TINY_QWEN3_MOE, TINY_GPT_OSS], ids=lambda c: c.name)
+def test_model_forward_routes_by_the_profile_and_uniform_is_the_router(config):
+    from lp_jax.model import init_params, reference_forward
+
+    params = init_params(config, seed=0)
+    tokens = np.arange(1, 12)
+    logits, ids = reference_forward(config, params, tokens)
+    same, same_ids = reference_forward(config, params, tokens, routing=R.get_profile("uniform"))
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(logits))
+    _, profiled = reference_forward(config, params, tokens, routing=PROFILE, routing_seed=5)
+    expected = R.sampled_ids(PROFILE, config.num_experts, config.num_experts_per_tok, config.num_layers,
+                             np.full(11, 5), np.arange(11))
+    np.testing.assert_array_equal(np.stack([np.asarray(i) for i in profiled]), expected)
+    assert not np.array_equal(np.stack([np.asarray(i) for i in ids]), expected)

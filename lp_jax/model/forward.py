@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from lp_jax.model.config import ModelConfig
 from lp_jax.model.layers import attention_out, feed_forward, qkv, rms_norm
+from lp_jax.model.routing import RoutingProfile, RowRouting, log_popularity
 from pallas_kernels.attention_reference import FULL_WINDOW, dense_attention
 
 # attend(q [T, H, A], k [T, N, A], v [T, N, A]) -> [T, H, A]
@@ -20,17 +21,18 @@ Attend = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def decoder_layer(config: ModelConfig, lp: dict, x_TD, positions_T, attend: Attend, valid_T=None,
-                  backend: str | None = None, expert_layer=None):
+                  backend: str | None = None, expert_layer=None, routing: RowRouting | None = None):
     """Pre-norm attention block then pre-norm feed-forward block, both residual.
 
     expert_layer: see `feed_forward` (expert weights passed as whole layer stacks).
+    routing: see `route` (None: the router's own top-k).
     Returns (x [T, D], routing ids [T, K] or None).
     """
     h = rms_norm(x_TD, lp["input_norm"], config.rms_norm_eps)
     q, k, v = qkv(config, lp, h, positions_T)
     x_TD = x_TD + attention_out(lp, attend(q, k, v))
     h = rms_norm(x_TD, lp["post_norm"], config.rms_norm_eps)
-    y, ids = feed_forward(config, lp, h, valid_T, backend, expert_layer)
+    y, ids = feed_forward(config, lp, h, valid_T, backend, expert_layer, routing)
     return x_TD + y, ids
 
 
@@ -45,24 +47,31 @@ def unembed(config: ModelConfig, params: dict, x_TD):
     return jnp.einsum("td,dv->tv", h, w, preferred_element_type=jnp.float32)
 
 
-def reference_forward(config: ModelConfig, params: dict, tokens, backend: str | None = None):
+def reference_forward(config: ModelConfig, params: dict, tokens, backend: str | None = None,
+                      routing: RoutingProfile | None = None, routing_seed: int = 0):
     """Logits [T, V] f32 of one whole sequence, and the routing ids of every layer
-    (list of [T, K] int32, empty for dense models)."""
+    (list of [T, K] int32, empty for dense models). routing: a routing profile (None or
+    "uniform": the router's own top-k), for a request whose routing seed is `routing_seed`."""
     tokens = jnp.asarray(tokens, jnp.int32)
     T = tokens.shape[0]
     positions = jnp.arange(T, dtype=jnp.int32)
     x = embed(params, tokens)
-    routing = []
+    calibrated = routing is not None and not routing.uses_router and config.is_moe
+    if calibrated:
+        log_pop_LE = log_popularity(routing, config.num_experts, config.num_layers)
+        seed_T = jnp.full((T,), routing_seed, jnp.int32)
+    all_ids = []
     for layer, lp in enumerate(params["layers"]):
         window = config.layer_window(layer) or FULL_WINDOW
 
         def attend(q, k, v, lp=lp, window=window):
             return dense_attention(q, k, v, positions, positions, window=window, sinks_H=lp.get("sinks"))
 
-        x, ids = decoder_layer(config, lp, x, positions, attend, backend=backend)
+        rows = RowRouting(routing, jnp.asarray(log_pop_LE[layer]), seed_T, positions, layer) if calibrated else None
+        x, ids = decoder_layer(config, lp, x, positions, attend, backend=backend, routing=rows)
         if ids is not None:
-            routing.append(ids)
-    return unembed(config, params, x), routing
+            all_ids.append(ids)
+    return unembed(config, params, x), all_ids
 
 
 def reference_logits(config: ModelConfig, params: dict, tokens) -> jax.Array:

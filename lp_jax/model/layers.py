@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lp_jax.model.config import ModelConfig
+from lp_jax.model.routing import RowRouting
 from pallas_kernels.dispatch import moe_experts
 
 
@@ -93,12 +94,35 @@ def attention_out(lp: dict, o_THA):
 
 # --- feed-forward ----------------------------------------------------------------------------
 
-def route(config: ModelConfig, lp: dict, h_TD):
-    """Router: (weights [T, K] f32, expert ids [T, K] int32)."""
+def router_logits(lp: dict, h_TD):
+    """Router logits [T, E] f32."""
     logits = jnp.einsum("td,de->te", h_TD, lp["router"], preferred_element_type=jnp.float32)
     if "router_bias" in lp:
         logits = logits + lp["router_bias"].astype(jnp.float32)
+    return logits
+
+
+def gate_weights(config: ModelConfig, logits_TE, ids_TK):
+    """Weights [T, K] f32 of the experts ids_TK as the model's router weights its own choice:
+    Qwen3-MoE a softmax over all E logits, gathered (renormalised over the K if norm_topk_prob);
+    GPT-OSS a softmax over the K chosen logits."""
+    if config.router == "softmax_topk":
+        weights = jnp.take_along_axis(jax.nn.softmax(logits_TE, axis=-1), ids_TK, axis=-1)
+        if config.norm_topk_prob:
+            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+        return weights
+    return jax.nn.softmax(jnp.take_along_axis(logits_TE, ids_TK, axis=-1), axis=-1)
+
+
+def route(config: ModelConfig, lp: dict, h_TD, routing: RowRouting | None = None):
+    """Router: (weights [T, K] f32, expert ids [T, K] int32). The router's logits are computed
+    either way; `routing` (a calibrated profile's rows) chooses the ids instead of their top-k,
+    and the chosen experts are weighted from the logits as the router weights its own."""
+    logits = router_logits(lp, h_TD)
     K = config.num_experts_per_tok
+    if routing is not None:
+        ids = routing.ids(K)
+        return gate_weights(config, logits, ids), ids
     if config.router == "softmax_topk":  # Qwen3-MoE
         weights, ids = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), K)
         if config.norm_topk_prob:
@@ -122,11 +146,12 @@ EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")
 
 
 def feed_forward(config: ModelConfig, lp: dict, h_TD, valid_T=None, backend: str | None = None,
-                 expert_layer=None):
+                 expert_layer=None, routing: RowRouting | None = None):
     """(output [T, D], routing ids [T, K] or None for dense models).
 
     expert_layer: None, or a (traced) layer index when lp's expert weights (EXPERT_WEIGHTS of
     an MoE layer) are the whole [L, E, ...] stacks, which the kernels then index in place.
+    routing: see `route` (None: the router's own top-k).
     """
     if not config.is_moe:
         gate = jnp.einsum("td,df->tf", h_TD, lp["w_gate"], preferred_element_type=jnp.float32)
@@ -134,7 +159,7 @@ def feed_forward(config: ModelConfig, lp: dict, h_TD, valid_T=None, backend: str
         act = (jax.nn.silu(gate) * up).astype(h_TD.dtype)
         y = jnp.einsum("tf,fd->td", act, lp["w_down"], preferred_element_type=jnp.float32)
         return y.astype(h_TD.dtype), None
-    weights, ids = route(config, lp, h_TD)
+    weights, ids = route(config, lp, h_TD, routing)
     experts = {k: lp[k] for k in EXPERT_WEIGHTS if k in lp}
     y = moe_experts(h_TD, weights, ids, experts, activation=config.activation,
                     alpha=config.swiglu_alpha, limit=config.swiglu_limit, valid_T=valid_T,

@@ -39,8 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.model.config import ModelConfig
-
 UNIFORM = "uniform"
 
 
@@ -163,16 +161,20 @@ def profile_ids(profile: RoutingProfile, log_pop_E, seed_T, pos_T, layer, top_k:
     return ids.astype(jnp.int32)
 
 
-def gate_weights(config: ModelConfig, logits_TE, ids_TK):
-    """Weights [T, K] f32 of the experts ids_TK as the model's router weights its own choice:
-    Qwen3-MoE a softmax over all E logits, gathered (renormalised over the K if norm_topk_prob);
-    GPT-OSS a softmax over the K chosen logits."""
-    if config.router == "softmax_topk":
-        weights = jnp.take_along_axis(jax.nn.softmax(logits_TE, axis=-1), ids_TK, axis=-1)
-        if config.norm_topk_prob:
-            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-        return weights
-    return jax.nn.softmax(jnp.take_along_axis(logits_TE, ids_TK, axis=-1), axis=-1)
+@dataclass(frozen=True)
+class RowRouting:
+    """What a calibrated profile needs to choose the experts of one layer call's rows (built
+    inside the traced step): this layer's log-popularity [E], each row's request seed [T] and
+    position [T] (int32), and the layer index (int or traced)."""
+
+    profile: RoutingProfile
+    log_pop_E: jax.Array
+    seed_T: jax.Array
+    pos_T: jax.Array
+    layer: object
+
+    def ids(self, top_k: int):
+        return profile_ids(self.profile, self.log_pop_E, self.seed_T, self.pos_T, self.layer, top_k)
 
 
 def sampled_ids(profile: RoutingProfile, num_experts: int, top_k: int, num_layers: int, seed_T, pos_T) -> np.ndarray:
