@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import gammaincc, ndtr, ndtri
 from scipy.stats import qmc
 
 from lp_jax.model.routing import RoutingProfile, get_profile, log_popularity
@@ -42,6 +42,7 @@ from lp_jax.model.routing import RoutingProfile, get_profile, log_popularity
 MAX_TOKENS = 1 << 18
 GRID_PER_OCTAVE = 8
 OWN_AFFINITY_POINTS = 49  # z in [-6, 6] every 0.25
+EXPLICIT_TILES = 12  # tiles per expert summed one by one in expected_tiles; the rest integrated
 
 
 def inclusion_probabilities(scores_ME: np.ndarray, top_k: int, own_scores_EH: np.ndarray | None = None,
@@ -161,8 +162,18 @@ class RoutingStats:
         if not more.any():
             return first_tiles
         mean_X, var_X = mean_E[more, None], var_E[more, None]
-        x_XJ = np.arange(1, int(reach_E.max() // block_m) + 1)[None, :] * block_m + 0.5  # P(R > jb) = P(R >= jb + 1)
-        return first_tiles + float(np.sum(_gamma_tail(mean_X, var_X, x_XJ)))
+        # P(R > j b) = P(R >= j b + 1), summed for j = 1..EXPLICIT_TILES, then the rest as an
+        # integral (Euler-Maclaurin: sum_j g(x_j) = int g / b + g(x_first) / 2 for g smooth on
+        # the scale of b, which holds where so many tiles are reached).
+        num_j = min(int(reach_E.max() // block_m), EXPLICIT_TILES)
+        x_XJ = np.arange(1, num_j + 1)[None, :] * block_m + 0.5
+        tiles = first_tiles + float(np.sum(_gamma_tail(mean_X, var_X, x_XJ)))
+        beyond = (reach_E[more] > (EXPLICIT_TILES + 1) * block_m)
+        if beyond.any():
+            x0 = (EXPLICIT_TILES + 1) * block_m + 0.5
+            mean_Y, var_Y = mean_X[beyond, 0], var_X[beyond, 0]
+            tiles += float(np.sum(_gamma_excess(mean_Y, var_Y, x0) / block_m + 0.5 * _gamma_tail(mean_Y, var_Y, x0)))
+        return tiles
 
 
 def _gamma_tail(mean, var, x):
@@ -172,6 +183,13 @@ def _gamma_tail(mean, var, x):
     k = mean * mean / var
     z = (np.cbrt(x / mean) - (1.0 - 1.0 / (9.0 * k))) / np.sqrt(1.0 / (9.0 * k))
     return ndtr(-z)
+
+
+def _gamma_excess(mean, var, x):
+    """E[(X - x)^+] for X gamma-distributed with this mean and variance."""
+    theta = np.maximum(var, 1e-12) / np.maximum(mean, 1e-12)
+    k = mean / theta
+    return mean * gammaincc(k + 1.0, x / theta) - x * gammaincc(k, x / theta)
 
 
 def _affinity_draws(num_draws: int, num_experts: int, seed: int) -> np.ndarray:
