@@ -14,6 +14,12 @@ from lp_jax.engine.memory import plan_num_pages
 from lp_jax.engine.request import RequestOutput, SamplingParams
 from lp_jax.model.config import ModelConfig, get_preset
 from lp_jax.model.init import init_params
+from lp_jax.model.routing import UNIFORM, get_profile
+
+
+def is_checkpoint(model) -> bool:
+    """Whether `model` names a checkpoint directory (not a preset or a ModelConfig)."""
+    return not isinstance(model, ModelConfig) and os.path.isdir(model)
 
 
 def resolve_config(model: str | ModelConfig | os.PathLike) -> ModelConfig:
@@ -28,7 +34,7 @@ def resolve_config(model: str | ModelConfig | os.PathLike) -> ModelConfig:
 
 def load_weights(model, config: ModelConfig, seed: int, dtype) -> dict:
     """Weights of a checkpoint directory, or seeded random weights generated on the device."""
-    if not isinstance(model, ModelConfig) and os.path.isdir(model):
+    if is_checkpoint(model):
         from lp_jax.checkpoint import load_hf
         return load_hf(model, dtype=dtype, stacked=True)[1]
     return init_params(config, seed, dtype, stacked=True)
@@ -44,7 +50,7 @@ class LLM:
     model: a preset name (see `lp-jax info`), a ModelConfig, or a transformers checkpoint
     directory. Engine options are the fields of `EngineConfig` (page_size, num_pages,
     max_num_seqs, max_prefill_tokens, max_cohort_tokens, token_budget, group_tokens, group_rule, num_groups,
-    max_model_len, seed, dtype, row_buckets, kv_memory_fraction, compiler_options). Extra
+    max_model_len, seed, dtype, row_buckets, routing, kv_memory_fraction, compiler_options). Extra
     keywords: params (weights to use), backend ("pallas" / "reference"), trace (keep
     per-iteration records), progress (callback(done, total), told before the first and after
     each start-up compilation).
@@ -68,6 +74,9 @@ class LLM:
         dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
         self.model_config = resolve_config(model)
         self.engine_config.check_model(self.model_config)
+        if is_checkpoint(model) and not get_profile(self.engine_config.routing).uses_router:
+            raise ValueError(f"routing={self.engine_config.routing!r} is for random-weight presets: a checkpoint "
+                             f"routes with its trained router (routing={UNIFORM!r})")
         # Decided (or refused) before anything is allocated, and not again once weights take memory.
         num_pages = plan_num_pages(self.model_config, self.engine_config, dtype)
         if params is None:

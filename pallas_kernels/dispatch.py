@@ -70,6 +70,14 @@ def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "s
                 valid_T=valid_T, layer=layer)
 
 
+def moe_block_m(E: int, D: int, F: int, rows: int) -> int:
+    """Rows per tile (block_m) the Pallas MoE kernels take for `rows` routed assignments (tokens
+    x top-k, padding included) on the default device: the grouped matmuls stream an expert's
+    weights once per tile of its rows, so traffic = sum over experts of ceil(rows_e / block_m)."""
+    from pallas_kernels import moe_tuning
+    return moe_tuning.lookup(E, D, F, rows, jax.devices()[0].device_kind).gate_up.block_m
+
+
 def pallas_attention_supports(H: int, N: int, A: int, Z: int, dtype) -> bool:
     """The paged-attention kernel tiles bf16/f16, A in {64, 128}, H / N dividing 128, pages of
     8, 16, 32 or 64 tokens (see `paged_attention.supports`)."""

@@ -45,6 +45,7 @@ class RowBatch:
     page_T: np.ndarray  # int32 KV write page (TRASH_PAGE for padding)
     offset_T: np.ndarray  # int32 KV write offset within the page
     valid_T: np.ndarray  # bool: a real row (padding rows compute garbage that nobody reads)
+    routing_seed_T: np.ndarray  # int32 routing seed of the row's request (calibrated routing profiles)
     block_tables_BM: np.ndarray  # int32 page ids, TRASH_PAGE where unallocated
 
 
@@ -60,7 +61,8 @@ class RowBatchBuilder:
         self.from_embed = from_embed
         self.tables = np.full((max_num_seqs + 1, pages_per_seq), TRASH_PAGE, np.int32)
         self.seq_of: dict[int, int] = {}
-        # Per added part: (tokens, prev, hidden row, seq, position, request id), each [n] int32.
+        # Per added part: (tokens, prev, hidden row, seq, position, request id, routing seed),
+        # each [n] int32.
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.num_rows = 0
 
@@ -72,8 +74,8 @@ class RowBatchBuilder:
             self.seq_of[req.request_id] = b
         return self.seq_of[req.request_id]
 
-    def _append(self, tokens, prev, hidden, seq, pos, rid) -> None:
-        self.parts.append(tuple(np.asarray(a, np.int32) for a in (tokens, prev, hidden, seq, pos, rid)))
+    def _append(self, tokens, prev, hidden, seq, pos, rid, routing_seed) -> None:
+        self.parts.append(tuple(np.asarray(a, np.int32) for a in (tokens, prev, hidden, seq, pos, rid, routing_seed)))
         self.num_rows += len(pos)
 
     def add_prefill(self, req: Request, start: int, end: int, hidden_row: int) -> None:
@@ -81,7 +83,8 @@ class RowBatchBuilder:
         states live at hidden_row, hidden_row + 1, ..."""
         n = end - start
         self._append(req.tokens_between(start, end), np.full(n, ON_HOST), np.arange(hidden_row, hidden_row + n),
-                     np.full(n, self._seq(req)), np.arange(start, end), np.full(n, req.request_id))
+                     np.full(n, self._seq(req)), np.arange(start, end), np.full(n, req.request_id),
+                     np.full(n, req.routing_seed))
 
     def add_decodes(self, reqs: Sequence[Request], prev_B: np.ndarray) -> None:
         """One row per request at position num_computed, hidden rows 0, 1, ...; prev_B [n] is
@@ -89,7 +92,7 @@ class RowBatchBuilder:
         pos = [r.num_computed for r in reqs]
         tokens = [0 if s != ON_HOST else r.token_at(p) for r, p, s in zip(reqs, pos, prev_B.tolist())]
         self._append(tokens, prev_B, np.arange(len(reqs)), [self._seq(r) for r in reqs], pos,
-                     [r.request_id for r in reqs])
+                     [r.request_id for r in reqs], [r.routing_seed for r in reqs])
 
     def row_tokens(self) -> list[tuple[int, int]]:
         """(request id, position) of each row added so far."""
@@ -113,4 +116,5 @@ class RowBatchBuilder:
         return RowBatch(
             tokens_T=col(0, 0), prev_T=col(1, ON_HOST), from_embed_T=np.full(num_rows, self.from_embed) | ~valid,
             src_T=hidden, dst_T=hidden, pos_T=pos, seq_T=seq, page_T=page,
-            offset_T=(pos % self.blocks.page_size).astype(np.int32), valid_T=valid, block_tables_BM=self.tables)
+            offset_T=(pos % self.blocks.page_size).astype(np.int32), valid_T=valid, routing_seed_T=col(6, 0),
+            block_tables_BM=self.tables)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 
 from lp_jax.model.config import ModelConfig, ceil_div
+from lp_jax.model.routing import UNIFORM, get_profile
 
 SCHEDULES = ("prefill_first", "chunked", "layered")
 GROUP_RULES = ("linear", "pow2")
@@ -45,6 +46,10 @@ class EngineConfig:
         ("linear") or the power-of-two table <=512:1, <=1024:2, <=2048:4, <=4096:8, else 16
         ("pow2"); num_groups fixes G (tests use it to force several groups on short prompts).
     row_buckets: the ladder token rows are padded to (None = derived from the limits).
+    routing: how an MoE layer chooses its experts (`lp_jax.model.routing`): "uniform", the
+        model's own router (near uniform with random weights; checkpoints always route so), or a
+        calibrated profile ("qwen3-paper": the paper's measured expert coverage), whose ids are
+        drawn per request, layer and position while the router's logits still weight them.
     compiler_options: XLA options the step functions are compiled with, as (name, value) pairs
         (e.g. (("xla_gpu_enable_dynamic_slice_fusion", True),)); part of the executables' key.
     """
@@ -63,6 +68,7 @@ class EngineConfig:
     seed: int = 0
     dtype: str | None = None
     row_buckets: tuple[int, ...] | None = None
+    routing: str = UNIFORM
     kv_memory_fraction: float = 0.9
     compiler_options: tuple[tuple[str, bool | int | float | str], ...] = ()
 
@@ -77,6 +83,7 @@ class EngineConfig:
         needs the model, num_groups and max_model_len against it, is `check_model`'s)."""
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        get_profile(self.routing)  # ValueError naming the known profiles
         if self.group_rule not in GROUP_RULES:
             raise ValueError(f"unknown group_rule {self.group_rule!r}; choose one of {', '.join(GROUP_RULES)}")
         for name in ("page_size", "max_num_seqs", "max_prefill_tokens", "max_cohort_tokens", "token_budget",
@@ -114,7 +121,11 @@ class EngineConfig:
 
     def check_model(self, model: ModelConfig) -> None:
         """ValueError for options this model cannot take: num_groups above its layer count (a
-        group holds at least one layer), max_model_len beyond its position embeddings."""
+        group holds at least one layer), max_model_len beyond its position embeddings, a calibrated
+        routing profile on a dense model (it has no experts to choose)."""
+        if not model.is_moe and not get_profile(self.routing).uses_router:
+            raise ValueError(f"routing={self.routing!r} chooses experts, but {model.name} is a dense model "
+                             f"(no experts); use routing={UNIFORM!r}")
         if self.num_groups is not None and self.num_groups > model.num_layers:
             raise ValueError(f"num_groups must be in [1, {model.num_layers}] ({model.name} has {model.num_layers} "
                              f"layers), got {self.num_groups}")

@@ -45,7 +45,8 @@ class IterationRecord:
     prefill: list[tuple[int, int, int]]  # (request id, start, end)
     prefill_layers: tuple[int, int]
     preempted_ids: list[int]
-    expert_bytes: float
+    expert_bytes: float  # distinct experts x bytes per expert, summed over its calls and layers
+    expert_streamed_bytes: float  # row tiles x bytes per expert (what the grouped matmuls stream)
     segments: list  # executor SegmentRecords
 
 
@@ -67,6 +68,7 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self.records: list[IterationRecord] = []
         self.total_expert_bytes = 0.0
+        self.total_expert_streamed_bytes = 0.0
         self._next_id = 0
         self._in_flight: tuple[IterationPlan, InFlight, float, int] | None = None  # plan, handle, start, iteration
 
@@ -101,7 +103,8 @@ class Engine:
         rid = self._next_id
         self._next_id += 1
         seed = params.seed if params.seed is not None else zlib.crc32(f"{self.config.seed}:{rid}".encode()) & 0x7FFFFFFF
-        req = Request(rid, tokens, params, self.clock() if arrival_s is None else arrival_s, seed)
+        req = Request(rid, tokens, params, self.clock() if arrival_s is None else arrival_s, seed,
+                      routing_seed=zlib.crc32(f"routing:{self.config.seed}:{rid}".encode()) & 0x7FFFFFFF)
         self.requests[rid] = req
         self.state.waiting.append(req)
         return rid
@@ -198,12 +201,12 @@ class Engine:
         finished = [r for r, t in zip(plan.decodes, result.decode_tokens) if self._emit(r, t, now)]
         finished += [r for r in flight.sampled[len(plan.decodes):]
                      if self._emit(r, result.prefill_tokens[r.request_id], now)]
-        spent = self._account_expert_bytes(result)
+        spent, streamed = self._account_expert_bytes(result)
         if self.trace:
             self.records.append(IterationRecord(
                 iteration, start, now, [r.request_id for r in plan.decodes],
                 [(w.request.request_id, w.start, w.end) for w in plan.prefills], plan.prefill_layers,
-                [r.request_id for r in plan.preempted], spent, result.segments))
+                [r.request_id for r in plan.preempted], spent, streamed, result.segments))
         return finished
 
     def _emit(self, req: Request, token: int, now: float) -> bool:
@@ -228,17 +231,23 @@ class Engine:
         self.state.remove(req)
         return True
 
-    def _account_expert_bytes(self, result: ExecutionResult) -> float:
-        """Expert-weight bytes of this iteration: distinct experts per layer x bytes per expert,
-        shared among a call's requests in proportion to their rows (requests aborted meanwhile
-        are skipped)."""
-        spent = 0.0
+    def _account_expert_bytes(self, result: ExecutionResult) -> tuple[float, float]:
+        """Expert-weight bytes of this iteration, two ways: distinct experts per layer x bytes per
+        expert (the paper's metric: each loaded expert read once), and row tiles per layer x bytes
+        per expert (what the grouped matmuls stream: an expert's weights once per tile of its
+        rows). Each call's bytes are shared among its requests in proportion to their rows
+        (requests aborted meanwhile are skipped). Returns (distinct bytes, streamed bytes)."""
+        spent = streamed = 0.0
         for seg in result.segments:
             seg_bytes = float(seg.expert_counts_L.sum()) * self.expert_bytes_each
+            seg_streamed = float(seg.expert_tiles_L.sum()) * self.expert_bytes_each
             spent += seg_bytes
+            streamed += seg_streamed
             total_rows = sum(seg.rows_per_request.values())
             for rid, n in seg.rows_per_request.items():
                 if rid in self.requests:
                     self.requests[rid].expert_bytes += seg_bytes * n / total_rows
+                    self.requests[rid].expert_streamed_bytes += seg_streamed * n / total_rows
         self.total_expert_bytes += spent
-        return spent
+        self.total_expert_streamed_bytes += streamed
+        return spent, streamed

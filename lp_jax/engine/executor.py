@@ -46,9 +46,10 @@ from lp_jax.engine.sampling import greedy, sample
 from lp_jax.engine.scheduler.base import IterationPlan
 from lp_jax.model.config import ModelConfig
 from lp_jax.model.forward import decoder_layer, unembed
-from lp_jax.model.layers import EXPERT_WEIGHTS, distinct_experts
+from lp_jax.model.layers import EXPERT_WEIGHTS, expert_traffic
+from lp_jax.model.routing import RoutingProfile, RowRouting, get_profile, log_popularity
 from pallas_kernels.attention_reference import FULL_WINDOW
-from pallas_kernels.dispatch import attention_plan, paged_attention, serving_backends
+from pallas_kernels.dispatch import attention_plan, moe_block_m, paged_attention, serving_backends
 
 
 def stack_layers(layers: list[dict] | dict) -> dict:
@@ -78,18 +79,27 @@ def range_lengths(num_layers: int) -> list[int]:
     return [1 << i for i in range((num_layers - 1).bit_length())]
 
 
-def run_layers(model: ModelConfig, backend, num_run: int, stacked, embed_VD, sampled_S, hidden_RD, k_pool, v_pool,
-               batch: RowBatch, layer_lo=0):
+def run_layers(model: ModelConfig, backend, routing: RoutingProfile, num_run: int, stacked, embed_VD, sampled_S,
+               hidden_RD, k_pool, v_pool, batch: RowBatch, layer_lo=0):
     """Run the batch's rows through layers [layer_lo, layer_lo + num_run): num_run is static (the
     loop's trip count), layer_lo an int or a traced int32. sampled_S [max_num_seqs] int32: the
-    previous iteration's sampled tokens (rows with prev_T >= 0 read theirs there).
+    previous iteration's sampled tokens (rows with prev_T >= 0 read theirs there). routing: the
+    routing profile (a calibrated one draws each row's experts from its routing seed and position).
 
-    Returns (hidden buffer with the rows' outputs written, K pool, V pool,
-    distinct experts per layer [L] int32 (0 outside the range)).
+    Returns (hidden buffer with the rows' outputs written, K pool, V pool, expert traffic [2, L]
+    int32: per layer the distinct experts that received a row and the row tiles the grouped
+    matmul streams (block_m as the Pallas kernels choose it for this row count); 0 outside the
+    range).
     """
     tokens_T = jnp.where(batch.prev_T >= 0, sampled_S[jnp.maximum(batch.prev_T, 0)], batch.tokens_T)
     x = jnp.where(batch.from_embed_T[:, None], embed_VD[tokens_T], hidden_RD[batch.src_T])
-    counts = jnp.zeros((model.num_layers,), jnp.int32)
+    counts = jnp.zeros((2, model.num_layers), jnp.int32)
+    calibrated = model.is_moe and not routing.uses_router
+    if model.is_moe:
+        block_m = moe_block_m(model.num_experts, model.hidden_size, model.ffn_size,
+                              x.shape[0] * model.num_experts_per_tok)
+    if calibrated:
+        log_pop_LE = jnp.asarray(log_popularity(routing, model.num_experts, model.num_layers))
     # The attention kernel's tile plan depends on the rows and the window only: made once here for
     # each distinct window of the model, each layer picks its own (None on the reference path).
     layer_windows = [model.layer_window(i) or FULL_WINDOW for i in range(model.num_layers)]
@@ -120,10 +130,12 @@ def run_layers(model: ModelConfig, backend, num_run: int, stacked, embed_VD, sam
                                    window=windows_L[layer], sinks_H=stacked.get("sinks"), backend=backend, plan=plan,
                                    window_index=window_index_L if len(windows) > 1 else 0)
 
+        rows = (RowRouting(routing, log_pop_LE[layer], batch.routing_seed_T, batch.pos_T, layer)
+                if calibrated else None)
         x, ids = decoder_layer(model, lp, x, batch.pos_T, attend, batch.valid_T, backend,
-                               layer if model.is_moe else None)
+                               layer if model.is_moe else None, rows)
         if ids is not None:
-            counts = counts.at[layer].set(distinct_experts(ids, model.num_experts, batch.valid_T))
+            counts = counts.at[:, layer].set(expert_traffic(ids, model.num_experts, block_m, batch.valid_T))
         return x, pools["k"], pools["v"], counts
 
     x, k_pool, v_pool, counts = jax.lax.fori_loop(0, num_run, body, (x, k_pool, v_pool, counts))
@@ -151,6 +163,7 @@ class SegmentRecord:
     layer_hi: int
     rows_per_request: dict[int, int]
     expert_counts_L: np.ndarray  # distinct experts per layer (0 outside the range)
+    expert_tiles_L: np.ndarray  # row tiles the grouped matmul streams per layer (0 outside the range)
     row_tokens: list[tuple[int, int]] = field(default_factory=list)  # (request id, position) per row, when recorded
 
 
@@ -175,7 +188,7 @@ class Prepared:
 class InFlight:
     """An iteration dispatched to the device and not yet read back."""
 
-    segments: list[tuple]  # (Segment, rows per request, expert counts [L] on device per piece, row tokens)
+    segments: list[tuple]  # (Segment, rows per request, expert traffic [2, L] on device per piece, row tokens)
     sampled: list[Request]  # requests a token was sampled for: the plan's decodes, then completing prefills
     num_decodes: int
     tokens_B: jax.Array | None  # [B >= len(sampled)] on device, None when nothing was sampled
@@ -206,13 +219,17 @@ class ModelExecutor:
         # Layer count -> jitted step; L is the whole model (first layer 0, static), the others
         # take a traced first layer (layered only).
         lengths = [model.num_layers] + (range_lengths(model.num_layers) if self.uses_ranges else [])
-        self._step_fns = {n: jax.jit(functools.partial(run_layers, model, backend, n), donate_argnums=(3, 4, 5))
+        routing = get_profile(config.routing)
+        self._step_fns = {n: jax.jit(functools.partial(run_layers, model, backend, routing, n), donate_argnums=(3, 4, 5))
                           for n in lengths}
         self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,), donate_argnums=(3,))
         kernels = serving_backends(D=model.hidden_size, F=model.moe_intermediate_size if model.is_moe else None,
                                    H=model.num_heads, N=model.num_kv_heads, A=model.head_dim, Z=blocks.page_size,
                                    dtype=self.dtype, backend=backend)
-        self._kind = (model, kernels)  # the kernels that serve, not the raw option (see serving_backends)
+        # What the executables depend on besides their argument shapes: the kernels that serve (not the
+        # raw option, see serving_backends) and the routing profile (it changes the layer steps only,
+        # but one key for both is simpler and costs no compilation).
+        self._kind = (model, kernels, routing)
         self._step_exe: dict[tuple[int, int], object] = {}  # (layer count, row bucket) -> step
         self._sample_exe: dict[tuple[int, bool], object] = {}
 
@@ -242,7 +259,7 @@ class ModelExecutor:
         i32, b = jax.ShapeDtypeStruct((T,), jnp.int32), jax.ShapeDtypeStruct((T,), jnp.bool_)
         tables = jax.ShapeDtypeStruct((self.config.max_num_seqs + 1, self.pages_per_seq), jnp.int32)
         return RowBatch(tokens_T=i32, prev_T=i32, from_embed_T=b, src_T=i32, dst_T=i32, pos_T=i32, seq_T=i32,
-                        page_T=i32, offset_T=i32, valid_T=b, block_tables_BM=tables)
+                        page_T=i32, offset_T=i32, valid_T=b, routing_seed_T=i32, block_tables_BM=tables)
 
     def precompile(self, progress=None) -> None:
         """Compile every executable serving can need; `progress(done, total)` is told before the
@@ -346,8 +363,10 @@ class ModelExecutor:
         """Wait for a dispatched iteration; its tokens and expert counts come back in one transfer."""
         tokens, counts = jax.device_get((flight.tokens_B, [c for _, _, c, _ in flight.segments]))
         tokens = [] if tokens is None else tokens[:len(flight.sampled)].tolist()
-        segments = [SegmentRecord(seg.layer_lo, seg.layer_hi, rows, np.sum(c, axis=0, dtype=np.int32), row_tokens)
-                    for (seg, rows, _, row_tokens), c in zip(flight.segments, counts)]
+        segments = []
+        for (seg, rows, _, row_tokens), c in zip(flight.segments, counts):
+            distinct_L, tiles_L = np.sum(c, axis=0, dtype=np.int32)  # pieces cover disjoint layers
+            segments.append(SegmentRecord(seg.layer_lo, seg.layer_hi, rows, distinct_L, tiles_L, row_tokens))
         n_dec = flight.num_decodes
         first = {r.request_id: t for r, t in zip(flight.sampled[n_dec:], tokens[n_dec:])}
         return ExecutionResult(tokens[:n_dec], first, segments)

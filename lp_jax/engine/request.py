@@ -95,7 +95,11 @@ class Request:
     num_computed: int = 0
     prefill_target: int = 0
     num_preemptions: int = 0
+    # Expert-weight traffic attributed to it (bytes): distinct experts x bytes per expert (the
+    # paper's metric), and what the grouped matmul streams (row tiles x bytes per expert).
     expert_bytes: float = 0.0
+    expert_streamed_bytes: float = 0.0
+    routing_seed: int = 0  # draws its expert ids under a calibrated routing profile
     # Tokens sampled by an iteration still in flight (not yet read back, so not in `output`).
     num_pending: int = 0
 
@@ -135,11 +139,12 @@ class RequestOutput:
     finish_reason: str | None
     arrival_s: float
     token_times_s: list[float]
-    expert_bytes: float
+    expert_bytes: float  # distinct experts x bytes per expert (see Request)
     num_preemptions: int
+    expert_streamed_bytes: float  # row tiles x bytes per expert (see Request)
 
     @staticmethod
     def of(req: Request) -> "RequestOutput":
         return RequestOutput(req.request_id, list(req.prompt), list(req.output), req.status.value,
                              req.finish_reason, req.arrival_s, list(req.token_times_s), req.expert_bytes,
-                             req.num_preemptions)
+                             req.num_preemptions, req.expert_streamed_bytes)

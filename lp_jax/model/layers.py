@@ -133,13 +133,20 @@ def route(config: ModelConfig, lp: dict, h_TD, routing: RowRouting | None = None
     return weights, ids.astype(jnp.int32)
 
 
-def distinct_experts(ids_TK, num_experts: int, valid_T=None):
-    """How many experts received at least one (valid) token: int32 scalar."""
+def expert_rows(ids_TK, num_experts: int, valid_T=None):
+    """Rows each expert receives [E] int32 (a token counts once per expert it chose; rows with
+    valid_T False count for none)."""
     hit = jnp.ones(ids_TK.shape, jnp.int32)
     if valid_T is not None:
         hit = hit * valid_T[:, None].astype(jnp.int32)
-    counts = jnp.zeros((num_experts,), jnp.int32).at[ids_TK.reshape(-1)].add(hit.reshape(-1))
-    return jnp.sum(counts > 0).astype(jnp.int32)
+    return jnp.zeros((num_experts,), jnp.int32).at[ids_TK.reshape(-1)].add(hit.reshape(-1))
+
+
+def expert_traffic(ids_TK, num_experts: int, block_m: int, valid_T=None):
+    """(distinct experts that received a row, row tiles sum_e ceil(rows_e / block_m)): int32
+    scalars; weight bytes are these times the bytes of one expert."""
+    rows_E = expert_rows(ids_TK, num_experts, valid_T)
+    return jnp.sum(rows_E > 0).astype(jnp.int32), jnp.sum((rows_E + block_m - 1) // block_m).astype(jnp.int32)
 
 
 EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")
