@@ -72,11 +72,11 @@ class LLM:
                              f"known: {', '.join(sorted(EngineConfig.__dataclass_fields__))}")
         self.engine_config = EngineConfig(schedule=schedule, **engine_options)
         dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
-        self.model_config = resolve_config(model)
-        self.engine_config.check_model(self.model_config)
         if is_checkpoint(model) and not get_profile(self.engine_config.routing).uses_router:
             raise ValueError(f"routing={self.engine_config.routing!r} is for random-weight presets: a checkpoint "
                              f"routes with its trained router (routing={UNIFORM!r})")
+        self.model_config = resolve_config(model)
+        self.engine_config.check_model(self.model_config)
         # Decided (or refused) before anything is allocated, and not again once weights take memory.
         num_pages = plan_num_pages(self.model_config, self.engine_config, dtype)
         if params is None:
