@@ -77,6 +77,7 @@ class LLM:
                              f"routes with its trained router (routing={UNIFORM!r})")
         self.model_config = resolve_config(model)
         self.engine_config.check_model(self.model_config)
+        self.engine_config = self.engine_config.for_model(self.model_config)
         # Decided (or refused) before anything is allocated, and not again once weights take memory.
         num_pages = plan_num_pages(self.model_config, self.engine_config, dtype)
         if params is None:

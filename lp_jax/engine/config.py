@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -39,8 +40,17 @@ class EngineConfig:
     max_num_seqs: running requests (decoding or prefilling) at once.
     max_prefill_tokens: prefill_first's prefill tokens per iteration (a prompt longer than it is
         prefilled alone, in chunks of this size).
-    max_cohort_tokens: layered's cohort cap, the most prompt tokens one cohort holds (prompts
-        longer than it are prefilled in cap-sized chunks, each through every group).
+    max_cohort_tokens: layered's cohort cap, the most prompt tokens a cohort of several prompts
+        holds.
+    max_lone_prompt_tokens: layered's longest prompt that passes the layers once: a prompt above
+        max_cohort_tokens is prefilled alone, in G = ceil(tokens / group_tokens) groups (at most
+        L), every layer seeing all its tokens in one call; a longer one in chunks of this size,
+        each through every group. None (default) = L x group_tokens (within the context length
+        and, with explicit row_buckets, what their largest carries beside max_num_seqs decodes),
+        resolved by `for_model`: every expert is read once per prompt up to that length, the
+        point of layered prefill, at the cost of a hidden buffer and one call's activations of
+        that many rows (checked by the memory plan). = max_cohort_tokens reproduces the paper,
+        which chunks every prompt above its 8192-token cap.
     token_budget: chunked prefill's tokens per iteration, decodes included (Sarathi-Serve).
     group_tokens / group_rule: layered's G = max(1, ceil(cohort tokens / group_tokens))
         ("linear") or the power-of-two table <=512:1, <=1024:2, <=2048:4, <=4096:8, else 16
@@ -61,6 +71,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_prefill_tokens: int = 8192
     max_cohort_tokens: int = 8192
+    max_lone_prompt_tokens: int | None = None
     token_budget: int = 512
     group_tokens: int = 512
     group_rule: str = "linear"
@@ -111,6 +122,9 @@ class EngineConfig:
                 isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in self.compiler_options):
             raise ValueError("compiler_options must be a tuple of (name, value) pairs, got "
                              f"{self.compiler_options!r}")
+        if self.max_lone_prompt_tokens is not None:
+            _check_int("max_lone_prompt_tokens", self.max_lone_prompt_tokens, self.max_cohort_tokens,
+                       " (max_cohort_tokens: a lone prompt is never cut below the cohort cap) or None")
         if self.schedule == "chunked" and self.token_budget <= self.max_num_seqs:
             # Decodes take one budget token each; a budget they can fill would starve prefill.
             raise ValueError(f"token_budget ({self.token_budget}) must exceed max_num_seqs "
@@ -133,6 +147,20 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be in [1, {model.max_position_embeddings}] ({model.name}'s "
                              f"position embeddings), got {self.max_model_len}")
 
+    def for_model(self, model: ModelConfig) -> "EngineConfig":
+        """These options with the model's defaults resolved (max_lone_prompt_tokens)."""
+        if self.max_lone_prompt_tokens is not None:
+            return self
+        lone = min(model.num_layers * self.group_tokens, self.model_len(model))
+        if self.row_buckets:
+            lone = min(lone, max(self.row_buckets) - self.max_num_seqs)
+        return dataclasses.replace(self, max_lone_prompt_tokens=max(self.max_cohort_tokens, lone))
+
+    @property
+    def lone_prompt_tokens(self) -> int:
+        """max_lone_prompt_tokens, or max_cohort_tokens where it is unresolved (see for_model)."""
+        return self.max_lone_prompt_tokens or self.max_cohort_tokens
+
     def pages_per_seq(self, model: ModelConfig) -> int:
         return ceil_div(self.model_len(model), self.page_size)
 
@@ -140,10 +168,11 @@ class EngineConfig:
         """Rows of the executor's hidden buffer: max_num_seqs decode rows, then the prefill region,
         then one trash row for padding rows. The prefill region holds the most prefill rows one
         iteration of any schedule can write: max(token_budget (chunked), max_prefill_tokens
-        (prefill_first), max_cohort_tokens (layered)). It is taken over every schedule, not only
-        this one, so that engines that differ only in schedule have the same buffer and share
-        executables; a layered cohort's rows stay in it between iterations."""
-        return self.max_num_seqs + max(self.token_budget, self.max_prefill_tokens, self.max_cohort_tokens) + 1
+        (prefill_first), max_cohort_tokens and lone_prompt_tokens (layered)). It is taken over
+        every schedule, not only this one, so that engines that differ only in schedule have the
+        same buffer and share executables; a layered cohort's rows stay in it between iterations."""
+        return self.max_num_seqs + max(self.token_budget, self.max_prefill_tokens, self.max_cohort_tokens,
+                                       self.lone_prompt_tokens) + 1
 
     def max_rows(self) -> int:
         """Most token rows one call of this schedule can carry (chunked's budget counts its
@@ -152,25 +181,36 @@ class EngineConfig:
             return self.token_budget
         if self.schedule == "prefill_first":
             return max(self.max_prefill_tokens, self.max_num_seqs)
-        return self.max_cohort_tokens + self.max_num_seqs
+        return self.lone_prompt_tokens + self.max_num_seqs
 
     def buckets(self) -> tuple[int, ...]:
-        """Row-count ladder: powers of two from 8, the decode batch (max_num_seqs) and max_rows,
-        dropping a power of two within 1/8 of max_rows (its bucket would cost at most 14% less).
+        """Row-count ladder: powers of two from 8, the decode batch (max_num_seqs), a full layered
+        cohort with its decodes and max_rows, dropping a power of two within 1/8 below one of
+        those (its bucket would cost at most 14% less).
 
         Each bucket compiles a whole-model step (10-20 s at full size on the GPU), so the ladder is
         short: up to ~max_num_seqs rows an iteration is weight-bandwidth bound and padding rows
         cost little; above, padding costs compute, but mixed iterations mostly sit at the limits
         (a chunk fills its budget, a loaded cohort its cap), which are buckets of their own.
-        Defaults: layered 8..4096, 8256 (11 buckets); chunked 8..512 (7); prefill_first 8..4096, 8192 (11)."""
+        Defaults: layered 8..4096, 8256 (11 buckets; resolved for Qwen3-30B-A3B's lone prompts of
+        up to 24576 tokens, 8..4096, 8256, 16384, 24640: 13); chunked 8..512 (7); prefill_first
+        8..4096, 8192 (11)."""
         if self.row_buckets:
             ladder = sorted(set(self.row_buckets))
             if ladder[-1] < self.max_rows():
-                raise ValueError(f"row_buckets end at {ladder[-1]} < max rows {self.max_rows()}")
+                lone = (f" (a lone prompt of up to max_lone_prompt_tokens={self.lone_prompt_tokens} tokens passes "
+                        "the layers in one call per group; lower it to chunk long prompts)"
+                        if self.schedule == "layered" and self.lone_prompt_tokens > self.max_cohort_tokens else "")
+                raise ValueError(f"row_buckets end at {ladder[-1]} < max rows {self.max_rows()}{lone}")
             return tuple(ladder)
-        top, ladder, b = self.max_rows(), {self.max_num_seqs, self.max_rows()}, 8
-        while 8 * b < 7 * top:
-            ladder.add(b)
+        top = self.max_rows()
+        fixed = {self.max_num_seqs, top}
+        if self.schedule == "layered":
+            fixed.add(self.max_cohort_tokens + self.max_num_seqs)
+        ladder, b = set(fixed), 8
+        while b < top:
+            if not any(b <= f and 7 * f <= 8 * b for f in fixed):
+                ladder.add(b)
             b *= 2
         return tuple(sorted(ladder))
 

@@ -55,6 +55,7 @@ class Engine:
                  clock: Callable[[], float] = time.perf_counter, backend: str | None = None,
                  trace: bool = False, progress=None, num_pages: int | None = None):
         config.check_model(model)
+        config = config.for_model(model)
         self.model, self.config, self.clock, self.trace = model, config, clock, trace
         self.dtype = np.dtype(dtype)
         num_pages = num_pages or plan_num_pages(model, config, dtype)

@@ -52,16 +52,17 @@ def load_peak_bytes(model: ModelConfig, dtype) -> int:
 
 def workspace_bytes(model: ModelConfig, config: EngineConfig, dtype) -> int:
     """A bound on what one layer-range call needs besides weights and pools: the hidden buffer,
-    a layer's activations at the largest row bucket (q/k/v/o, the K routed copies of each row
-    through the experts' gate/up/down in f32), the logits of the sampled rows, plus 1 GiB for
-    the runtime and compiled code."""
+    a layer's activations at the largest row bucket (the input and output rows, q/k/v/o, the K
+    routed copies of each row through the experts' gate/up/down in f32), the logits of the
+    sampled rows, plus 1 GiB for the runtime and compiled code. `config` as the engine runs it
+    (`EngineConfig.for_model`: a layered lone prompt's rows count)."""
+    config = config.for_model(model)
     item = np.dtype(dtype).itemsize
-    rows = max(config.buckets()[-1], config.hidden_rows())
     D, H, N, A = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim
     K = max(model.num_experts_per_tok, 1)
     per_row = item * (4 * D + 2 * (H + 2 * N) * A) + 4 * K * (3 * model.ffn_size + D)
     logits = 4 * config.max_num_seqs * model.vocab_size * 2
-    return rows * per_row + logits + GIB
+    return config.hidden_rows() * D * item + config.buckets()[-1] * per_row + logits + GIB
 
 
 def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: int | None = None) -> int:
@@ -71,6 +72,7 @@ def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: i
     the weights and workspace leave, capped at what max_num_seqs full-length sequences can use.
     Raises ValueError, with the figures, when the model or the pool does not fit.
     """
+    config = config.for_model(model)
     available = device_memory_bytes() if available is None else available
     w, ws = weight_bytes(model, dtype), workspace_bytes(model, config, dtype)
     per_page = kv_bytes_per_page(model, config.page_size, dtype)
@@ -80,8 +82,9 @@ def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: i
         raise ValueError(
             f"{model.name} does not fit: weights {w / GIB:.1f} GiB + workspace {ws / GIB:.1f} GiB + one "
             f"{config.model_len(model)}-token sequence of KV ({min_pages * per_page / GIB:.2f} GiB) > "
-            f"{available / GIB:.1f} GiB available; use a smaller dtype, max_model_len, max_prefill_tokens or "
-            "max_cohort_tokens"
+            f"{available / GIB:.1f} GiB available; use a smaller dtype, max_model_len, max_prefill_tokens, "
+            f"max_cohort_tokens or max_lone_prompt_tokens (now {config.lone_prompt_tokens}: a lone layered prompt's "
+            "rows are part of the workspace)"
             + ("; JAX takes 75% of GPU memory unless XLA_PYTHON_CLIENT_MEM_FRACTION is set (e.g. 0.95)"
                if jax.devices()[0].platform == "gpu" else ""))
     load = load_peak_bytes(model, dtype)
@@ -92,7 +95,8 @@ def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: i
     if config.num_pages is not None:
         if config.num_pages * per_page > left:
             raise ValueError(f"num_pages={config.num_pages} needs {config.num_pages * per_page / GIB:.1f} GiB of KV; "
-                             f"only {left / GIB:.1f} GiB are left after weights and workspace")
+                             f"only {left / GIB:.1f} GiB are left after weights and workspace ({ws / GIB:.1f} GiB; "
+                             f"lower max_lone_prompt_tokens, now {config.lone_prompt_tokens}, to shrink it)")
         return config.num_pages
     useful = config.max_num_seqs * config.pages_per_seq(model) + 1
     return max(min_pages, min(useful, int(left * config.kv_memory_fraction) // per_page))
