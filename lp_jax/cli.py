@@ -1,4 +1,4 @@
-"""`lp-jax`: the command line (info, generate, bench, compare)."""
+"""`lp-jax`: the command line (info, generate, bench, compare, routing)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,8 @@ def _resolve(args, command: str):
             setattr(args, name, value)
     common = dict(d.engine_options)
     common.update(parse_option(o) for o in args.engine_option)
+    if args.routing is not None:
+        common["routing"] = args.routing
     given = args.schedule if command == "compare" else [args.schedule] if args.schedule else None
     specs = given or (list(d.configs) if command == "compare" else [d.configs[0]])
     configs = [parse_config(spec, common) for spec in specs]
@@ -138,7 +140,9 @@ def cmd_bench(args) -> int:
           f"{args.slo_tbt_s * 1e3:g} ms); goodput {s['request_goodput_per_s'] or 0:.3g} requests/s "
           f"({goodput_text(s['goodput_slo_ms'])})")
     print("  expert weights " + ("n/a (no request finished)" if s["expert_bytes_per_request"] is None
-                                 else f"{s['expert_bytes_per_request'] / 1e9:.4g} GB per finished request"))
+                                 else f"per finished request: {s['expert_bytes_per_request'] / 1e9:.4g} GB as distinct "
+                                 f"experts, {s['expert_streamed_bytes_per_request'] / 1e9:.4g} GB streamed by the "
+                                 f"grouped matmuls") + f" (routing {s['options']['routing']})")
     if s["energy_j"] is None:
         print(f"  energy: not measured ({s['energy_reason']})")
     else:
@@ -165,6 +169,43 @@ def cmd_compare(args) -> int:
     with open(os.path.join(out, "results.md")) as f:
         print(f.read())
     print(f"wrote {out}/ (results.md, summary.csv, compare.json, runs/, plots/) in {time.perf_counter() - t:.0f} s")
+    return 0
+
+
+def cmd_routing(args) -> int:
+    """Expert coverage of a routing profile vs decode batch size and vs chunk size of one prompt."""
+    from tqdm import tqdm
+
+    from lp_jax.bench.coverage import engine_coverage, sampled_coverage, write_report
+    from lp_jax.bench.runner import prepare_out_dir
+    from lp_jax.model.routing import get_profile
+
+    model = get_preset(args.model)
+    profile = get_profile(args.routing)
+    if not model.is_moe:
+        raise ValueError(f"{model.name} is a dense model: it has no experts to cover")
+    sizes = lambda text: sorted({int(x) for x in text.split(",") if x.strip()})  # noqa: E731
+    powers = [1 << i for i in range(6, args.prompt_tokens.bit_length()) if 1 << i < args.prompt_tokens]
+    batches, chunks = sizes(args.batch_sizes), sizes(args.chunk_sizes or ",".join(map(str, powers + [args.prompt_tokens])))
+    if not batches and not chunks or min(batches + chunks) < 1 or max(chunks, default=0) > args.prompt_tokens:
+        raise ValueError(f"sizes must be >= 1 and chunks <= --prompt-tokens ({args.prompt_tokens})")
+    if args.draws < 1:
+        raise ValueError(f"--draws must be >= 1, got {args.draws}")
+    if args.prompt_tokens >= model.max_position_embeddings:
+        raise ValueError(f"--prompt-tokens must be below {model.name}'s {model.max_position_embeddings} positions")
+    method = args.method if args.method != "auto" else ("engine" if model.name.startswith("tiny-") else "sampler")
+    out = prepare_out_dir(args.out or os.path.join("lp-jax-results", f"routing-{time.strftime('%Y%m%d-%H%M%S')}"))
+    bar = tqdm(total=(len(batches) + len(chunks)) if method == "engine" else args.draws, desc="coverage",
+               disable=args.no_progress, leave=False)
+    measure = engine_coverage if method == "engine" else sampled_coverage
+    points = measure(model, profile, batches, chunks, args.prompt_tokens, args.draws, args.seed, lambda: bar.update(1))
+    bar.close()
+    text = ("the engine's real layer steps (random float32 weights)" if method == "engine"
+            else "the routing sampler alone (only the ids matter; no weights)")
+    paths = write_report(out, model, profile, points, text)
+    with open(paths[0]) as f:
+        print(f.read())
+    print("wrote " + ", ".join(paths))
     return 0
 
 
@@ -227,6 +268,10 @@ def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
                    help="engine option for every configuration (see below); repeat for several. Tiny-* models "
                         "default to " + " ".join(f"{k}={_option_text(v)}" for k, v in DEMO.engine_options.items())
                         + "; other models to the engine's defaults")
+    p.add_argument("--routing", metavar="PROFILE",
+                   help="how MoE layers choose experts: uniform (the model's own router; near uniform with random "
+                        "weights) or a calibrated profile (qwen3-paper: the paper's measured expert coverage); the "
+                        "same as -o routing=PROFILE (default: uniform)")
     p.add_argument("--slo-ttft-s", type=float, metavar="S",
                    help=f"SLO bound on time to first token, seconds ({both('ttft_bound_s', lambda x: f'{x:g}')})")
     p.add_argument("--slo-tbt-s", type=float, metavar="S",
@@ -288,12 +333,38 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=engine_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_bench_options(p, "compare")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "routing", help="expert coverage of a routing profile vs decode batch and prefill chunk size",
+        description="Measure the share of a layer's experts one call loads (distinct experts / E, mean over "
+                    "layers and draws) against the decode batch size (B distinct requests, one token each) and "
+                    "against the chunk size a prompt is prefilled in, beside the analytic expectation, iid "
+                    "uniform routing and the paper's figures for Qwen3-30B-A3B; writes results.md, coverage.json "
+                    "and coverage.png into --out. Tiny presets run through the engine's real layers on the CPU; "
+                    "full-size presets through the routing sampler alone (the ids are all that matter).")
+    p.add_argument("--model", default="qwen3-30b-a3b", help=f"MoE preset: {', '.join(PRESETS)} (default: %(default)s)")
+    p.add_argument("--routing", default="qwen3-paper", help="routing profile: uniform or qwen3-paper (default: %(default)s)")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128", metavar="B1,B2,...",
+                   help="decode batch sizes (default: %(default)s)")
+    p.add_argument("--chunk-sizes", metavar="C1,C2,...",
+                   help="prefill chunk sizes, tokens (default: powers of two from 64 below --prompt-tokens, and "
+                        "--prompt-tokens itself: the whole prompt in one pass)")
+    p.add_argument("--prompt-tokens", type=int, default=8192, help="length of the prompt cut into chunks (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=4,
+                   help="decode batches per size and prompts (request seeds) measured (default: %(default)s)")
+    p.add_argument("--method", default="auto", choices=("auto", "engine", "sampler"),
+                   help="engine: the real model code path (tiny presets); sampler: the routing model alone "
+                        "(auto: engine for tiny-* presets)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="results folder (default: lp-jax-results/routing-<date>-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_routing)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("bench", "compare"):
+    if args.command in ("bench", "compare", "routing"):
         try:
             return args.func(args)
         except ValueError as e:

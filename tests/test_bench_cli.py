@@ -20,9 +20,11 @@ SMALL = ["--model", "tiny-qwen3-moe", "--num-requests", "6", "--length-scale", "
          "--no-progress", *ENGINE]
 CONFIGS = ["--schedule", "layered:group_tokens=16", "--schedule", "chunked:token_budget=32"]
 
-REQUEST_FIELDS = {"id", "arrival_s", "prompt_tokens", "output_tokens", "token_times_s", "status", "expert_bytes"}
+REQUEST_FIELDS = {"id", "arrival_s", "prompt_tokens", "output_tokens", "token_times_s", "status", "expert_bytes",
+                  "expert_streamed_bytes"}
 SUMMARY_FIELDS = {"ttft_s", "tbt_s", "tpot_s", "e2e_s", "throughput_tok_s", "slo_attainment",
-                  "expert_bytes_per_request", "energy_j", "energy_mj_per_token", "energy_mj_per_output_token",
+                  "expert_bytes_per_request", "expert_streamed_bytes_per_request", "expert_bytes_per_iteration",
+                  "expert_streamed_bytes_per_iteration", "iterations", "energy_j", "energy_mj_per_token", "energy_mj_per_output_token",
                   "energy_reason", "model", "schedule", "options", "device", "jax_version", "date", "workload"}
 
 
@@ -44,6 +46,9 @@ def _check_run_dir(path, n):
     summary = json.loads((path / "summary.json").read_text())
     assert set(summary) >= SUMMARY_FIELDS
     assert set(summary["ttft_s"]) == {"mean", "p50", "p90", "p99"}
+    # The kernels stream an expert once per row tile, so at least once per distinct expert.
+    assert summary["expert_streamed_bytes_per_request"] >= summary["expert_bytes_per_request"] > 0
+    assert summary["expert_bytes_per_iteration"] == pytest.approx(summary["expert_bytes_window"] / summary["iterations"])
     assert summary["energy_j"] is None and "cpu" in summary["energy_reason"]
     assert summary["compiles_during_serving"] == 0
     vllm = json.loads((path / "vllm_result.json").read_text())
@@ -69,6 +74,7 @@ def test_compare_writes_every_file(compare_dir):
     report = (compare_dir / "results.md").read_text()
     assert "| layered:group_tokens=16 | 20 |" in report and "Energy not measured" in report
     assert "goodput (req/s)" in report and "TTFT <= 500 ms, TPOT <= 100 ms" in report  # the SLO bounds by default
+    assert "relative to layered:group_tokens=16 (distinct / streamed)" in report
     spec = json.loads((compare_dir / "compare.json").read_text())
     assert spec["rates"] == [20.0, 50.0] and spec["model"] == "tiny-qwen3-moe"
 
@@ -105,15 +111,17 @@ def test_figures_label_axes_with_units(compare_dir):
 
 def test_bench_writes_requests_and_summary(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", *SMALL, "--schedule", "chunked:token_budget=32", "--rate", "50", "--out", str(out),
-                 "--goodput", "ttft:60000", "e2el:60000"]) == 0
+    assert main(["bench", *SMALL, "--schedule", "chunked:token_budget=32", "--rate", "50", "--routing", "qwen3-paper",
+                 "--out", str(out), "--goodput", "ttft:60000", "e2el:60000"]) == 0
     summary = _check_run_dir(out, 6)
     assert summary["label"] == "chunked:token_budget=32" and summary["workload"]["rate"] == 50.0
+    assert summary["options"]["routing"] == "qwen3-paper"
     # Bounds no CPU run misses: every finished request counts.
     assert summary["goodput_slo_ms"] == dict(ttft=60000.0, e2el=60000.0)
     assert summary["request_goodput_per_s"] == pytest.approx(summary["request_throughput_per_s"])
     printed = capsys.readouterr().out
     assert "SLO attainment" in printed and "not measured" in printed and "summary.json" in printed
+    assert "streamed by the grouped matmuls (routing qwen3-paper)" in printed
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -127,6 +135,7 @@ def test_bench_writes_requests_and_summary(tmp_path, capsys):
     (["--num-requests", "0"], "--num-requests must be >= 1"),
     (["--slo-tbt-s", "0"], "SLO bounds must be > 0"),
     (["--goodput", "ttft:500", "itl:20"], "goodput bound 'itl:20'"),
+    (["--routing", "zipf"], "unknown routing profile 'zipf'"),
 ])
 def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path):
     assert main(["compare", "--no-progress", "--out", str(tmp_path), *argv]) == 2

@@ -207,6 +207,25 @@ def _num(x, scale: float = 1.0, fmt: str = ".3g") -> str:
     return "n/a" if x is None else format(x * scale, fmt)
 
 
+def expert_ratio_lines(spec: CompareSpec, results: list[BenchResult]) -> list[str]:
+    """Expert bytes per request of each configuration relative to the first one, at each rate,
+    both ways (the paper's headline: layered / chunked-512)."""
+    if len(spec.configs) < 2:
+        return []
+    base = spec.configs[0].label
+    by = {(r.summary["label"], r.summary["workload"]["rate"]): r.summary for r in results}
+    lines = ["", f"Expert bytes per request relative to {base} (distinct / streamed):", ""]
+    for config in spec.configs[1:]:
+        cells = []
+        for rate in spec.rates:
+            a, b = by.get((config.label, rate)), by.get((base, rate))
+            if a and b and b["expert_bytes_per_request"] and b["expert_streamed_bytes_per_request"]:
+                cells.append(f"{rate:g} req/s {a['expert_bytes_per_request'] / b['expert_bytes_per_request']:.3f} / "
+                             f"{a['expert_streamed_bytes_per_request'] / b['expert_streamed_bytes_per_request']:.3f}")
+        lines.append(f"- {config.label} / {base}: " + ("; ".join(cells) if cells else "n/a (no expert traffic)"))
+    return lines
+
+
 def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
     """results.md: where and what was run, the table, the highest rate within the SLO, plots."""
     s0 = results[0].summary
@@ -222,11 +241,16 @@ def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
         f"- SLO: TTFT <= {spec.ttft_bound_s:g} s and every gap between tokens <= {spec.tbt_bound_s * 1e3:g} ms; "
         f"goodput (vLLM's): finished requests per second with {goodput_text(s0['goodput_slo_ms'])}; throughputs "
         "and expert GB per request count finished requests",
+        f"- routing: {s0['options'].get('routing', 'uniform')}; expert traffic two ways: distinct = distinct experts "
+        "loaded per layer x bytes per expert (the paper's metric), streamed = row tiles the grouped matmul streams "
+        "(an expert's weights once per tile of block_m rows, as the Pallas kernels tile them on this device) x bytes "
+        "per expert; 1 GB = 1e9 bytes",
         "",
         "| configuration | rate (req/s) | finished | TTFT mean / p99 (s) | TBT p50 / p99 (ms) | TPOT mean (ms) "
-        "| E2E mean (s) | output tok/s | SLO attainment | goodput (req/s) | expert GB / request "
-        "| mJ / token above idle (raw) | mJ / output token above idle (raw) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| E2E mean (s) | output tok/s | SLO attainment | goodput (req/s) | expert GB / request: distinct / streamed "
+        "| expert MB / iteration: distinct / streamed | mJ / token above idle (raw) "
+        "| mJ / output token above idle (raw) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s = r.summary
@@ -236,9 +260,13 @@ def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
             f"| {_num(s['tbt_s']['p50'], 1e3)} / {_num(s['tbt_s']['p99'], 1e3)} | {_num(s['tpot_s']['mean'], 1e3)} "
             f"| {_num(s['e2e_s']['mean'])} | {_num(s['throughput_tok_s'], 1, '.1f')} "
             f"| {100 * s['slo_attainment']:.0f}% | {_num(s['request_goodput_per_s'])} "
-            f"| {_num(s['expert_bytes_per_request'], 1e-9, '.4g')} "
+            f"| {_num(s['expert_bytes_per_request'], 1e-9, '.4g')} / "
+            f"{_num(s['expert_streamed_bytes_per_request'], 1e-9, '.4g')} "
+            f"| {_num(s['expert_bytes_per_iteration'], 1e-6, '.4g')} / "
+            f"{_num(s['expert_streamed_bytes_per_iteration'], 1e-6, '.4g')} "
             f"| {_num(s['energy_mj_per_token_above_idle'])} ({_num(s['energy_mj_per_token'])}) "
             f"| {_num(s['energy_mj_per_output_token_above_idle'])} ({_num(s['energy_mj_per_output_token'])}) |")
+    lines += expert_ratio_lines(spec, results)
     lines += ["", f"Highest measured rate with SLO attainment >= {100 * spec.slo_target:.0f}% at it and every lower "
               "rate:", ""]
     for config in spec.configs:

@@ -81,6 +81,55 @@ def sampled_coverage(model: ModelConfig, profile: RoutingProfile, batch_sizes, c
     return points
 
 
+def engine_coverage(model: ModelConfig, profile: RoutingProfile, batch_sizes, chunk_sizes, prompt_tokens: int,
+                    draws: int, seed: int = 0, progress=lambda: None) -> list[CoveragePoint]:
+    """Coverage measured through the engine's real layer steps (random weights, float32; for
+    presets small enough for the CPU): the distinct experts each call's MoE layers report.
+    Decode: B requests of 4-token prompts, then `draws` decode iterations of all B. Chunks: one
+    engine per chunk size c (chunked prefill with a budget of c, one request at a time), `draws`
+    prompts of prompt_tokens random tokens, every chunk's call counted. progress() after each."""
+    import lp_jax
+    from lp_jax.model.init import init_params
+
+    E, L = model.num_experts, model.num_layers
+    stats = None if profile.uses_router else routing_stats(profile, E, model.num_experts_per_tok)
+    params = init_params(model, seed, "float32", stacked=True)
+    rng = np.random.default_rng(seed)
+    points = []
+    if batch_sizes:
+        most = max(batch_sizes)
+        llm = lp_jax.LLM(model, "prefill_first", params=params, routing=profile.name, trace=True, seed=seed,
+                         max_num_seqs=most, max_model_len=draws + 8, max_prefill_tokens=4 * most,
+                         max_cohort_tokens=4 * most, row_buckets=(most, 4 * most))
+        for B in batch_sizes:
+            llm.engine.records.clear()
+            llm.generate([[int(t) for t in rng.integers(0, model.vocab_size, 4)] for _ in range(B)],
+                         max_tokens=draws + 1, ignore_eos=True)
+            counts = [seg.expert_counts_L for rec in llm.engine.records if len(rec.decode_ids) == B and not rec.prefill
+                      for seg in rec.segments]
+            points.append(CoveragePoint("decode", B, float(np.mean(counts)) / E,
+                                        stats.expected_coverage(B) if stats else None,
+                                        uniform_iid_coverage(model, B), len(counts) * L))
+            progress()
+        del llm
+    for c in chunk_sizes:
+        llm = lp_jax.LLM(model, "chunked", params=params, routing=profile.name, trace=True, seed=seed, max_num_seqs=1,
+                         token_budget=c, max_prefill_tokens=c, max_cohort_tokens=c, max_lone_prompt_tokens=c,
+                         max_model_len=prompt_tokens + 2, row_buckets=(c,))
+        prompts = [[int(t) for t in rng.integers(0, model.vocab_size, prompt_tokens)] for _ in range(draws)]
+        llm.generate(prompts, max_tokens=1, ignore_eos=True)
+        counts = [seg.expert_counts_L for rec in llm.engine.records if rec.prefill for seg in rec.segments]
+        expected = None
+        if stats:
+            lengths = [min(c, prompt_tokens - a) for a in range(0, prompt_tokens, c)]
+            expected = float(np.mean([stats.expected_coverage(0, [n]) for n in lengths]))
+        points.append(CoveragePoint("chunk", c, float(np.mean(counts)) / E, expected, uniform_iid_coverage(model, c),
+                                    len(counts) * L, prompt_tokens))
+        del llm
+        progress()
+    return points
+
+
 def loads_per_prompt(points: list[CoveragePoint]) -> dict[int, float]:
     """chunk size -> expert loads of the whole prompt relative to one pass (measured)."""
     chunks = {p.size: p for p in points if p.axis == "chunk"}

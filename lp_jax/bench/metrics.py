@@ -29,7 +29,9 @@ import numpy as np
 class RequestRecord:
     """One request of a run (one line of requests.jsonl). Times in seconds on the engine clock;
     token_times_s[i] is when output token i was emitted; expert_bytes is the expert-weight
-    traffic (bytes) attributed to the request."""
+    traffic (bytes) attributed to the request as distinct experts x bytes per expert (the
+    paper's metric), expert_streamed_bytes as row tiles x bytes per expert (what the grouped
+    matmuls stream)."""
 
     id: int
     arrival_s: float
@@ -38,6 +40,7 @@ class RequestRecord:
     token_times_s: list[float] = field(default_factory=list)
     status: str = "finished"
     expert_bytes: float = 0.0
+    expert_streamed_bytes: float = 0.0
 
     @property
     def finished(self) -> bool:
@@ -176,7 +179,8 @@ def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_b
     last token of any request (None for an empty window): output tokens (`throughput_tok_s`,
     vLLM's output throughput), prompt + output tokens, finished requests, and the request
     goodput of `goodput_slo_ms` (vLLM's --goodput bounds in ms; default TTFT <= ttft_bound_s and
-    TPOT <= tbt_bound_s). Expert bytes in bytes.
+    TPOT <= tbt_bound_s). Expert bytes in bytes, counted two ways (distinct experts and what the
+    grouped matmuls stream, see RequestRecord).
     """
     if goodput_slo_ms is None:
         goodput_slo_ms = dict(ttft=ttft_bound_s * 1e3, tpot=tbt_bound_s * 1e3)
@@ -203,4 +207,6 @@ def serving_metrics(records: Sequence[RequestRecord], ttft_bound_s: float, tbt_b
         request_goodput_per_s=per_s(good),
         expert_bytes_total=float(sum(r.expert_bytes for r in records)),
         expert_bytes_per_request=float(np.mean([r.expert_bytes for r in done])) if done else None,
+        expert_streamed_bytes_total=float(sum(r.expert_streamed_bytes for r in records)),
+        expert_streamed_bytes_per_request=float(np.mean([r.expert_streamed_bytes for r in done])) if done else None,
     )

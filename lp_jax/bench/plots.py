@@ -3,7 +3,8 @@
 - ttft_cdf.png, tbt_cdf.png: CDFs of TTFT and of every gap between tokens, a panel per rate;
 - slo_attainment.png: share of requests within the SLO against the request rate;
 - pareto.png: mean TTFT against p99 TBT, each configuration's rates joined (the Pareto view);
-- expert_traffic.png: expert-weight traffic per request (GB = 1e9 bytes) against the rate;
+- expert_traffic.png: expert-weight traffic per request (GB = 1e9 bytes) and per iteration (MB)
+  against the rate, two ways: distinct experts x expert bytes, and row tiles streamed x expert bytes;
 - energy_per_token.png: GPU energy per token (prompt + output), above idle and raw, or a note
   saying why it was not measured.
 
@@ -125,12 +126,29 @@ def pareto_figure(results):
 
 
 def expert_traffic_figure(results):
-    return _per_rate_figure(results, lambda s: _scaled(s["expert_bytes_per_request"], 1e-9),
-                            "expert weights read per request (GB)", "MoE expert-weight traffic (1 GB = 1e9 bytes)")
-
-
-def _scaled(x, scale: float):
-    return None if x is None else x * scale
+    """Per request (left, GB) and per iteration (right, MB); solid: distinct experts x expert
+    bytes (the paper's metric), dashed: row tiles the grouped matmul streams x expert bytes."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, unit, scale, per in ((axes[0], "GB", 1e-9, "request"), (axes[1], "MB", 1e-6, "iteration")):
+        for label, runs in _by_label(results).items():
+            color = None
+            for kind, style in (("expert_bytes", "-"), ("expert_streamed_bytes", "--")):
+                pts = [(r.summary["workload"]["rate"], r.summary[f"{kind}_per_{per}"] * scale) for r in runs
+                       if r.summary.get(f"{kind}_per_{per}") is not None]
+                if pts:
+                    line, = ax.plot(*zip(*pts), marker="o", linestyle=style, color=color,
+                                    label=f"{label} ({'distinct' if kind == 'expert_bytes' else 'streamed'})")
+                    color = line.get_color()
+        ax.set_xlabel("request rate (requests/s)")
+        ax.set_ylabel(f"expert weights per {per} ({unit})")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    dev = results[0].summary["device"]["name"] if results else ""
+    fig.suptitle(f"MoE expert-weight traffic on {dev}: solid = distinct experts x expert bytes (the paper's "
+                 "metric), dashed = row tiles streamed x expert bytes", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def energy_figure(results):

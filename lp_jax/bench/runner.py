@@ -91,7 +91,7 @@ def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: floa
     records: dict[int, RequestRecord] = {}
     meter = EnergyMeter(jax.devices()[:1])
     meter.measure_idle(idle_s)  # the engine is idle now (warm-up done): its power at rest, this run
-    bytes_before = engine.total_expert_bytes
+    before = (engine.total_expert_bytes, engine.total_expert_streamed_bytes, engine.state.iteration)
     bar = tqdm(total=n, desc=label or engine.config.schedule, unit="req", disable=not progress, leave=False)
     meter.start()
     t0 = clock()
@@ -109,7 +109,8 @@ def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: floa
             for out in llm.step():
                 rec = records[out.request_id]
                 rec.token_times_s, rec.output_tokens = list(out.token_times_s), len(out.token_ids)
-                rec.status, rec.expert_bytes = out.status, out.expert_bytes
+                rec.status, rec.expert_bytes, rec.expert_streamed_bytes = (out.status, out.expert_bytes,
+                                                                           out.expert_streamed_bytes)
                 bar.update(1)
             bar.set_postfix(running=len(engine.state.running), waiting=len(engine.state.waiting), refresh=False)
         elif next_i < n:
@@ -118,8 +119,11 @@ def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: floa
     bar.close()
 
     ordered = sorted(records.values(), key=lambda r: r.arrival_s)
-    summary = _summary(llm, workload, ordered, label, warmup, ttft_bound_s, tbt_bound_s, energy,
-                       engine.total_expert_bytes - bytes_before, goodput_slo_ms)
+    window = dict(expert_bytes=engine.total_expert_bytes - before[0],
+                  expert_streamed_bytes=engine.total_expert_streamed_bytes - before[1],
+                  iterations=engine.state.iteration - before[2])
+    summary = _summary(llm, workload, ordered, label, warmup, ttft_bound_s, tbt_bound_s, energy, window,
+                       goodput_slo_ms)
     return BenchResult(ordered, summary)
 
 
@@ -143,9 +147,10 @@ def _submit(llm, i: int, prompt: list[int], out_len: int, arrival_s: float) -> R
 
 
 def _summary(llm, workload: Workload, records: list[RequestRecord], label: str | None, warmup: int,
-             ttft_bound_s: float, tbt_bound_s: float, energy, expert_bytes_window: float,
+             ttft_bound_s: float, tbt_bound_s: float, energy, window: dict,
              goodput_slo_ms: dict[str, float] | None) -> dict:
-    """summary.json: the metrics, energy, and what was run where."""
+    """summary.json: the metrics, energy, and what was run where. window: the measured window's
+    expert bytes both ways and its iterations (per-iteration figures are their ratio)."""
     metrics = serving_metrics(records, ttft_bound_s, tbt_bound_s, goodput_slo_ms)
     cfg = llm.engine_config
     dev = jax.devices()[0]
@@ -158,7 +163,12 @@ def _summary(llm, workload: Workload, records: list[RequestRecord], label: str |
         options=options,
         workload=workload.info,
         **metrics,
-        expert_bytes_window=expert_bytes_window,
+        expert_bytes_window=window["expert_bytes"],
+        expert_streamed_bytes_window=window["expert_streamed_bytes"],
+        iterations=window["iterations"],
+        expert_bytes_per_iteration=window["expert_bytes"] / window["iterations"] if window["iterations"] else None,
+        expert_streamed_bytes_per_iteration=(window["expert_streamed_bytes"] / window["iterations"]
+                                             if window["iterations"] else None),
         **energy_fields(energy, metrics["prompt_tokens"] + metrics["output_tokens"], metrics["output_tokens"]),
         warmup_requests=min(warmup, len(workload)),
         compiles_during_serving=llm.engine.compiles_since_startup(),

@@ -211,8 +211,12 @@ TINY_QWEN3 = QWEN3_8B.replace(
     eos_token_ids=(),
 )
 
+# The tiny Qwen3-MoE with Qwen3-30B-A3B's layer of 128 experts, top-8: expert-traffic studies on
+# the CPU, where a routing profile calibrated on that layer gives that layer's coverage.
+TINY_QWEN3_MOE_E128 = TINY_QWEN3_MOE.replace(name="tiny-qwen3-moe-e128", num_experts=128, num_experts_per_tok=8)
+
 PRESETS: dict[str, ModelConfig] = {c.name: c for c in (
-    QWEN3_30B_A3B, GPT_OSS_20B, QWEN3_8B, TINY_QWEN3_MOE, TINY_GPT_OSS, TINY_QWEN3)}
+    QWEN3_30B_A3B, GPT_OSS_20B, QWEN3_8B, TINY_QWEN3_MOE, TINY_GPT_OSS, TINY_QWEN3, TINY_QWEN3_MOE_E128)}
 
 
 def get_preset(name: str) -> ModelConfig:
