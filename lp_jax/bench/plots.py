@@ -132,21 +132,22 @@ def expert_traffic_figure(results):
     for ax, unit, scale, per in ((axes[0], "GB", 1e-9, "request"), (axes[1], "MB", 1e-6, "iteration")):
         for label, runs in _by_label(results).items():
             color = None
-            for kind, style in (("expert_bytes", "-"), ("expert_streamed_bytes", "--")):
+            for kind, style, marker in (("expert_bytes", "-", "o"), ("expert_streamed_bytes", "--", "s")):
                 pts = [(r.summary["workload"]["rate"], r.summary[f"{kind}_per_{per}"] * scale) for r in runs
                        if r.summary.get(f"{kind}_per_{per}") is not None]
                 if pts:
-                    line, = ax.plot(*zip(*pts), marker="o", linestyle=style, color=color,
+                    line, = ax.plot(*zip(*pts), marker=marker, linestyle=style, color=color,
                                     label=f"{label} ({'distinct' if kind == 'expert_bytes' else 'streamed'})")
                     color = line.get_color()
         ax.set_xlabel("request rate (requests/s)")
         ax.set_ylabel(f"expert weights per {per} ({unit})")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
     dev = results[0].summary["device"]["name"] if results else ""
-    fig.suptitle(f"MoE expert-weight traffic on {dev}: solid = distinct experts x expert bytes (the paper's "
-                 "metric), dashed = row tiles streamed x expert bytes", fontsize=9)
+    fig.suptitle(f"MoE expert-weight traffic on {dev}: circles, solid = distinct experts x expert bytes (the "
+                 "paper's metric); squares, dashed = row tiles streamed x expert bytes", fontsize=9)
     fig.tight_layout()
     return fig
 
