@@ -11,8 +11,8 @@ A decode row's input token may still be on the device (sampled by the previous i
 yet read back): then `prev_T` names its slot in the executor's sampled-token buffer.
 
 The executor's hidden buffer has R = max_num_seqs + max(token_budget, max_prefill_tokens,
-max_cohort_tokens) + 1 rows (EngineConfig.hidden_rows): decode rows [0, max_num_seqs), prefill
-rows after them, and a trash row last that padding rows write to.
+max_cohort_tokens, max_lone_prompt_tokens) + 1 rows (EngineConfig.hidden_rows): decode rows
+[0, max_num_seqs), prefill rows after them, and a trash row last that padding rows write to.
 """
 
 from __future__ import annotations

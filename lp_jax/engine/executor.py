@@ -15,11 +15,11 @@ compiled step functions and returns the sampled tokens.
 - KV pools ([L, P, Z, N, A]), the hidden-state buffer and the sampled-token buffer are donated
   into every call.
 - The hidden buffer (EngineConfig.hidden_rows) keeps the hidden states of a layered cohort on
-  the device between iterations (max(token_budget, max_prefill_tokens, max_cohort_tokens) rows
-  from row max_num_seqs on); decode rows use rows [0, max_num_seqs) within an iteration; the last
-  row is the padding rows' trash.
+  the device between iterations (max(token_budget, max_prefill_tokens, max_cohort_tokens,
+  max_lone_prompt_tokens) rows from row max_num_seqs on); decode rows use rows [0, max_num_seqs)
+  within an iteration; the last row is the padding rows' trash.
 - Asynchronous: `dispatch(plan)` enqueues an iteration and returns at once; `fetch` reads its
-  sampled tokens (and expert counts) back in one transfer. The sampled tokens also stay in a
+  sampled tokens (and expert counts and tiles) back in one transfer. The sampled tokens also stay in a
   device buffer [max_num_seqs], from which the next iteration's decode rows take their input
   tokens, so iteration i+1 can be dispatched before iteration i's tokens reach the host.
 - Every executable (each row bucket; each sampled-row bucket, greedy or not) is compiled at
