@@ -77,10 +77,12 @@ def test_outputs_follow_the_profile_under_every_schedule(schedule):
     assert llm.compiles_while_serving == 0
 
 
-def test_engine_counts_the_experts_and_tiles_the_sampler_routes():
+@pytest.mark.parametrize("schedule", ["prefill_first", "chunked", "layered"])
+def test_engine_counts_the_experts_and_tiles_the_sampler_routes(schedule):
     """Every call's distinct experts and row tiles per layer, recomputed from its rows'
-    (request seed, position) with the sampler alone."""
-    llm, _ = served("chunked")
+    (request seed, position) with the sampler alone: under every schedule, whatever the batch a
+    row rides in, it gets the experts its request and position choose."""
+    llm, _ = served(schedule)
     cfg, _ = model()
     E, K, L = cfg.num_experts, cfg.num_experts_per_tok, cfg.num_layers
     checked = 0

@@ -57,6 +57,7 @@ def test_lone_prompt_of_2_5x_the_cap_passes_each_layer_once():
     assert llm.engine_config.max_lone_prompt_tokens == 4 * GROUP_TOKENS  # L x group_tokens
     long = outs[1]
     calls, works = layer_calls(llm, long.request_id)
+    print(f"{LONG}-token prompt, cohort cap {CAP}: calls per layer {calls.tolist()}, works {works}")
     assert (calls == 1).all(), calls
     # Alone, whole, in G = ceil(160 / 64) = 3 groups of the 4 layers.
     assert [w[:2] for w in works] == [(0, LONG)] * 3
@@ -77,7 +78,11 @@ def test_paper_cap_chunks_the_long_prompt_and_each_chunk_passes_every_layer():
 
 def test_one_pass_reads_the_long_prompts_experts_once():
     one_pass, chunked = served(routing="qwen3-paper")[1][1], served(routing="qwen3-paper", max_lone_prompt_tokens=CAP)[1][1]
+    print(f"{LONG}-token prompt, qwen3-paper: one pass / the paper's {CAP}-token chunks, expert bytes "
+          f"distinct {one_pass.expert_bytes / chunked.expert_bytes:.3f}, "
+          f"streamed {one_pass.expert_streamed_bytes / chunked.expert_streamed_bytes:.3f}")
     assert one_pass.expert_bytes < chunked.expert_bytes
+    assert one_pass.expert_streamed_bytes <= chunked.expert_streamed_bytes
 
 
 def test_rows_and_memory_are_sized_for_the_lone_prompt():

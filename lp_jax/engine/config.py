@@ -123,8 +123,10 @@ class EngineConfig:
             raise ValueError("compiler_options must be a tuple of (name, value) pairs, got "
                              f"{self.compiler_options!r}")
         if self.max_lone_prompt_tokens is not None:
-            _check_int("max_lone_prompt_tokens", self.max_lone_prompt_tokens, self.max_cohort_tokens,
-                       " (max_cohort_tokens: a lone prompt is never cut below the cohort cap) or None")
+            _check_int("max_lone_prompt_tokens", self.max_lone_prompt_tokens, 1, " or None")
+            if self.max_lone_prompt_tokens < self.max_cohort_tokens:
+                raise ValueError(f"max_lone_prompt_tokens ({self.max_lone_prompt_tokens}) must be >= max_cohort_tokens "
+                                 f"({self.max_cohort_tokens}): a lone prompt is never cut below the cohort cap")
         if self.schedule == "chunked" and self.token_budget <= self.max_num_seqs:
             # Decodes take one budget token each; a budget they can fill would starve prefill.
             raise ValueError(f"token_budget ({self.token_budget}) must exceed max_num_seqs "

@@ -27,6 +27,7 @@ Units: experts and tiles per layer per call; tokens for n.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -199,9 +200,11 @@ def _affinity_draws(num_draws: int, num_experts: int, seed: int) -> np.ndarray:
     return ndtri(np.clip(u, 1e-12, 1.0 - 1e-12))
 
 
+@functools.cache
 def routing_stats(profile: str | RoutingProfile, num_experts: int, top_k: int, num_draws: int = 256,
                   seed: int = 0, block: int = 128) -> RoutingStats:
-    """Tabulate `RoutingStats` for a profile on a layer of `num_experts` experts, top-`top_k`.
+    """Tabulate `RoutingStats` for a profile on a layer of `num_experts` experts, top-`top_k`
+    (cached: the same arguments return the same tables, so a caller need not keep them).
 
     num_draws: quasi-random affinity draws M the expectations average over (a power of two);
     `seed` scrambles them. Agreement with the sampler is tested in tests/test_routing_stats.py.
@@ -245,4 +248,7 @@ def routing_stats(profile: str | RoutingProfile, num_experts: int, top_k: int, n
         unchosen.append(expect(octave[i % GRID_PER_OCTAVE]))
     unchosen = np.stack(unchosen)
     log_unchosen = np.log(np.maximum(unchosen, 1e-300))
-    return RoutingStats(profile, E, K, n_grid, log_unchosen, expect(q_MEH), expect(q_MEH * q_MEH))
+    tables = (n_grid, log_unchosen, expect(q_MEH), expect(q_MEH * q_MEH))
+    for t in tables:
+        t.setflags(write=False)  # shared by every caller through the cache
+    return RoutingStats(profile, E, K, *tables)
