@@ -98,7 +98,7 @@ def test_engine_counts_the_experts_and_tiles_the_sampler_routes(schedule):
             np.testing.assert_array_equal(seg.expert_counts_L[lo:hi], count_distinct(ids, E)[lo:hi])
             np.testing.assert_array_equal(seg.expert_tiles_L[lo:hi], np.sum(-(-rows // block_m), axis=1)[lo:hi])
             checked += 1
-    assert checked > 10
+    assert checked >= len(llm.engine.records) > 5  # every iteration, at least one call each
 
 
 def test_bytes_are_accounted_both_ways():
