@@ -118,12 +118,13 @@ def _resolve(args, command: str):
 
 def cmd_bench(args) -> int:
     """One model x configuration x workload x rate; writes requests.jsonl and summary.json."""
+    from lp_jax.bench.compare import engine_configs
     from lp_jax.bench.metrics import goodput_text
     from lp_jax.bench.runner import make_llm, run_bench, write_bench
     from lp_jax.bench.workload import make_workload
 
     (config,), (rate,), workload, out = _resolve(args, "bench")
-    llm = make_llm(args.model, config.schedule, config.options, config.label, not args.no_progress)
+    llm = make_llm(args.model, engine_configs([config]), config.label, not args.no_progress)
     limit = llm.engine_config.model_len(llm.model_config)
     result = run_bench(llm, make_workload(rate=rate, context_limit=limit, **workload),
                        ttft_bound_s=args.slo_ttft_s, tbt_bound_s=args.slo_tbt_s, label=config.label,
@@ -162,13 +163,16 @@ def cmd_compare(args) -> int:
     configs, rates, workload, out = _resolve(args, "compare")
     if not 0 < args.slo_target <= 1:
         raise ValueError(f"--slo-target must be in (0, 1], got {args.slo_target}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     spec = CompareSpec(args.model, configs, rates, workload, args.slo_ttft_s, args.slo_tbt_s, args.warmup,
-                       args.slo_target, args.goodput)
+                       args.slo_target, args.goodput, repeats=args.repeats, order=args.order,
+                       order_seed=args.seed if args.order_seed is None else args.order_seed)
     t = time.perf_counter()
     run_compare(spec, out, progress=not args.no_progress)
     with open(os.path.join(out, "results.md")) as f:
         print(f.read())
-    print(f"wrote {out}/ (results.md, summary.csv, compare.json, runs/, plots/) in {time.perf_counter() - t:.0f} s")
+    print(f"wrote {out}/ (results.md, summary.csv, aggregate.csv, compare.json, runs/, plots/) in {time.perf_counter() - t:.0f} s")
     return 0
 
 
@@ -217,6 +221,7 @@ def _option_text(value) -> str:
 def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options bench and compare share. None defaults are filled by _resolve."""
     from lp_jax.bench.compare import DEMO, FULL
+    from lp_jax.bench.interleave import ORDERS
     from lp_jax.bench.workload import ARRIVALS, CONTEXT_POLICIES, PRESET_NAMES
 
     def both(name: str, fmt=str) -> str:
@@ -234,6 +239,16 @@ def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--rates", metavar="R1,R2,...",
                        help="request rates to run each configuration at, requests/s, comma-separated; 'inf' sends "
                             f"everything at once ({both('rates', lambda r: ','.join(f'{x:g}' for x in r))})")
+        p.add_argument("--repeats", type=int, default=1, metavar="N",
+                       help="runs of each configuration at each rate (on the same requests); the table shows mean "
+                            "± std (min..max) and aggregate.csv every metric's mean, std, min and max "
+                            "(default: %(default)s)")
+        p.add_argument("--order", default="alternate", choices=ORDERS,
+                       help="order of the configurations within each rate and repeat (runs go rate-major, lowest "
+                            "rate first): alternate reverses it every block (A B, B A, ...), shuffle draws it per "
+                            "block from --order-seed (default: %(default)s)")
+        p.add_argument("--order-seed", type=int, metavar="N",
+                       help="seed of --order shuffle (default: --seed)")
         p.add_argument("--slo-target", type=float, default=0.9,
                        help="SLO attainment (0..1) the report's 'highest rate within the SLO' asks for "
                             "(default: %(default)s)")

@@ -8,7 +8,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from lp_jax.engine.config import EngineConfig, check_removed_options
+from lp_jax.engine.config import EngineConfig, check_removed_options, shared_executor_config
 from lp_jax.engine.engine import Engine
 from lp_jax.engine.memory import plan_num_pages
 from lp_jax.engine.request import RequestOutput, SamplingParams
@@ -86,6 +86,23 @@ class LLM:
                              progress=progress, num_pages=num_pages)
         # Requests of the incremental API that finished inside `generate`, for the next `step`.
         self._finished_earlier: list[RequestOutput] = []
+
+    @classmethod
+    def sharing(cls, model, configs: Sequence[EngineConfig], **kwargs) -> "LLM":
+        """One LLM that can serve every configuration of `configs` in turn (`use`) on the same
+        weights, KV pool and executables, set to the first. kwargs: as for LLM() (params, backend,
+        trace, progress). ValueError when the configurations differ in an option that shapes the
+        executor (see lp_jax.engine.config.shared_executor_config)."""
+        shared = shared_executor_config(list(configs))
+        fields = {k: getattr(shared, k) for k in EngineConfig.__dataclass_fields__ if k != "schedule"}
+        llm = cls(model, shared.schedule, **kwargs, **fields)
+        llm.use(configs[0])
+        return llm
+
+    def use(self, config: EngineConfig) -> None:
+        """Serve with this configuration from now on (nothing may be in flight); see `sharing`."""
+        self.engine.reconfigure(config)
+        self.engine_config = config
 
     # --- incremental API --------------------------------------------------------------------
     def add_request(self, prompt: Sequence[int], max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import gc
 import json
 import os
 import re
 from dataclasses import dataclass, field
 
+from lp_jax.bench.interleave import Spread, aggregate, interleaved_order, spread_columns
 from lp_jax.bench.metrics import goodput_text, max_rate_meeting_slo
 from lp_jax.bench.plots import FIGURES, write_plots
 from lp_jax.bench.runner import BenchResult, make_llm, prepare_out_dir, run_bench, write_bench
@@ -137,7 +137,8 @@ def parse_rate(text: str) -> float:
 @dataclass
 class CompareSpec:
     """Everything one comparison runs. workload: make_workload's keywords except rate and
-    context_limit (set per rate and from the engines' context)."""
+    context_limit (set per rate and from the engines' context). order, order_seed, repeats: see
+    lp_jax.bench.interleave (every configuration at every rate, `repeats` times, rate-major)."""
 
     model: str
     configs: list[Config]
@@ -148,37 +149,56 @@ class CompareSpec:
     warmup: int
     slo_target: float = 0.9
     goodput_slo_ms: dict | None = None  # vLLM's --goodput bounds (ms); None: TTFT and TPOT at the SLO bounds
+    repeats: int = 1
+    order: str = "alternate"
+    order_seed: int = 0
+
+
+def run_dir_name(config: Config, rate: float, repeat: int, repeats: int) -> str:
+    """runs/ subfolder of one run: <slug>-rate<r>, with -rep<k> when runs are repeated."""
+    return f"{config.slug}-rate{rate:g}" + (f"-rep{repeat}" if repeats > 1 else "")
+
+
+def engine_configs(configs: list[Config]) -> list[EngineConfig]:
+    return [EngineConfig(schedule=c.schedule, **c.options) for c in configs]
 
 
 def run_compare(spec: CompareSpec, out_dir: str, progress: bool = True, log=print) -> list[BenchResult]:
-    """Run every configuration at every rate and write the folder described in the module doc."""
+    """Run every configuration at every rate, interleaved (lp_jax.bench.interleave), on one engine
+    whose schedule is switched between runs (the same weights and executables for all), and
+    write the folder described in the module doc. Results in configuration, rate, repeat order."""
     prepare_out_dir(out_dir)
+    order = interleaved_order({i: spec.rates for i in range(len(spec.configs))}, spec.repeats, spec.order,
+                              spec.order_seed)
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
-        json.dump(dataclasses.asdict(spec), f, indent=2)
-    results = []
-    workloads = None
-    for config in spec.configs:
-        llm = make_llm(spec.model, config.schedule, config.options, config.label, progress, log)
-        if workloads is None:
-            # The same requests for every configuration: the shortest context of them all.
-            limit = min(EngineConfig(schedule=c.schedule, **c.options).model_len(llm.model_config) for c in spec.configs)
-            workloads = {rate: make_workload(rate=rate, context_limit=limit, **spec.workload) for rate in spec.rates}
-        for rate in spec.rates:
-            result = run_bench(llm, workloads[rate], ttft_bound_s=spec.ttft_bound_s, tbt_bound_s=spec.tbt_bound_s,
-                               label=config.label, warmup=spec.warmup, progress=progress,
-                               goodput_slo_ms=spec.goodput_slo_ms)
-            write_bench(result, os.path.join(out_dir, "runs", f"{config.slug}-rate{rate:g}"))
-            s = result.summary
-            log(f"[{config.label}] {rate:g} req/s: {s['num_finished']}/{s['num_requests']} finished in "
-                f"{s['duration_s']:.1f} s, SLO attainment {100 * s['slo_attainment']:.0f}%")
-            results.append(result)
-        # Free this engine's weights and KV pool (sized from free GPU memory) before the next one.
-        del llm
-        gc.collect()
+        json.dump(dict(dataclasses.asdict(spec), run_order=[
+            dict(config=spec.configs[o.key].label, rate=o.rate, repeat=o.repeat) for o in order]), f, indent=2)
+    configs = engine_configs(spec.configs)
+    llm = make_llm(spec.model, configs, "+".join(c.label for c in spec.configs), progress, log)
+    # The same requests for every configuration and repeat.
+    limit = llm.engine_config.model_len(llm.model_config)
+    workloads = {rate: make_workload(rate=rate, context_limit=limit, **spec.workload) for rate in spec.rates}
+    done = {}
+    for n, slot in enumerate(order, 1):
+        config = spec.configs[slot.key]
+        llm.use(configs[slot.key])
+        result = run_bench(llm, workloads[slot.rate], ttft_bound_s=spec.ttft_bound_s, tbt_bound_s=spec.tbt_bound_s,
+                           label=config.label, warmup=spec.warmup, progress=progress,
+                           goodput_slo_ms=spec.goodput_slo_ms)
+        result.summary["repeat"] = slot.repeat
+        write_bench(result, os.path.join(out_dir, "runs", run_dir_name(config, slot.rate, slot.repeat, spec.repeats)))
+        s = result.summary
+        log(f"[{n}/{len(order)}] [{config.label}] {slot.rate:g} req/s" + (f", repeat {slot.repeat}" if spec.repeats > 1
+                                                                            else "")
+            + f": {s['num_finished']}/{s['num_requests']} finished in {s['duration_s']:.1f} s, SLO attainment "
+            f"{100 * s['slo_attainment']:.0f}%")
+        done[slot.key, slot.rate, slot.repeat] = result
+    results = [done[k] for k in sorted(done)]
     write_summary_csv(results, os.path.join(out_dir, "summary.csv"))
-    write_plots(results, os.path.join(out_dir, "plots"))
+    write_aggregate_csv(results, os.path.join(out_dir, "aggregate.csv"))
+    write_plots([r for r in results if r.summary.get("repeat", 0) == 0], os.path.join(out_dir, "plots"))
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown_report(spec, results))
+        f.write(markdown_report(spec, results, [(spec.configs[o.key].label, o.rate, o.repeat) for o in order]))
     return results
 
 
@@ -195,7 +215,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def write_summary_csv(results: list[BenchResult], path: str) -> None:
     """One row per run: every scalar of its summary, nested keys joined by dots."""
-    rows = [_flatten(r.summary) for r in results]
+    write_rows([_flatten(r.summary) for r in results], path)
+
+
+def write_rows(rows: list[dict], path: str) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
@@ -203,31 +226,110 @@ def write_summary_csv(results: list[BenchResult], path: str) -> None:
         writer.writerows(rows)
 
 
+def grouped(results: list[BenchResult]) -> list[tuple[dict, dict]]:
+    """The runs of each (label, rate), in first-seen order, as (first run's summary, aggregate of
+    all its repeats: every number a Spread, see lp_jax.bench.interleave.aggregate)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r.summary["label"], r.summary["workload"]["rate"]), []).append(r.summary)
+    return [(runs[0], aggregate(runs)) for runs in groups.values()]
+
+
+def write_aggregate_csv(results: list[BenchResult], path: str) -> None:
+    """One row per configuration and rate: every number of the summaries as _mean, _std, _min,
+    _max and _n over its repeats (label and rate as they are)."""
+    rows = []
+    for first, agg in grouped(results):
+        row = dict(label=first["label"], rate=first["workload"]["rate"], repeats=len([r for r in results if (
+            r.summary["label"], r.summary["workload"]["rate"]) == (first["label"], first["workload"]["rate"])]))
+        row.update(spread_columns(_flatten(agg)))
+        rows.append(row)
+    write_rows(rows, path)
+
+
 def _num(x, scale: float = 1.0, fmt: str = ".3g") -> str:
+    """A number for the table; a Spread of several runs as "mean ± std (min..max)"."""
+    if isinstance(x, Spread):
+        if x.n == 1:
+            return _num(x.mean, scale, fmt)
+        return (f"{_num(x.mean, scale, fmt)} ± {_num(x.std, scale, '.2g')} "
+                f"({_num(x.lo, scale, fmt)}..{_num(x.hi, scale, fmt)})")
     return "n/a" if x is None else format(x * scale, fmt)
 
 
-def expert_ratio_lines(spec: CompareSpec, results: list[BenchResult]) -> list[str]:
+def expert_ratio_lines(groups: list[tuple[dict, dict]], labels: list[str]) -> list[str]:
     """Expert bytes per request of each configuration relative to the first one, at each rate,
-    both ways (the paper's headline: layered / chunked-512)."""
-    if len(spec.configs) < 2:
+    both ways (the paper's headline: layered / chunked-512); over repeats, of the means."""
+    if len(labels) < 2:
         return []
-    base = spec.configs[0].label
-    by = {(r.summary["label"], r.summary["workload"]["rate"]): r.summary for r in results}
+    base = labels[0]
+    by = {(s0["label"], s0["workload"]["rate"]): s for s0, s in groups}
+    rates = list(dict.fromkeys(s0["workload"]["rate"] for s0, _ in groups))
     lines = ["", f"Expert bytes per request relative to {base} (distinct / streamed):", ""]
-    for config in spec.configs[1:]:
+    for label in labels[1:]:
         cells = []
-        for rate in spec.rates:
-            a, b = by.get((config.label, rate)), by.get((base, rate))
-            if a and b and b["expert_bytes_per_request"] and b["expert_streamed_bytes_per_request"]:
-                cells.append(f"{rate:g} req/s {a['expert_bytes_per_request'] / b['expert_bytes_per_request']:.3f} / "
-                             f"{a['expert_streamed_bytes_per_request'] / b['expert_streamed_bytes_per_request']:.3f}")
-        lines.append(f"- {config.label} / {base}: " + ("; ".join(cells) if cells else "n/a (no expert traffic)"))
+        for rate in rates:
+            a, b = by.get((label, rate)), by.get((base, rate))
+            if not (a and b):
+                continue
+            ad, bd = _mean(a["expert_bytes_per_request"]), _mean(b["expert_bytes_per_request"])
+            at, bt = _mean(a["expert_streamed_bytes_per_request"]), _mean(b["expert_streamed_bytes_per_request"])
+            if ad is not None and at is not None and bd and bt:
+                cells.append(f"{rate:g} req/s {ad / bd:.3f} / {at / bt:.3f}")
+        lines.append(f"- {label} / {base}: " + ("; ".join(cells) if cells else "n/a (no expert traffic)"))
     return lines
 
 
-def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
-    """results.md: where and what was run, the table, the highest rate within the SLO, plots."""
+def _mean(x) -> float | None:
+    return x.mean if isinstance(x, Spread) else x
+
+
+TABLE_HEADER = [
+    "| configuration | rate (req/s) | runs | finished | TTFT mean / p99 (s) | TBT p50 / p99 (ms) | TPOT mean (ms) "
+    "| E2E mean / p99 (s) | output tok/s | SLO attainment (%) | goodput (req/s) "
+    "| expert GB / request: distinct / streamed | expert MB / iteration: distinct / streamed "
+    "| mJ / token above idle (raw) | mJ / output token above idle (raw) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def table_lines(groups: list[tuple[dict, dict]]) -> list[str]:
+    """The metrics table, a row per (configuration, rate) of `grouped`: one run's figures, or over
+    repeats each cell as mean ± std (min..max)."""
+    lines = list(TABLE_HEADER)
+    for s0, s in groups:
+        runs = s["num_requests"].n if isinstance(s["num_requests"], Spread) else 1
+        lines.append(
+            f"| {s0['label']} | {s0['workload']['rate']:g} | {runs} | {_num(s['num_finished'], 1, '.4g')}/"
+            f"{s0['num_requests']} "
+            f"| {_num(s['ttft_s']['mean'])} / {_num(s['ttft_s']['p99'])} "
+            f"| {_num(s['tbt_s']['p50'], 1e3)} / {_num(s['tbt_s']['p99'], 1e3)} | {_num(s['tpot_s']['mean'], 1e3)} "
+            f"| {_num(s['e2e_s']['mean'])} / {_num(s['e2e_s']['p99'])} | {_num(s['throughput_tok_s'], 1, '.1f')} "
+            f"| {_num(s['slo_attainment'], 100, '.3g')} | {_num(s['request_goodput_per_s'])} "
+            f"| {_num(s['expert_bytes_per_request'], 1e-9, '.4g')} / "
+            f"{_num(s['expert_streamed_bytes_per_request'], 1e-9, '.4g')} "
+            f"| {_num(s['expert_bytes_per_iteration'], 1e-6, '.4g')} / "
+            f"{_num(s['expert_streamed_bytes_per_iteration'], 1e-6, '.4g')} "
+            f"| {_num(s['energy_mj_per_token_above_idle'])} ({_num(s['energy_mj_per_token'])}) "
+            f"| {_num(s['energy_mj_per_output_token_above_idle'])} ({_num(s['energy_mj_per_output_token'])}) |")
+    return lines
+
+
+def best_rate_lines(groups: list[tuple[dict, dict]], labels: list[str], slo_target: float) -> list[str]:
+    """Per configuration: the highest rate whose mean attainment (over repeats) stays >= target
+    at it and every lower rate."""
+    lines = [f"Highest measured rate with SLO attainment >= {100 * slo_target:.0f}% at it and every lower rate "
+             "(mean over repeats):", ""]
+    for label in labels:
+        runs = [(s0["workload"]["rate"], _mean(s["slo_attainment"])) for s0, s in groups if s0["label"] == label]
+        best = max_rate_meeting_slo([r for r, _ in runs], [a for _, a in runs], slo_target)
+        lines.append(f"- {label}: " + (f"{best:g} requests/s" if best is not None else "none of the rates"))
+    return lines
+
+
+def markdown_report(spec: CompareSpec, results: list[BenchResult], order: list[tuple] | None = None) -> str:
+    """results.md: where and what was run, the table, the highest rate within the SLO, plots.
+    order: (label, rate, repeat) of each run in the order they ran."""
     s0 = results[0].summary
     w = s0["workload"]
     lines = [
@@ -245,35 +347,17 @@ def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
         "loaded per layer x bytes per expert (the paper's metric), streamed = row tiles the grouped matmul streams "
         "(an expert's weights once per tile of block_m rows, as the Pallas kernels tile them on this device) x bytes "
         "per expert; 1 GB = 1e9 bytes",
+        f"- one engine for every configuration (the same weights and executables; the schedule switched between "
+        f"runs), runs interleaved rate-major, order {spec.order}"
+        + (f" (seed {spec.order_seed})" if spec.order == "shuffle" else "")
+        + f", {spec.repeats} run(s) of each configuration at each rate on the same requests"
+        + ("; cells: mean ± sample std (min..max) over the runs" if spec.repeats > 1 else ""),
         "",
-        "| configuration | rate (req/s) | finished | TTFT mean / p99 (s) | TBT p50 / p99 (ms) | TPOT mean (ms) "
-        "| E2E mean (s) | output tok/s | SLO attainment | goodput (req/s) | expert GB / request: distinct / streamed "
-        "| expert MB / iteration: distinct / streamed | mJ / token above idle (raw) "
-        "| mJ / output token above idle (raw) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        s = r.summary
-        lines.append(
-            f"| {s['label']} | {s['workload']['rate']:g} | {s['num_finished']}/{s['num_requests']} "
-            f"| {_num(s['ttft_s']['mean'])} / {_num(s['ttft_s']['p99'])} "
-            f"| {_num(s['tbt_s']['p50'], 1e3)} / {_num(s['tbt_s']['p99'], 1e3)} | {_num(s['tpot_s']['mean'], 1e3)} "
-            f"| {_num(s['e2e_s']['mean'])} | {_num(s['throughput_tok_s'], 1, '.1f')} "
-            f"| {100 * s['slo_attainment']:.0f}% | {_num(s['request_goodput_per_s'])} "
-            f"| {_num(s['expert_bytes_per_request'], 1e-9, '.4g')} / "
-            f"{_num(s['expert_streamed_bytes_per_request'], 1e-9, '.4g')} "
-            f"| {_num(s['expert_bytes_per_iteration'], 1e-6, '.4g')} / "
-            f"{_num(s['expert_streamed_bytes_per_iteration'], 1e-6, '.4g')} "
-            f"| {_num(s['energy_mj_per_token_above_idle'])} ({_num(s['energy_mj_per_token'])}) "
-            f"| {_num(s['energy_mj_per_output_token_above_idle'])} ({_num(s['energy_mj_per_output_token'])}) |")
-    lines += expert_ratio_lines(spec, results)
-    lines += ["", f"Highest measured rate with SLO attainment >= {100 * spec.slo_target:.0f}% at it and every lower "
-              "rate:", ""]
-    for config in spec.configs:
-        runs = [r.summary for r in results if r.summary["label"] == config.label]
-        best = max_rate_meeting_slo([s["workload"]["rate"] for s in runs], [s["slo_attainment"] for s in runs],
-                                    spec.slo_target)
-        lines.append(f"- {config.label}: " + (f"{best:g} requests/s" if best is not None else "none of the rates"))
+    groups = grouped(results)
+    lines += table_lines(groups)
+    lines += expert_ratio_lines(groups, [c.label for c in spec.configs])
+    lines += [""] + best_rate_lines(groups, [c.label for c in spec.configs], spec.slo_target)
     if s0["energy_j"] is None:
         lines += ["", f"Energy not measured: {s0['energy_reason']}."]
     else:
@@ -285,5 +369,9 @@ def markdown_report(spec: CompareSpec, results: list[BenchResult]) -> str:
         lines += ["", "On the CPU, per-call overheads dominate and no weights stream from GPU memory, so these "
                   "latencies say little about a GPU; the expert-traffic column counts bytes and does not depend "
                   "on the device."]
-    lines += ["", "Plots:", ""] + [f"![{name}](plots/{name})" for name in FIGURES] + [""]
+    if order:
+        lines += ["", "Run order: " + ", ".join(f"{label} @ {rate:g}" + (f" #{rep}" if spec.repeats > 1 else "")
+                                                for label, rate, rep in order)]
+    lines += ["", "Plots" + (" (the first run of each configuration and rate)" if spec.repeats > 1 else "") + ":",
+              ""] + [f"![{name}](plots/{name})" for name in FIGURES] + [""]
     return "\n".join(lines)

@@ -41,8 +41,10 @@ class BenchResult:
     summary: dict
 
 
-def make_llm(model, schedule: str, options: dict, label: str, progress: bool = True, log=print):
-    """An lp_jax.LLM, with a progress bar over its start-up compilation and its start-up time logged."""
+def make_llm(model, configs, label: str, progress: bool = True, log=print):
+    """An lp_jax.LLM that serves each EngineConfig of `configs` in turn (`LLM.sharing`: one set of
+    weights and executables, set to the first), with a progress bar over its start-up compilation
+    and its start-up time logged."""
     import lp_jax
 
     bar = tqdm(desc=f"{label}: compiling", unit="executable", disable=not progress, leave=False)
@@ -55,7 +57,7 @@ def make_llm(model, schedule: str, options: dict, label: str, progress: bool = T
 
     t = time.perf_counter()
     try:
-        llm = lp_jax.LLM(model, schedule, progress=advance, **options)
+        llm = lp_jax.LLM.sharing(model, configs, progress=advance)
     finally:
         bar.close()
     log(f"[{label}] engine ready in {time.perf_counter() - t:.1f} s ({count[0]} executables compiled or "
@@ -155,7 +157,8 @@ def _summary(llm, workload: Workload, records: list[RequestRecord], label: str |
     cfg = llm.engine_config
     dev = jax.devices()[0]
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "schedule"}
-    options.update(num_pages=llm.engine.blocks.num_pages, max_model_len=cfg.model_len(llm.model_config))
+    options.update(num_pages=llm.engine.blocks.num_pages, max_model_len=cfg.model_len(llm.model_config),
+                   executor_row_buckets=list(llm.engine.executor.buckets))
     return dict(
         label=label or cfg.schedule,
         model=llm.model_config.name,

@@ -236,6 +236,54 @@ class EngineConfig:
         return min(g, num_layers)
 
 
+# The options that only steer a schedule (the host's scheduler): engines whose options differ in
+# these alone can serve on one executor (one set of weights, KV pool and executables).
+SCHEDULE_OPTIONS = ("schedule", "max_prefill_tokens", "max_cohort_tokens", "token_budget", "group_tokens",
+                    "group_rule", "num_groups", "row_buckets")
+
+
+def shared_executor_config(configs: list[EngineConfig]) -> EngineConfig:
+    """The options of one executor that can serve every one of `configs` in turn (see
+    `Engine.reconfigure`): their row-bucket ladders joined (a ladder with more rungs pads no
+    call more than its own would), prefill limits at their largest (the hidden buffer holds
+    every schedule's prefill rows), and layered's range steps compiled when any is layered.
+    ValueError naming the option when two configs differ in one that shapes the executor
+    (anything outside SCHEDULE_OPTIONS: page size, pages, context, batch, dtype, seed, ...)."""
+    if not configs:
+        raise ValueError("no engine configurations to share an executor between")
+    first = configs[0]
+    for c in configs[1:]:
+        for name in EngineConfig.__dataclass_fields__:
+            if name not in SCHEDULE_OPTIONS and getattr(c, name) != getattr(first, name):
+                raise ValueError(f"configurations of one executor must agree on {name}: {getattr(first, name)!r} "
+                                 f"({first.schedule}) vs {getattr(c, name)!r} ({c.schedule}); only "
+                                 f"{', '.join(SCHEDULE_OPTIONS)} may differ")
+    schedules = [c.schedule for c in configs]
+    schedule = next(s for s in ("layered", "prefill_first", "chunked") if s in schedules)
+    widest = {name: max(getattr(c, name) for c in configs)
+              for name in ("max_prefill_tokens", "max_cohort_tokens", "token_budget")}
+    ladder = tuple(sorted({b for c in configs for b in c.buckets()}))
+    return dataclasses.replace(first, schedule=schedule, row_buckets=ladder, **widest)
+
+
+def check_shares_executor(executor: EngineConfig, config: EngineConfig) -> None:
+    """ValueError unless an executor built with `executor`'s options can serve `config`: equal
+    in every option outside SCHEDULE_OPTIONS, its hidden buffer and bucket ladder large enough,
+    its layer-range steps there if config is layered."""
+    for name in EngineConfig.__dataclass_fields__:
+        if name not in SCHEDULE_OPTIONS and getattr(config, name) != getattr(executor, name):
+            raise ValueError(f"{name}={getattr(config, name)!r} differs from the executor's {getattr(executor, name)!r}: "
+                             "only the schedule's own options can change on one executor")
+    if config.hidden_rows() > executor.hidden_rows():
+        raise ValueError(f"the {config.schedule} configuration needs {config.hidden_rows()} hidden rows, the "
+                         f"executor has {executor.hidden_rows()}")
+    if config.max_rows() > executor.buckets()[-1]:
+        raise ValueError(f"the {config.schedule} configuration runs up to {config.max_rows()} rows a call, the "
+                         f"executor's largest bucket is {executor.buckets()[-1]}")
+    if config.schedule == "layered" and executor.schedule != "layered":
+        raise ValueError("a layered configuration needs an executor built for layered (its layer-range steps)")
+
+
 def _check_int(name: str, value, low: int, also: str = "") -> None:
     """ValueError unless value is an integer (any integral type, not a bool) >= low."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:

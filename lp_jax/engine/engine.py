@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lp_jax.engine import compile_counter
-from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.config import EngineConfig, check_shares_executor
 from lp_jax.engine.executor import ExecutionResult, InFlight, ModelExecutor
 from lp_jax.engine.kv_cache import BlockManager
 from lp_jax.engine.memory import plan_num_pages
@@ -124,6 +124,19 @@ class Engine:
         req.finish_reason = "abort"
         req.finished_s = self.clock()
         return True
+
+    def reconfigure(self, config: EngineConfig) -> None:
+        """Serve from now on with another schedule (and its options) on the same executor: the same
+        weights, KV pool and compiled executables. Only between runs (nothing in flight), and only to
+        options the executor can serve (`check_shares_executor`; build it with
+        `shared_executor_config`). ValueError otherwise."""
+        if self.has_unfinished():
+            raise ValueError("cannot change the schedule while requests are in flight")
+        check_shares_executor(self.executor.config, config)
+        config.check_model(self.model)
+        self.config = config
+        self.state = SchedulerState(config, self.model.num_layers, self.blocks)
+        self.scheduler = make_scheduler(config.schedule)
 
     def has_unfinished(self) -> bool:
         return bool(self.state.waiting or self.state.running or self._in_flight)
