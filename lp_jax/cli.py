@@ -1,4 +1,4 @@
-"""`lp-jax`: the command line (info, generate, bench, compare, routing)."""
+"""`lp-jax`: the command line (info, generate, bench, compare, study, routing)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from lp_jax.bench.study_cli import add_study_parser
 from lp_jax.model.config import PRESETS, get_preset
 
 
@@ -374,12 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="results folder (default: lp-jax-results/routing-<date>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_routing)
+
+    add_study_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("bench", "compare", "routing"):
+    if args.command in ("bench", "compare", "study", "routing"):
         try:
             return args.func(args)
         except ValueError as e:
