@@ -76,6 +76,10 @@ def test_compare_writes_every_file(compare_dir):
     assert "goodput (req/s)" in report and "TTFT <= 500 ms, TPOT <= 100 ms" in report  # the SLO bounds by default
     assert "relative to layered:group_tokens=16 (distinct / streamed)" in report
     spec = json.loads((compare_dir / "compare.json").read_text())
+    # Interleaved rate-major, the order alternating per rate: L C at 20, C L at 50.
+    assert [(r["config"].split(":")[0], r["rate"]) for r in spec["run_order"]] == [
+        ("layered", 20.0), ("chunked", 20.0), ("chunked", 50.0), ("layered", 50.0)]
+    assert (compare_dir / "aggregate.csv").exists()
     assert spec["rates"] == [20.0, 50.0] and spec["model"] == "tiny-qwen3-moe"
 
 

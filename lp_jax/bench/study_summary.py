@@ -59,8 +59,8 @@ def summarize(study: Study, out: str) -> tuple[str, list[dict]]:
         lines += [""] + best_rate_lines(groups, [l for l in labels if any(g[0]["label"] == l for g in groups)],
                                         study.slo_target)
         for first, agg in groups:
-            row = dict(model=model, workload=source, schedule=first["label"], rate=first["workload"]["rate"])
-            row.update(spread_columns(_flatten(agg)))
+            row = dict(model=model, workload=source, configuration=first["label"], rate=first["workload"]["rate"])
+            row.update((k, v) for k, v in spread_columns(_flatten(agg)).items() if k not in row)
             rows.append(row)
     return "\n".join(lines) + "\n", rows
 
