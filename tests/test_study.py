@@ -183,3 +183,22 @@ def test_reconfigure_refuses_what_the_executor_cannot_serve():
         llm.use(chunked)
     with pytest.raises(ValueError, match="must agree on max_num_seqs"):
         lp_jax.LLM.sharing("tiny-qwen3-moe", [chunked, EngineConfig(schedule="layered", **dict(options, max_num_seqs=4))])
+
+
+def test_compilation_cache_writes_every_executable(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental.compilation_cache import compilation_cache
+
+    from lp_jax.bench.study import use_compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        use_compilation_cache(str(tmp_path / "cache"))
+        jax.jit(lambda x: x * 3 + 1).lower(jnp.ones(7)).compile()  # far below the default 1 s minimum
+        assert os.listdir(tmp_path / "cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        compilation_cache.reset_cache()

@@ -140,9 +140,10 @@ def _int(spec: dict, key: str, default: int, low: int) -> int:
 
 
 def _executor(text) -> str:
-    if not isinstance(text, str) or not (text in ("real", "model") or text == "sim" or text.startswith("sim:")):
-        raise ValueError(f"study spec: executor must be 'real', 'sim' or 'sim:TABLE', got {text!r}")
-    return "real" if text == "model" else text
+    if text not in ("real", "model"):
+        # The simulated executor (issue 17) is not in this tree yet: refused rather than run for real.
+        raise ValueError(f"study spec: executor must be 'real' (the simulator is not available here), got {text!r}")
+    return "real"
 
 
 def expand(spec: dict, path: str = "<spec>") -> Study:
