@@ -100,13 +100,14 @@ def test_a_finished_point_with_other_settings_is_refused(done):
 
 def test_budget_stops_before_a_point_that_would_not_fit(study, tmp_path):
     """A clock that moves 10 s a reading: the first point (estimated 30 s + its span) starts at 0 s
-    of a 45 s budget; the second, first of its schedule, would end past it."""
+    of a 35 s budget and takes 10 s; at 30 s the second (another schedule, estimated from the
+    first: 10 s) would end past it."""
     readings = iter(range(0, 10_000, 10))
     tar = str(tmp_path / "new.tar")
-    run = run_study(study, str(tmp_path / "out"), budget_s=45, tar_new=tar, started=0, progress=False,
+    run = run_study(study, str(tmp_path / "out"), budget_s=35, tar_new=tar, started=0, progress=False,
                     log=quiet, clock=lambda: next(readings))
     assert run.finished == study.points[:1] and run.left == study.points[1:]
-    assert run.stopped.startswith("budget: 30 s spent of 45 s")
+    assert run.stopped.startswith("budget: 30 s spent of 35 s")
     with tarfile.open(tar) as t:
         assert {os.path.dirname(m.name) for m in t.getmembers() if m.isfile()} == {study.points[0].folder}
 
@@ -117,6 +118,8 @@ def test_estimate_from_finished_points_by_hand(study):
     other = dict(spec=dict(study.points[0].spec), wall_s=100.0, window_s=1.0)  # layered: not like it
     assert estimate_s(p, [])[0] == pytest.approx(3 / 80 * 1.5 + 30)
     assert estimate_s(p, [like, other])[0] == pytest.approx(10.0 + 2.0)
+    # Only another schedule's point: its overhead (99 s) + its window (1 s) x 1.15.
+    assert estimate_s(p, [other])[0] == pytest.approx(99.0 + 1.0 * 1.15)
     quick = dict(like, wall_s=1.5, window_s=0.01)
     assert estimate_s(p, [quick])[0] == pytest.approx(1.49 + 3 / 80)
 

@@ -37,6 +37,7 @@ TMP_SUFFIX = ".tmp"
 # A point nothing has been measured like yet: it takes its arrival span, stretched by this for the
 # queue it may leave behind, plus this much for its warm-up and idle window (seconds).
 FIRST_POINT_STRETCH, FIRST_POINT_OVERHEAD_S = 1.5, 30.0
+OTHER_SCHEDULE_STRETCH = 1.15
 
 
 def is_finished(out: str, point: Point) -> bool:
@@ -81,13 +82,25 @@ def estimate_s(point: Point, history: list[dict]) -> tuple[float, str]:
         return (s["model"], s["schedule"], s["workload"]["source"], s["workload"]["num_requests"]) == \
             (p["model"], p["schedule"], p["workload"]["source"], p["workload"]["num_requests"])
 
+    def same_workload(r):
+        s, p = r["spec"], point.spec
+        return (s["model"], s["workload"]["source"], s["workload"]["num_requests"]) == \
+            (p["model"], p["workload"]["source"], p["workload"]["num_requests"])
+
     like = [r for r in history if same(r)]
     span = arrival_span_s(point)
-    if not like:
-        return span * FIRST_POINT_STRETCH + FIRST_POINT_OVERHEAD_S, "first of its kind: arrival span x 1.5 + 30 s"
-    overhead = max(r["wall_s"] - r["window_s"] for r in like)
-    window = max(span, min(r["window_s"] for r in like))
-    return overhead + window, f"from {len(like)} finished point(s) like it"
+    if like:
+        overhead = max(r["wall_s"] - r["window_s"] for r in like)
+        window = max(span, min(r["window_s"] for r in like))
+        return overhead + window, f"from {len(like)} finished point(s) like it"
+    # Another schedule on the same model and workload: its overhead, and its longest window
+    # stretched by OTHER_SCHEDULE_STRETCH (a schedule past its knee drains longer).
+    near = [r for r in history if same_workload(r)]
+    if near:
+        overhead = max(r["wall_s"] - r["window_s"] for r in near)
+        window = max(span, max(r["window_s"] for r in near)) * OTHER_SCHEDULE_STRETCH
+        return overhead + window, f"from {len(near)} finished point(s) of another schedule, window x {OTHER_SCHEDULE_STRETCH:g}"
+    return span * FIRST_POINT_STRETCH + FIRST_POINT_OVERHEAD_S, "first of its kind: arrival span x 1.5 + 30 s"
 
 
 @dataclass

@@ -238,8 +238,8 @@ class EngineConfig:
 
 # The options that only steer a schedule (the host's scheduler): engines whose options differ in
 # these alone can serve on one executor (one set of weights, KV pool and executables).
-SCHEDULE_OPTIONS = ("schedule", "max_prefill_tokens", "max_cohort_tokens", "token_budget", "group_tokens",
-                    "group_rule", "num_groups", "row_buckets")
+SCHEDULE_OPTIONS = ("schedule", "max_prefill_tokens", "max_cohort_tokens", "max_lone_prompt_tokens", "token_budget",
+                    "group_tokens", "group_rule", "num_groups", "row_buckets")
 
 
 def shared_executor_config(configs: list[EngineConfig]) -> EngineConfig:
@@ -262,6 +262,9 @@ def shared_executor_config(configs: list[EngineConfig]) -> EngineConfig:
     schedule = next(s for s in ("layered", "prefill_first", "chunked") if s in schedules)
     widest = {name: max(getattr(c, name) for c in configs)
               for name in ("max_prefill_tokens", "max_cohort_tokens", "token_budget")}
+    # A lone layered prompt's limit: the largest one set, else left for for_model to resolve.
+    lone = [c.max_lone_prompt_tokens for c in configs if c.max_lone_prompt_tokens is not None]
+    widest["max_lone_prompt_tokens"] = max(lone) if lone else None
     ladder = tuple(sorted({b for c in configs for b in c.buckets()}))
     return dataclasses.replace(first, schedule=schedule, row_buckets=ladder, **widest)
 
