@@ -9,12 +9,14 @@ import jax
 import jax.numpy as jnp
 
 from lp_jax.engine.config import EngineConfig, check_removed_options, shared_executor_config
-from lp_jax.engine.engine import Engine
+from lp_jax.engine.engine import Engine, model_executor
 from lp_jax.engine.memory import plan_num_pages
 from lp_jax.engine.request import RequestOutput, SamplingParams
 from lp_jax.model.config import ModelConfig, get_preset
 from lp_jax.model.init import init_params
 from lp_jax.model.routing import UNIFORM, get_profile
+from lp_jax.sim import Simulation
+
 
 
 def is_checkpoint(model) -> bool:
@@ -53,7 +55,10 @@ class LLM:
     max_model_len, seed, dtype, row_buckets, routing, kv_memory_fraction, compiler_options). Extra
     keywords: params (weights to use), backend ("pallas" / "reference"), trace (keep
     per-iteration records), progress (callback(done, total), told before the first and after
-    each start-up compilation).
+    each start-up compilation), executor: "model" (the real forward pass, default) or the
+    simulator, "sim[:DEVICE]" (a committed cost table of this model, the preferred device when
+    none is named) or "sim:PATH.json" (see lp_jax.sim): the same engine on a virtual clock, no
+    weights, tokens that are never stop tokens.
 
     Single-threaded: one caller drives an LLM (and its Engine); nothing in them is locked. A
     server runs the engine loop on a thread of its own and hands requests to it.
@@ -64,28 +69,42 @@ class LLM:
     """
 
     def __init__(self, model, schedule: str = "layered", *, params: dict | None = None, backend: str | None = None,
-                 trace: bool = False, progress=None, **engine_options):
+                 trace: bool = False, progress=None, executor: str = "model", **engine_options):
         check_removed_options(engine_options)
         unknown = set(engine_options) - set(EngineConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown engine options: {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(sorted(EngineConfig.__dataclass_fields__))}")
         self.engine_config = EngineConfig(schedule=schedule, **engine_options)
-        dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
         if is_checkpoint(model) and not get_profile(self.engine_config.routing).uses_router:
             raise ValueError(f"routing={self.engine_config.routing!r} is for random-weight presets: a checkpoint "
                              f"routes with its trained router (routing={UNIFORM!r})")
         self.model_config = resolve_config(model)
         self.engine_config.check_model(self.model_config)
         self.engine_config = self.engine_config.for_model(self.model_config)
+        # Requests of the incremental API that finished inside `generate`, for the next `step`.
+        self._finished_earlier: list[RequestOutput] = []
+        if executor != "model":
+            if params is not None or backend is not None:
+                raise ValueError("the simulator takes no weights or kernel backend (params, backend)")
+            self.simulation = Simulation.of(executor, self.model_config, self.engine_config)
+            self.engine = Engine(self.model_config, self.engine_config, self.simulation.executor_factory(),
+                                 self.simulation.dtype, clock=self.simulation.clock, trace=trace, progress=progress,
+                                 num_pages=self.simulation.num_pages)
+            return
+        self.simulation = None
+        dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
         # Decided (or refused) before anything is allocated, and not again once weights take memory.
         num_pages = plan_num_pages(self.model_config, self.engine_config, dtype)
         if params is None:
             params = load_weights(model, self.model_config, self.engine_config.seed, dtype)
-        self.engine = Engine(self.model_config, self.engine_config, params, dtype, backend=backend, trace=trace,
-                             progress=progress, num_pages=num_pages)
-        # Requests of the incremental API that finished inside `generate`, for the next `step`.
-        self._finished_earlier: list[RequestOutput] = []
+        self.engine = Engine(self.model_config, self.engine_config, model_executor(params, backend), dtype,
+                             trace=trace, progress=progress, num_pages=num_pages)
+
+    @property
+    def executor_label(self) -> str:
+        """"real" or what simulated results are stamped with ("simulated, cost table ...")."""
+        return self.simulation.label if self.simulation else "real"
 
     @classmethod
     def sharing(cls, model, configs: Sequence[EngineConfig], **kwargs) -> "LLM":

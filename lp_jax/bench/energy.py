@@ -147,3 +147,16 @@ def energy_fields(energy: EnergyReading, tokens: int, output_tokens: int) -> dic
         energy_reason=energy.reason,
         energy_devices=energy.devices,
     )
+
+
+class SimulatedEnergy:
+    """The meter of a simulated run: the cost model has no power model, so nothing is measured."""
+
+    def measure_idle(self, seconds: float = IDLE_WINDOW_S) -> None:
+        """No idle window: there is no power to measure (and no time to wait on a virtual clock)."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> EnergyReading:
+        return EnergyReading(None, "simulated run: the cost model does not model energy")

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from lp_jax.bench.energy import IDLE_WINDOW_S, EnergyMeter, energy_fields
+from lp_jax.bench.energy import IDLE_WINDOW_S, EnergyMeter, SimulatedEnergy, energy_fields
 from lp_jax.bench.metrics import RequestRecord, serving_metrics
 from lp_jax.bench.vllm_result import vllm_result_of_run
 from lp_jax.bench.workload import Workload
@@ -81,17 +81,20 @@ def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: floa
     """
     engine = llm.engine
     clock = engine.clock
+    wait_until = wait_until or getattr(clock, "wait_until", None)
     if wait_until is None:
         if clock is not time.perf_counter:
             raise ValueError("the engine has its own clock: pass wait_until to advance it")
         wait_until = lambda t: time.sleep(max(0.0, t - clock()))  # noqa: E731
     # Token ids are drawn before the clock starts, so that drawing them costs the server no time.
-    prompts = workload.prompts(llm.model_config.vocab_size)
+    # The simulator never reads them: its prompts are zeros of the same lengths.
+    simulated = llm.simulation is not None
+    prompts = workload.placeholder_prompts() if simulated else workload.prompts(llm.model_config.vocab_size)
     _warm_up(llm, prompts[:warmup], workload.output_tokens[:warmup])
 
     n = len(workload)
     records: dict[int, RequestRecord] = {}
-    meter = EnergyMeter(jax.devices()[:1])
+    meter = SimulatedEnergy() if simulated else EnergyMeter(jax.devices()[:1])
     meter.measure_idle(idle_s)  # the engine is idle now (warm-up done): its power at rest, this run
     before = (engine.total_expert_bytes, engine.total_expert_streamed_bytes, engine.state.iteration)
     bar = tqdm(total=n, desc=label or engine.config.schedule, unit="req", disable=not progress, leave=False)
@@ -155,12 +158,19 @@ def _summary(llm, workload: Workload, records: list[RequestRecord], label: str |
     expert bytes both ways and its iterations (per-iteration figures are their ratio)."""
     metrics = serving_metrics(records, ttft_bound_s, tbt_bound_s, goodput_slo_ms)
     cfg = llm.engine_config
-    dev = jax.devices()[0]
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "schedule"}
     options.update(num_pages=llm.engine.blocks.num_pages, max_model_len=cfg.model_len(llm.model_config),
                    executor_row_buckets=list(llm.engine.executor.buckets))
+    if llm.simulation is None:
+        dev = jax.devices()[0]
+        device = dict(name=dev.device_kind, platform=dev.platform, count=jax.device_count(), host_cpus=os.cpu_count())
+    else:
+        table = llm.simulation.table
+        device = dict(name=table.device_kind, platform="simulated", count=1, host_cpus=os.cpu_count(),
+                      cost_table=table.name, provenance=table.provenance)
     return dict(
         label=label or cfg.schedule,
+        executor=llm.executor_label,
         model=llm.model_config.name,
         schedule=cfg.schedule,
         options=options,
@@ -175,7 +185,7 @@ def _summary(llm, workload: Workload, records: list[RequestRecord], label: str |
         **energy_fields(energy, metrics["prompt_tokens"] + metrics["output_tokens"], metrics["output_tokens"]),
         warmup_requests=min(warmup, len(workload)),
         compiles_during_serving=llm.engine.compiles_since_startup(),
-        device=dict(name=dev.device_kind, platform=dev.platform, count=jax.device_count(), host_cpus=os.cpu_count()),
+        device=device,
         jax_version=jax.__version__,
         python_version=platform.python_version(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -203,6 +203,13 @@ class Workload:
         return [np.random.default_rng((self.seed, i)).integers(0, vocab_size, int(n)).tolist()
                 for i, n in enumerate(self.prompt_tokens)]
 
+    def placeholder_prompts(self) -> list[np.ndarray]:
+        """Prompts of the same lengths whose tokens are all 0, as read-only views of one shared
+        buffer (no memory per request): for the simulator, which never reads token values."""
+        zeros = np.zeros(int(self.prompt_tokens.max(initial=1)), np.int32)
+        zeros.flags.writeable = False
+        return [zeros[:int(n)] for n in self.prompt_tokens]
+
 
 def make_workload(source: str, num_requests: int, rate: float | None = None, arrival: str = "poisson",
                   cv: float = 1.0, seed: int = 0, length_scale: float = 1.0, context_limit: int | None = None,

@@ -1,8 +1,12 @@
 """The serving loop: admit -> schedule -> execute plan -> sample -> stream -> record.
 
 The engine is generic over its executor and clock: `ModelExecutor` with the wall clock serves
-for real; a cost-model executor with a virtual clock (the simulator) can drive the same
-schedulers and bookkeeping.
+for real; a cost-model executor with a virtual clock (the simulator, lp_jax.sim) drives the same
+schedulers and bookkeeping. The engine is given a factory that makes its executor once the KV
+block manager exists (`model_executor(params)` for the real one), so it never imports the
+simulator. An executor has precompile(progress), dispatch(plan) -> a handle with `.sampled`
+(the requests a token is sampled for: the plan's decodes, then the prefills completing their
+prompt) and fetch(handle) -> ExecutionResult.
 
 Pipelined (as vLLM's async scheduling): `step` schedules and dispatches iteration i+1, then
 reads iteration i's sampled tokens back, so the host's scheduling, row building and bookkeeping
@@ -50,10 +54,21 @@ class IterationRecord:
     segments: list  # executor SegmentRecords
 
 
+# (model, engine config, block manager, dtype, record rows) -> an executor.
+ExecutorFactory = Callable[[ModelConfig, EngineConfig, BlockManager, np.dtype, bool], object]
+
+
+def model_executor(params: dict, backend: str | None = None) -> ExecutorFactory:
+    """The factory of the real executor over these weights (`backend`: kernel choice)."""
+    def make(model, config, blocks, dtype, record_rows):
+        return ModelExecutor(model, config, params, blocks, dtype, backend, record_rows=record_rows)
+    return make
+
+
 class Engine:
-    def __init__(self, model: ModelConfig, config: EngineConfig, params: dict, dtype,
-                 clock: Callable[[], float] = time.perf_counter, backend: str | None = None,
-                 trace: bool = False, progress=None, num_pages: int | None = None):
+    def __init__(self, model: ModelConfig, config: EngineConfig, executor: ExecutorFactory, dtype,
+                 clock: Callable[[], float] = time.perf_counter, trace: bool = False, progress=None,
+                 num_pages: int | None = None):
         config.check_model(model)
         config = config.for_model(model)
         self.model, self.config, self.clock, self.trace = model, config, clock, trace
@@ -62,7 +77,7 @@ class Engine:
         self.blocks = BlockManager(num_pages, config.page_size)
         self.state = SchedulerState(config, model.num_layers, self.blocks)
         self.scheduler = make_scheduler(config.schedule)
-        self.executor = ModelExecutor(model, config, params, self.blocks, dtype, backend, record_rows=trace)
+        self.executor = executor(model, config, self.blocks, self.dtype, trace)
         self.executor.precompile(progress)
         self.compiles_after_startup = compile_counter.count()
         self.expert_bytes_each = expert_bytes(model, self.dtype.itemsize) if model.is_moe else 0
@@ -71,21 +86,25 @@ class Engine:
         self.total_expert_bytes = 0.0
         self.total_expert_streamed_bytes = 0.0
         self._next_id = 0
-        self._in_flight: tuple[IterationPlan, InFlight, float, int] | None = None  # plan, handle, start, iteration
+        self._in_flight: tuple[IterationPlan, object, float, int] | None = None  # plan, handle, start, iteration
 
     # --- requests ---------------------------------------------------------------------------
-    def validate(self, prompt: Sequence[int], params: SamplingParams) -> list[int]:
-        """The prompt as a list of ints, or ValueError naming what is wrong with the request."""
+    def validate(self, prompt: Sequence[int], params: SamplingParams) -> list[int] | np.ndarray:
+        """The prompt as a list of ints (a 1-D integer numpy array is checked at once and kept,
+        read-only), or ValueError naming what is wrong with the request."""
         if isinstance(prompt, (str, bytes)) or not hasattr(prompt, "__len__"):
             raise ValueError(f"a prompt must be a list of token ids, got {type(prompt).__name__}")
         if len(prompt) == 0:
             raise ValueError("empty prompt: a request needs at least one token")
         V = self.model.vocab_size
-        tokens = []
-        for i, t in enumerate(prompt):
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < V:
-                raise ValueError(f"prompt token {i} is {t!r}, outside the vocabulary [0, {V})")
-            tokens.append(int(t))
+        if isinstance(prompt, np.ndarray):
+            tokens = self._validate_array(prompt)
+        else:
+            tokens = []
+            for i, t in enumerate(prompt):
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < V:
+                    raise ValueError(f"prompt token {i} is {t!r}, outside the vocabulary [0, {V})")
+                tokens.append(int(t))
         params.validate(V)
         limit = self.config.model_len(self.model)
         if len(tokens) + params.max_tokens > limit:
@@ -96,6 +115,17 @@ class Engine:
             raise ValueError(f"request can never fit the KV pool: {len(tokens) + params.max_tokens} tokens need "
                              f"{need} pages of {self.config.page_size}, the pool has {self.blocks.usable_pages}")
         return tokens
+
+    def _validate_array(self, prompt: np.ndarray) -> np.ndarray:
+        V = self.model.vocab_size
+        if prompt.ndim != 1 or not np.issubdtype(prompt.dtype, np.integer) or prompt.dtype == np.bool_:
+            raise ValueError(f"a prompt array must be 1-D of integers, got shape {prompt.shape} dtype {prompt.dtype}")
+        bad = np.flatnonzero((prompt < 0) | (prompt >= V))
+        if bad.size:
+            raise ValueError(f"prompt token {bad[0]} is {prompt[bad[0]]!r}, outside the vocabulary [0, {V})")
+        view = prompt.view()
+        view.flags.writeable = False
+        return view
 
     def add_request(self, prompt: Sequence[int], params: SamplingParams | None = None,
                     arrival_s: float | None = None) -> int:

@@ -78,10 +78,15 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _as_list(tokens) -> list[int]:
+    """A prompt (a list of ints, or a 1-D integer numpy array) as a new list of ints."""
+    return tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
+
+
 @dataclass
 class Request:
     request_id: int
-    prompt: list[int]
+    prompt: list[int]  # or a read-only 1-D integer numpy array (Engine.validate keeps arrays as given)
     params: SamplingParams
     arrival_s: float
     seed: int
@@ -106,19 +111,24 @@ class Request:
     @property
     def tokens(self) -> list[int]:
         """Prompt followed by the generated tokens: what the KV cache must hold."""
-        return self.prompt + self.output
+        return _as_list(self.prompt) + self.output
+
+    @property
+    def num_tokens(self) -> int:
+        """len(tokens), without building the list."""
+        return len(self.prompt) + len(self.output)
 
     def token_at(self, position: int) -> int:
         """tokens[position], without building the whole list."""
         n = len(self.prompt)
-        return self.prompt[position] if position < n else self.output[position - n]
+        return int(self.prompt[position]) if position < n else self.output[position - n]
 
     def tokens_between(self, start: int, end: int) -> list[int]:
         """tokens[start:end], without building the whole list."""
         n = len(self.prompt)
         if end <= n:
-            return self.prompt[start:end]
-        return self.prompt[start:n] + self.output[max(start - n, 0):end - n]
+            return _as_list(self.prompt[start:end])
+        return _as_list(self.prompt[start:n]) + self.output[max(start - n, 0):end - n]
 
     @property
     def max_len(self) -> int:
@@ -127,7 +137,7 @@ class Request:
     def start_prefill(self) -> None:
         """Admit for prefill: compute K/V of all its tokens (after a preemption, the outputs too)."""
         self.status = Status.PREFILLING
-        self.prefill_target = len(self.tokens)
+        self.prefill_target = self.num_tokens
 
 
 @dataclass
@@ -145,6 +155,6 @@ class RequestOutput:
 
     @staticmethod
     def of(req: Request) -> "RequestOutput":
-        return RequestOutput(req.request_id, list(req.prompt), list(req.output), req.status.value,
+        return RequestOutput(req.request_id, _as_list(req.prompt), list(req.output), req.status.value,
                              req.finish_reason, req.arrival_s, list(req.token_times_s), req.expert_bytes,
                              req.num_preemptions, req.expert_streamed_bytes)

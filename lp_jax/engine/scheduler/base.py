@@ -168,7 +168,7 @@ def take_prefill_chunks(state: SchedulerState, budget: int, *, whole_prompts: bo
         if new and (len(state.running) >= cfg.max_num_seqs or req.num_pending):
             break  # no slot; or preempted with a token still in flight, which its recompute needs
         start = req.num_computed
-        remaining = (len(req.tokens) if new else req.prefill_target) - start
+        remaining = (req.num_tokens if new else req.prefill_target) - start
         if whole_prompts and new and remaining > budget and works:
             break
         n = min(remaining, budget)

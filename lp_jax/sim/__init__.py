@@ -1,0 +1,68 @@
+"""The simulator: the engine, its schedulers and metrics unchanged, the forward pass replaced by a
+calibrated cost model (cost_model, work, expert_load) on a virtual clock (clock), behind the
+executor seam (executor). `lp_jax.LLM(..., executor="sim[:DEVICE]")` builds one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lp_jax.model.config import ModelConfig
+from lp_jax.engine.config import EngineConfig
+from lp_jax.engine.memory import plan_num_pages
+from lp_jax.sim.clock import VirtualClock
+from lp_jax.sim.cost_model import CostTable, load_table
+from lp_jax.sim.executor import SimulatedExecutor
+from lp_jax.sim.expert_load import expert_load
+
+
+def parse_executor(spec: str) -> str:
+    """The table part of an executor spec "sim[:DEVICE or PATH]" ("" for a bare "sim");
+    ValueError for anything else."""
+    kind, _, table = spec.partition(":")
+    if kind != "sim" or (spec.endswith(":") and not table):
+        raise ValueError(f"unknown executor {spec!r}: use 'model' (the real forward pass), 'sim' (the simulator "
+                         "with the model's preferred cost table), 'sim:DEVICE' or 'sim:PATH.json'")
+    return table
+
+
+@dataclass
+class Simulation:
+    """What a simulated engine runs on: a cost table, a virtual clock, the KV pool the table's
+    device memory allows, and a routing profile."""
+
+    table: CostTable
+    clock: VirtualClock
+    dtype: np.dtype
+    num_pages: int
+    routing: str = "uniform"
+
+    @staticmethod
+    def of(spec: str, model: ModelConfig, config: EngineConfig, routing: str = "uniform") -> "Simulation":
+        table = load_table(parse_executor(spec), model.name)
+        if config.dtype and config.dtype != table.dtype:
+            raise ValueError(f"dtype {config.dtype} differs from the cost table's {table.dtype} ({table.name})")
+        dtype = _dtype(table.dtype)
+        num_pages = plan_num_pages(model, config, dtype, available=table.memory_bytes)
+        return Simulation(table, VirtualClock(), dtype, num_pages, routing)
+
+    @property
+    def label(self) -> str:
+        return self.table.label
+
+    def executor_factory(self):
+        def make(model, config, blocks, dtype, record_rows):
+            load = expert_load(model.num_experts, model.num_experts_per_tok, self.routing) if model.is_moe else None
+            return SimulatedExecutor(model, config, blocks, self.table, self.clock, load, record_rows)
+        return make
+
+
+def _dtype(name: str) -> np.dtype:
+    """numpy dtype of a table's dtype name (bfloat16 through ml_dtypes, which jax ships)."""
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
+
+    return np.dtype(getattr(ml_dtypes, name) if name == "bfloat16" else name)
+
+
+__all__ = ["Simulation", "SimulatedExecutor", "VirtualClock", "CostTable", "load_table", "parse_executor"]

@@ -1,0 +1,229 @@
+"""The simulator's cost model: seconds of one layer-range call, of a sampling call, and of the host's
+work per iteration, from physical work (bytes moved, FLOPs) and a few fitted constants.
+
+One layer of a call costs
+
+    layer_s + row_s * rows
+      + max(dense_bytes / (BW * dense_bw),   dense_flops / (R * dense_flop))     projections, router, dense MLP
+      + max(attn_bytes / (BW * attn_bw),     attn_flops / (R * attn_flop))       K/V reads, QK^T and PV
+      + max(expert_bytes / (BW * expert_bw), expert_flops / (R * expert_flop))   routed experts
+
+and a call of n layers costs call_s + the sum over its layers. BW (bytes/s) and R (FLOP/s) are
+the device's peaks (`Peaks`: the copy bandwidth and matmul rate measured on it, or a datasheet's);
+the efficiencies (0..1] and the fixed times are fitted to timed calls (lp_jax.sim.fit). The work
+of a call is a `LayerWork` per layer type (lp_jax.sim.work builds them from a plan). Because
+every term is bytes / bandwidth or FLOPs / rate, a table for a device never run can be written
+from its datasheet peaks and another device's efficiencies (and says so: `CostTable.provenance`).
+
+Sampling: head_s + head_row_s * rows + max(lm-head bytes / (BW * dense_bw), 2 rows V D / (R * dense_flop)).
+
+Host, per iteration (the engine's own Python: scheduling, row building, bookkeeping): step_s +
+decode_s * decode rows + prefill_s * prefill chunks; launch_s per executable call; readback_s
+when the sampled tokens are read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+TABLES_DIR = os.path.join(os.path.dirname(__file__), "tables")
+FORMAT = 1
+PROVENANCES = ("measured", "derived", "datasheet")
+
+
+@dataclass(frozen=True)
+class LayerWork:
+    """The work of one layer of one call. rows: token rows the layer computes (the padded bucket);
+    bytes in bytes, flops in FLOPs."""
+
+    rows: float
+    dense_bytes: float
+    dense_flops: float
+    attn_bytes: float
+    attn_flops: float
+    expert_bytes: float = 0.0
+    expert_flops: float = 0.0
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """copy_Bps: bytes/s (read + write of a large elementwise op); matmul_flops: FLOP/s of a large
+    matmul in the table's dtype."""
+
+    copy_Bps: float
+    matmul_flops: float
+
+
+@dataclass
+class DeviceParams:
+    """Fitted constants of the device side (seconds; efficiencies dimensionless in (0, 1])."""
+
+    call_s: float = 1e-4
+    layer_s: float = 1e-5
+    row_s: float = 0.0
+    dense_bw: float = 0.5
+    dense_flop: float = 0.5
+    attn_bw: float = 0.5
+    attn_flop: float = 0.5
+    expert_bw: float = 0.5
+    expert_flop: float = 0.5
+    head_s: float = 1e-4
+    head_row_s: float = 0.0
+
+
+@dataclass
+class HostParams:
+    """The host's seconds per iteration (see the module docstring)."""
+
+    step_s: float = 1e-4
+    decode_s: float = 1e-6
+    prefill_s: float = 1e-5
+    launch_s: float = 5e-5
+    readback_s: float = 5e-5
+
+
+@dataclass
+class CostTable:
+    """Everything the simulator needs for one model on one device, and where it came from.
+
+    provenance: "measured" (fitted to timed calls on that device), "derived" (fitted to other
+    published measurements of that device, e.g. the committed H100 benchmark results) or
+    "datasheet" (a device never run: peaks from its datasheet, efficiencies from another table).
+    backend: the kernels the timed engine ran ("pallas" on Hopper, "reference" elsewhere), which
+    decides what work a call does (see lp_jax.sim.work). memory_bytes: what JAX may use on the
+    device (the KV pool is sized from it as on the real device). samples: the calibration points
+    (their work and measured seconds), kept so that the fit error can be checked.
+    """
+
+    model: str
+    device: str
+    device_kind: str
+    provenance: str
+    backend: str
+    dtype: str
+    memory_bytes: int
+    peaks: Peaks
+    device_params: DeviceParams
+    host: HostParams
+    source: str
+    date: str
+    commit: str
+    kernel_tiles_device: str | None = None  # device whose MoE tile table gives block_m (pallas)
+    fit: dict = field(default_factory=dict)
+    samples: list = field(default_factory=list)
+    name: str = ""
+
+    def __post_init__(self):
+        if self.provenance not in PROVENANCES:
+            raise ValueError(f"cost table provenance must be one of {', '.join(PROVENANCES)}, got {self.provenance!r}")
+        if self.backend not in ("pallas", "reference"):
+            raise ValueError(f"cost table backend must be pallas or reference, got {self.backend!r}")
+        if not self.name:
+            self.name = f"{self.device}/{self.model}"
+        p = self.device_params
+        self._dense = (self.peaks.copy_Bps * p.dense_bw, self.peaks.matmul_flops * p.dense_flop)
+        self._attn = (self.peaks.copy_Bps * p.attn_bw, self.peaks.matmul_flops * p.attn_flop)
+        self._expert = (self.peaks.copy_Bps * p.expert_bw, self.peaks.matmul_flops * p.expert_flop)
+
+    @property
+    def label(self) -> str:
+        """What reports are stamped with: "simulated, cost table DEVICE/MODEL (provenance)"."""
+        return f"simulated, cost table {self.name} ({self.provenance})"
+
+    # --- evaluation -------------------------------------------------------------------------
+    def layer_s(self, w: LayerWork) -> float:
+        """Seconds of one layer of a call doing `w`."""
+        p = self.device_params
+        (db, df), (ab, af), (eb, ef) = self._dense, self._attn, self._expert
+        return (p.layer_s + p.row_s * w.rows + max(w.dense_bytes / db, w.dense_flops / df)
+                + max(w.attn_bytes / ab, w.attn_flops / af) + max(w.expert_bytes / eb, w.expert_flops / ef))
+
+    def call_s(self, layer_seconds: float) -> float:
+        """Seconds of one executable call whose layers take `layer_seconds` in all."""
+        return self.device_params.call_s + layer_seconds
+
+    def head_s(self, rows: int, head_bytes: float, head_flops_per_row: float) -> float:
+        """Seconds of the sampling call over `rows` (the padded sampled-row bucket)."""
+        p = self.device_params
+        db, df = self._dense
+        return p.head_s + p.head_row_s * rows + max(head_bytes / db, rows * head_flops_per_row / df)
+
+    # --- files ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["format"] = FORMAT
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> "CostTable":
+        if d.get("format") != FORMAT:
+            raise ValueError(f"cost table format {d.get('format')!r} is not {FORMAT}")
+        d = {k: v for k, v in d.items() if k != "format"}
+        return CostTable(**{**d, "peaks": Peaks(**d["peaks"]), "device_params": DeviceParams(**d["device_params"]),
+                            "host": HostParams(**d["host"])})
+
+    def save(self, path: str) -> str:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+            f.write("\n")
+        return path
+
+    def with_params(self, **changes) -> "CostTable":
+        """A copy with fields replaced (efficiency caches rebuilt)."""
+        return dataclasses.replace(self, **changes)
+
+
+def table_file(device: str, model: str) -> str:
+    return os.path.join(TABLES_DIR, f"{device}_{model}.json")
+
+
+def available_tables() -> dict[tuple[str, str], str]:
+    """{(device, model): path} of the committed tables."""
+    out = {}
+    if os.path.isdir(TABLES_DIR):
+        for name in sorted(os.listdir(TABLES_DIR)):
+            if name.endswith(".json") and "_" in name:
+                device, model = name[:-5].split("_", 1)
+                out[device, model] = os.path.join(TABLES_DIR, name)
+    return out
+
+
+# The device a bare "sim" picks for a model: the first of these with a table.
+DEVICE_PREFERENCE = ("h200", "h100", "cpu")
+
+
+def load_table(spec: str, model: str) -> CostTable:
+    """The cost table named by `spec` for `model`: a device name (a committed table
+    lp_jax/sim/tables/DEVICE_MODEL.json), "" (the preferred device with a table: DEVICE_PREFERENCE,
+    measured tables first) or the path of a table file. ValueError listing what exists otherwise."""
+    if spec.endswith(".json") or os.sep in spec:
+        if not os.path.exists(spec):
+            raise ValueError(f"no cost table file {spec}")
+        with open(spec) as f:
+            table = CostTable.from_json(json.load(f))
+        if table.model != model:
+            raise ValueError(f"cost table {spec} is for {table.model}, not {model}")
+        return table
+    tables = available_tables()
+    have = sorted(d for d, m in tables if m == model)
+    if not spec:
+        if not have:
+            raise ValueError(f"no cost table for {model}; tables exist for: "
+                             f"{', '.join(sorted({m for _, m in tables})) or 'none'}")
+        ranked = sorted(have, key=lambda d: (DEVICE_PREFERENCE.index(d) if d in DEVICE_PREFERENCE else 99, d))
+        measured = [d for d in ranked if _provenance(tables[d, model]) != "datasheet"]
+        spec = (measured or ranked)[0]
+    if (spec, model) not in tables:
+        raise ValueError(f"no cost table for {model} on {spec!r}; devices with a table for it: "
+                         f"{', '.join(have) or 'none'} (lp-jax calibrate writes one)")
+    with open(tables[spec, model]) as f:
+        return CostTable.from_json(json.load(f))
+
+
+def _provenance(path: str) -> str:
+    with open(path) as f:
+        return json.load(f).get("provenance", "")

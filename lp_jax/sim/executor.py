@@ -1,0 +1,153 @@
+"""`SimulatedExecutor`: the executor seam of the engine, with the forward pass replaced by a cost
+model and a virtual clock.
+
+It receives the same IterationPlans as `ModelExecutor` and answers `dispatch` / `fetch` the same
+way, so the engine, its schedulers, the KV block manager and the metrics run unchanged. Instead
+of launching compiled steps it advances two timelines:
+
+- the host (the engine's clock): per iteration, the engine's own work (scheduling, row building,
+  bookkeeping; `HostParams`), then a launch per executable call; reading an iteration back waits
+  until its tokens are on the device and then costs a read-back;
+- the device: each call starts when it has been launched and the previous call has finished, and
+  runs for the cost model's time; the sampled tokens of an iteration are ready when its last call
+  (the sampling head) ends.
+
+The engine dispatches iteration i+1 before it reads iteration i back, so host work overlaps the
+device exactly as in the real pipelined engine, and a token's time is when the host has it.
+
+Calls are the real executor's: each plan segment runs at its row bucket, a layer range other
+than the whole model as its power-of-two pieces (`layer_pieces`), then one sampling call over the
+sampled-row bucket. Sampled tokens carry no information (the bench ignores end-of-sequence): a
+fixed token that is no stop token of the model or of the request; output lengths come from the
+requests' max_tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lp_jax.model.config import ModelConfig
+from lp_jax.engine.config import EngineConfig, bucket_for
+from lp_jax.engine.executor import ExecutionResult, SegmentRecord, layer_pieces
+from lp_jax.engine.kv_cache import BlockManager
+from lp_jax.engine.request import Request
+from lp_jax.engine.scheduler.base import IterationPlan
+from lp_jax.sim.clock import VirtualClock
+from lp_jax.sim.cost_model import CostTable
+from lp_jax.sim.expert_load import ExpertLoad, expert_load
+from lp_jax.sim.work import WorkModel
+
+
+@dataclass
+class SimFlight:
+    """A simulated iteration in flight: what fetch needs, and when its tokens are ready.
+
+    segments: (segment, decode rows in it, [(request id, prefill rows)] in it, expected distinct
+    experts per layer); ready_s: when its sampled tokens are on the device (clock seconds);
+    device_s: device time of its calls (seconds)."""
+
+    segments: list
+    sampled: list[Request]
+    num_decodes: int
+    ready_s: float
+    device_s: float
+
+
+class SimulatedExecutor:
+    """The executor interface (precompile, dispatch, fetch, execute) over a cost table."""
+
+    num_executables = 0
+
+    def __init__(self, model: ModelConfig, config: EngineConfig, blocks: BlockManager, table: CostTable,
+                 clock: VirtualClock, load: ExpertLoad | None = None, record_rows: bool = False):
+        if table.model != model.name:
+            raise ValueError(f"cost table {table.name} is for {table.model}, not {model.name}")
+        self.model, self.config, self.blocks, self.table, self.clock = model, config, blocks, table, clock
+        self.load = load or (expert_load(model.num_experts, model.num_experts_per_tok) if model.is_moe else None)
+        self.buckets, self.seq_buckets = config.buckets(), config.seq_buckets()
+        self.work = WorkModel(model, np.dtype(table.dtype).itemsize, table.backend,
+                              config.pages_per_seq(model) * config.page_size, self.load, self._block_m)
+        self.device_free_s = 0.0  # when the device finishes everything launched so far
+        self.device_busy_s = 0.0  # total device time of the calls simulated
+        self._pieces: dict[tuple[int, int], list[tuple[int, dict[str, int]]]] = {}
+        self._head_s = {B: table.head_s(B, self.work.head_bytes, self.work.head_flops_per_row) for B in self.seq_buckets}
+        stops = set(model.eos_token_ids)
+        self.token = next(t for t in range(model.vocab_size) if t not in stops)
+
+    def precompile(self, progress=None) -> None:
+        """Nothing to compile."""
+
+    def _block_m(self, routed_rows: int) -> int:
+        from pallas_kernels.moe_tuning import lookup
+
+        m = self.model
+        return lookup(m.num_experts, m.hidden_size, m.ffn_size, max(routed_rows, 1),
+                      self.table.kernel_tiles_device or self.table.device_kind).gate_up.block_m
+
+    def pieces(self, layer_lo: int, layer_hi: int) -> list[tuple[int, dict[str, int]]]:
+        """(first layer, {layer type: count}) of each call that runs [layer_lo, layer_hi)."""
+        key = (layer_lo, layer_hi)
+        if key not in self._pieces:
+            self._pieces[key] = [(lo, self.work.layer_counts(lo, n))
+                                 for lo, n in layer_pieces(layer_lo, layer_hi, self.model.num_layers)]
+        return self._pieces[key]
+
+    # --- one iteration ----------------------------------------------------------------------
+    def dispatch(self, plan: IterationPlan) -> SimFlight:
+        host, table, clock = self.table.host, self.table, self.clock
+        clock.advance(host.step_s + host.decode_s * len(plan.decodes) + host.prefill_s * len(plan.prefills))
+        device, busy = self.device_free_s, 0.0
+        contexts = [r.num_computed + 1 for r in plan.decodes]
+        segments = []
+        for seg in plan.segments():
+            ctx = contexts if seg.decode else []
+            prefills = [(w.start, w.end) for w in plan.prefills] if seg.prefill else []
+            tokens = tuple(e - s for s, e in prefills)
+            rows = bucket_for(len(ctx) + sum(tokens), self.buckets)
+            per_layer = {t: table.layer_s(w) for t, w in self.work.layer_works(rows, ctx, prefills).items()}
+            for _, counts in self.pieces(seg.layer_lo, seg.layer_hi):
+                seconds = table.call_s(sum(n * per_layer[t] for t, n in counts.items() if n))
+                device = max(device, clock.advance(host.launch_s)) + seconds
+                busy += seconds
+            distinct = self.load.expected_distinct(len(ctx), tokens) if self.load else 0.0
+            prefill_rows = [(w.request.request_id, w.num_tokens) for w in plan.prefills] if seg.prefill else []
+            segments.append((seg, len(ctx), prefill_rows, distinct))
+        sampled = list(plan.decodes)
+        if plan.prefill_finishes_layers:
+            sampled += [w.request for w in plan.prefills if w.completes_prompt]
+        if sampled:
+            seconds = self._head_s[bucket_for(len(sampled), self.seq_buckets)]
+            device = max(device, clock.advance(host.launch_s)) + seconds
+            busy += seconds
+        self.device_free_s = device
+        self.device_busy_s += busy
+        return SimFlight(segments, sampled, len(plan.decodes), device, busy)
+
+    def fetch(self, flight: SimFlight) -> ExecutionResult:
+        """Wait (on the virtual clock) for the iteration's tokens and read them back."""
+        self.clock.wait_until(flight.ready_s)
+        self.clock.advance(self.table.host.readback_s)
+        L, n_dec = self.model.num_layers, flight.num_decodes
+        records = []
+        for seg, n_seg_dec, prefill_rows, distinct in flight.segments:
+            rows = {r.request_id: 1 for r in flight.sampled[:n_seg_dec]}
+            for rid, n in prefill_rows:
+                rows[rid] = rows.get(rid, 0) + n
+            counts = np.zeros(L)
+            counts[seg.layer_lo:seg.layer_hi] = distinct
+            records.append(SegmentRecord(seg.layer_lo, seg.layer_hi, rows, counts))
+        decode_tokens = [self.token_for(r) for r in flight.sampled[:n_dec]]
+        first = {r.request_id: self.token_for(r) for r in flight.sampled[n_dec:]}
+        return ExecutionResult(decode_tokens, first, records)
+
+    def execute(self, plan: IterationPlan) -> ExecutionResult:
+        return self.fetch(self.dispatch(plan))
+
+    def token_for(self, req: Request) -> int:
+        """The token every sampling of `req` returns: never one of its stop tokens."""
+        stops = req.params.stop_token_ids
+        if self.token not in stops:
+            return self.token
+        return next(t for t in range(self.model.vocab_size) if t not in stops and t not in self.model.eos_token_ids)

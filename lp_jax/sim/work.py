@@ -1,0 +1,119 @@
+"""The physical work of a layer-range call: bytes and FLOPs per layer, from the rows of a plan.
+
+What a call does depends on the kernels (`backend`):
+
+- "pallas" (Hopper): paged attention reads each sequence's visible keys (its context, or the
+  window on sliding layers) and computes QK^T and PV over (row, visible key) pairs; the grouped
+  MoE matmuls stream each loaded expert's weights once per row tile (`ExpertLoad.expected_tiles`,
+  block_m from the kernel's tile table) and compute only real rows.
+- "reference" (pure jnp, the CPU): attention gathers every slot of each row's block table
+  (max_model_len keys per row, padding rows included; the window is only a mask), and XLA's CPU
+  ragged_dot computes every expert for every routed row (rows x K x E), so neither depends on the
+  context or on routing.
+
+Dense work (attention projections, norms, router, a dense model's MLP) reads the layer's dense
+weights once and computes every padded row. Units: bytes, FLOPs, rows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from lp_jax.model.config import ModelConfig
+from lp_jax.sim.cost_model import LayerWork
+from lp_jax.sim.expert_load import ExpertLoad
+
+# Query rows of a prefill tile: the attention kernel reads a tile's visible keys once per tile.
+PREFILL_Q_TILE = 64
+LAYER_TYPES = ("full", "sliding")
+
+
+def visible_pairs(start: int, end: int, window: int | None) -> int:
+    """Sum over positions p in [start, end) of the keys p sees: min(p + 1, window)."""
+    def upto(x):  # sum_{p < x} min(p + 1, W)
+        if window is None or x <= window:
+            return x * (x + 1) // 2
+        return window * (window + 1) // 2 + (x - window) * window
+    return upto(end) - upto(start)
+
+
+class WorkModel:
+    """Bytes and FLOPs of the calls of one model (dtype_bytes per weight / KV element) on one backend.
+
+    page_slots: keys a block table addresses (pages_per_seq x page_size), what the reference
+    attention gathers per row. block_m(rows): the MoE kernel's row tile for a call of `rows`
+    routed rows (pallas only).
+    """
+
+    def __init__(self, model: ModelConfig, dtype_bytes: int, backend: str, page_slots: int,
+                 expert_load: ExpertLoad | None = None, block_m=None):
+        if backend not in ("pallas", "reference"):
+            raise ValueError(f"backend must be pallas or reference, got {backend!r}")
+        if model.is_moe and expert_load is None:
+            raise ValueError(f"{model.name} is a MoE model: an expert load (routing model) is needed")
+        self.model, self.backend, self.page_slots = model, backend, page_slots
+        self.expert_load, self.block_m = expert_load, block_m
+        b = dtype_bytes
+        H, N, A = model.num_heads, model.num_kv_heads, model.head_dim
+        dense = model.attention_params_per_layer() + (model.router_params() if model.is_moe
+                                                      else model.ffn_params_per_layer())
+        self.dense_bytes, self.dense_flops_per_row = dense * b, 2.0 * dense
+        self.kv_bytes_per_key = 2.0 * N * A * b
+        self.flops_per_pair = 4.0 * H * A
+        self.expert_bytes_each = model.expert_params() * b if model.is_moe else 0
+        self.expert_flops_per_row = 2.0 * model.expert_params()
+        self.windows = {"full": None, "sliding": model.sliding_window}
+        self.types = tuple(t for t in LAYER_TYPES if t in model.layer_types)
+        # sliding_before[i]: sliding layers among layers [0, i).
+        self.sliding_before = [0]
+        for t in model.layer_types:
+            self.sliding_before.append(self.sliding_before[-1] + (t == "sliding"))
+        self.head_bytes = model.vocab_size * model.hidden_size * b
+        self.head_flops_per_row = 2.0 * model.vocab_size * model.hidden_size
+
+    def layer_counts(self, lo: int, n: int) -> dict[str, int]:
+        """{layer type: layers of that type} among layers [lo, lo + n)."""
+        s = self.sliding_before[lo + n] - self.sliding_before[lo]
+        return {"full": n - s, "sliding": s}
+
+    def expert_work(self, rows: int, valid_rows: int, num_decodes: int, prefill_tokens: tuple[int, ...],
+                    distinct: float | None = None) -> tuple[float, float]:
+        """(expert bytes, expert FLOPs) of one MoE layer. distinct: measured distinct experts
+        (calibration), else the routing model's expectation."""
+        if not self.model.is_moe:
+            return 0.0, 0.0
+        K, E = self.model.num_experts_per_tok, self.model.num_experts
+        if self.backend == "reference":
+            return E * self.expert_bytes_each, rows * K * E * self.expert_flops_per_row
+        bm = self.block_m(valid_rows * K)
+        tiles = self._tiles(num_decodes, prefill_tokens, bm)
+        if distinct is not None:
+            # Measured experts: the tiles past each expert's first from the routing model.
+            tiles += distinct - self.expert_load.expected_distinct(num_decodes, prefill_tokens)
+        return tiles * self.expert_bytes_each, valid_rows * K * self.expert_flops_per_row
+
+    @functools.lru_cache(maxsize=65536)
+    def _tiles(self, num_decodes: int, prefill_tokens: tuple[int, ...], block_m: int) -> float:
+        return self.expert_load.expected_tiles(num_decodes, prefill_tokens, block_m)
+
+    def layer_works(self, rows: int, decode_contexts: list[int], prefills: list[tuple[int, int]],
+                    distinct: float | None = None) -> dict[str, LayerWork]:
+        """{layer type: LayerWork} of a call of `rows` padded rows: a decode row per entry of
+        decode_contexts (keys it sees, itself included: position + 1) and prefill rows of
+        positions [start, end) per entry of prefills."""
+        valid = len(decode_contexts) + sum(e - s for s, e in prefills)
+        eb, ef = self.expert_work(rows, valid, len(decode_contexts), tuple(e - s for s, e in prefills), distinct)
+        dense_flops = rows * self.dense_flops_per_row
+        out = {}
+        for t in self.types:
+            if self.backend == "reference":
+                keys = pairs = rows * self.page_slots
+            else:
+                w = self.windows[t]
+                dec = sum(decode_contexts) if w is None else sum(min(c, w) for c in decode_contexts)
+                pairs = dec + sum(visible_pairs(s, e, w) for s, e in prefills)
+                keys = dec + sum(visible_pairs(s, e, w) / PREFILL_Q_TILE + (e if w is None else min(e, w))
+                                 for s, e in prefills)
+            out[t] = LayerWork(rows, self.dense_bytes, dense_flops, keys * self.kv_bytes_per_key,
+                               pairs * self.flops_per_pair, eb, ef)
+        return out
