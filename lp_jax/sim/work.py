@@ -4,8 +4,10 @@ What a call does depends on the kernels (`backend`):
 
 - "pallas" (Hopper): paged attention reads each sequence's visible keys (its context, or the
   window on sliding layers) and computes QK^T and PV over (row, visible key) pairs; the grouped
-  MoE matmuls stream each loaded expert's weights once per row tile (`ExpertLoad.expected_tiles`,
-  block_m from the kernel's tile table) and compute only real rows.
+  MoE matmuls read each loaded expert's weights from HBM once (`ExpertLoad.expected_distinct`)
+  and compute whole row tiles (`expected_tiles` x block_m rows, block_m from the kernel's tile
+  table: a tile computes block_m rows whether or not its expert has that many; padding rows are
+  routed nowhere).
 - "reference" (pure jnp, the CPU): attention gathers every slot of each row's block table
   (max_model_len keys per row, padding rows included; the window is only a mask), and XLA's CPU
   ragged_dot computes every expert for every routed row (rows x K x E), so neither depends on the
@@ -86,11 +88,17 @@ class WorkModel:
         if self.backend == "reference":
             return E * self.expert_bytes_each, rows * K * E * self.expert_flops_per_row
         bm = self.block_m(valid_rows * K)
+        expected = self.expert_load.expected_distinct(num_decodes, prefill_tokens)
         tiles = self._tiles(num_decodes, prefill_tokens, bm)
         if distinct is not None:
             # Measured experts: the tiles past each expert's first from the routing model.
-            tiles += distinct - self.expert_load.expected_distinct(num_decodes, prefill_tokens)
-        return tiles * self.expert_bytes_each, valid_rows * K * self.expert_flops_per_row
+            tiles += distinct - expected
+        else:
+            distinct = expected
+        # HBM serves each loaded expert once (its later tiles hit L2: on the H100 an 8192-token
+        # layer takes less time than re-reading weights per tile would); a tile computes block_m
+        # rows whether or not its expert has that many.
+        return distinct * self.expert_bytes_each, tiles * bm * self.expert_flops_per_row
 
     @functools.lru_cache(maxsize=65536)
     def _tiles(self, num_decodes: int, prefill_tokens: tuple[int, ...], block_m: int) -> float:

@@ -1,0 +1,143 @@
+"""Fitting a cost table's constants to timed samples, and the fit's error.
+
+Samples (dicts, as a table stores them):
+
+- {"kind": "step", "layers": {type: count}, "work": {type: LayerWork fields}, "seconds": s}:
+  one executable call over `count` layers of each type doing that work per layer;
+- {"kind": "head", "rows": B, "head_bytes": b, "head_flops_per_row": f, "seconds": s}: a sampling call;
+- {"kind": "host", "decodes": n, "prefills": m, "calls": c, "seconds": s}: the engine's host time
+  of one iteration, its waits for the device left out;
+- {"kind": "iteration", "calls": [step samples], "head": head sample or None, "seconds": s}: a
+  whole iteration's device time (its calls back to back, then its sampling call).
+
+The device constants are fitted by robust least squares on log(predicted / measured) (relative
+errors: a call of 50 us counts as much as one of 50 ms), efficiencies bounded and
+every constant positive (efficiencies up to EFF_MAX); a weak prior (weight PRIOR) holds constants that no sample constrains
+(the side of a roofline max() that never binds) at their starting values instead of letting them
+wander. The host constants are a non-negative linear least-squares fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import optimize
+
+from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, LayerWork
+
+STEP_PARAMS = ("call_s", "layer_s", "row_s", "dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw",
+               "expert_flop", "overlap")
+HEAD_PARAMS = ("head_s", "head_row_s")
+EFFICIENCIES = {"dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw", "expert_flop"}
+PRIOR = 0.02
+# Efficiencies are relative to the measured copy bandwidth (read + write) and matmul rate; a
+# read-only stream can beat a copy (H100: 2.36 TB/s copy, 3.35 TB/s HBM3 datasheet), hence > 1.
+EFF_MAX = 1.5
+OVERLAP_MAX = 16.0  # roof's p: 1 (no overlap) .. 16 (max(memory, compute) within 4 %)
+# Starting points of the device fit (seconds or efficiencies); the best of them is kept.
+STARTS = ({"call_s": 1e-4, "layer_s": 1e-5, "row_s": 1e-8, "eff": 0.5, "overlap": 4.0},
+          {"call_s": 1e-3, "layer_s": 1e-4, "row_s": 1e-7, "eff": 0.1, "overlap": 2.0},
+          {"call_s": 1e-5, "layer_s": 1e-6, "row_s": 1e-9, "eff": 0.02, "overlap": 8.0})
+
+
+def predict(table: CostTable, sample: dict) -> float:
+    """The table's seconds for one sample."""
+    if sample["kind"] == "step":
+        layers = sum(n * table.layer_s(LayerWork(**sample["work"][t])) for t, n in sample["layers"].items() if n)
+        return table.call_s(layers)
+    if sample["kind"] == "head":
+        return table.head_s(sample["rows"], sample["head_bytes"], sample["head_flops_per_row"])
+    if sample["kind"] == "iteration":
+        return sum(predict(table, c) for c in sample["calls"]) + (predict(table, sample["head"]) if sample["head"] else 0.0)
+    if sample["kind"] == "host":
+        h = table.host
+        return h.step_s + h.decode_s * sample["decodes"] + h.prefill_s * sample["prefills"] + h.launch_s * sample["calls"]
+    raise ValueError(f"unknown sample kind {sample['kind']!r}")
+
+
+def errors(table: CostTable, samples: list[dict]) -> np.ndarray:
+    """Relative errors predicted / measured - 1 of the samples."""
+    return np.array([predict(table, s) / s["seconds"] - 1.0 for s in samples])
+
+
+def error_summary(table: CostTable, samples: list[dict]) -> dict:
+    """{kind: {samples, median/p90/max |relative error|}} over the samples of each kind."""
+    out = {}
+    for kind in sorted({s["kind"] for s in samples}):
+        e = np.abs(errors(table, [s for s in samples if s["kind"] == kind]))
+        out[kind] = dict(samples=int(e.size), median_abs_rel_err=float(np.median(e)),
+                         p90_abs_rel_err=float(np.percentile(e, 90)), max_abs_rel_err=float(e.max()))
+    return out
+
+
+def fit_device(table: CostTable, samples: list[dict], names: tuple[str, ...], starts: list[dict] = STARTS) -> DeviceParams:
+    """Device constants `names` fitted to `samples` (the others kept from the table)."""
+    if not samples:
+        return table.device_params
+    measured = np.log([s["seconds"] for s in samples])
+    upper = np.array([np.log(EFF_MAX) if n in EFFICIENCIES else np.log(OVERLAP_MAX) if n == "overlap" else np.inf
+                      for n in names])
+    lower = np.array([0.0 if n == "overlap" else -60.0 for n in names])
+
+    def params_of(x) -> DeviceParams:
+        return dataclasses.replace(table.device_params, **dict(zip(names, np.exp(x).tolist())))
+
+    def residuals(x, x0):
+        t = table.with_params(device_params=params_of(x))
+        pred = np.log([max(predict(t, s), 1e-15) for s in samples])
+        return np.concatenate([pred - measured, PRIOR * (x - x0)])
+
+    best = None
+    for start in starts:
+        x0 = np.log([start.get(n, start.get("eff", 0.5)) if n in EFFICIENCIES else start.get(n, 1e-5) for n in names])
+        fit = optimize.least_squares(residuals, x0, args=(x0,), bounds=(lower, upper),
+                                     loss="soft_l1", f_scale=0.05, x_scale=1.0, max_nfev=4000)
+        if best is None or fit.cost < best.cost:
+            best = fit
+    return params_of(best.x)
+
+
+def fit_roofline(bytes_: np.ndarray, flops: np.ndarray, seconds: np.ndarray, peaks,
+                 overlap: float | None = None) -> tuple[float, float, float, float]:
+    """(fixed seconds, bandwidth efficiency, FLOP efficiency, overlap p) of t = fixed + roof(bytes /
+    (BW e_bw), flops / (R e_flop)) fitted to timed kernels of one kind (relative errors, as
+    `fit_table`); `overlap` given: p held at it."""
+    def pred(x):
+        fixed, e_bw, e_flop = np.exp(x[:3])
+        p = overlap if overlap is not None else np.exp(x[3])
+        m, c = bytes_ / (peaks.copy_Bps * e_bw), flops / (peaks.matmul_flops * e_flop)
+        return fixed + (m ** p + c ** p) ** (1.0 / p)
+
+    x0 = np.log([0.5 * seconds.min(), 0.5, 0.5, 4.0])[:3 if overlap is not None else 4]
+    lower, upper = [-60.0, -60.0, -60.0, 0.0], [np.inf, np.log(EFF_MAX), np.log(EFF_MAX), np.log(OVERLAP_MAX)]
+    fit = optimize.least_squares(lambda x: np.concatenate([np.log(pred(x) / seconds), PRIOR * (x - x0)]), x0,
+                                 bounds=(lower[:len(x0)], upper[:len(x0)]), loss="soft_l1", f_scale=0.05)
+    fixed, e_bw, e_flop = np.exp(fit.x[:3])
+    return float(fixed), float(e_bw), float(e_flop), float(overlap if overlap is not None else np.exp(fit.x[3]))
+
+
+def fit_host(samples: list[dict]) -> HostParams:
+    """Non-negative least squares of the host's seconds per iteration on (1, decodes, prefills, calls);
+    read-back is measured separately and not fitted here."""
+    rows = [s for s in samples if s["kind"] == "host"]
+    A = np.array([[1.0, s["decodes"], s["prefills"], s["calls"]] for s in rows])
+    y = np.array([s["seconds"] for s in rows])
+    coef, _ = optimize.nnls(A, y)
+    return HostParams(step_s=float(coef[0]), decode_s=float(coef[1]), prefill_s=float(coef[2]),
+                      launch_s=float(coef[3]))
+
+
+def fit_table(table: CostTable, samples: list[dict], readback_s: float | None = None) -> CostTable:
+    """`table` with its constants fitted to `samples` (step, head and host samples; a kind with no
+    samples keeps the table's constants), the samples and the fit's error recorded in it."""
+    steps = [s for s in samples if s["kind"] == "step"]
+    heads = [s for s in samples if s["kind"] == "head"]
+    t = table.with_params(device_params=fit_device(table, steps, STEP_PARAMS, list(STARTS)))
+    p = t.device_params
+    t = t.with_params(device_params=fit_device(t, heads, HEAD_PARAMS, [{"head_s": p.call_s, "head_row_s": 1e-7}]))
+    if any(s["kind"] == "host" for s in samples):
+        host = fit_host(samples)
+        host.readback_s = table.host.readback_s if readback_s is None else readback_s
+        t = t.with_params(host=host)
+    return t.with_params(samples=list(samples), fit=dict(t.fit, **error_summary(t, samples)))
