@@ -1,4 +1,4 @@
-"""`lp-jax`: the command line (info, generate, bench, compare, study, routing)."""
+"""`lp-jax`: the command line (info, generate, bench, compare, study, routing, calibrate)."""
 
 from __future__ import annotations
 
@@ -125,7 +125,8 @@ def cmd_bench(args) -> int:
     from lp_jax.bench.workload import make_workload
 
     (config,), (rate,), workload, out = _resolve(args, "bench")
-    llm = make_llm(args.model, engine_configs([config]), config.label, not args.no_progress)
+    llm = make_llm(args.model, engine_configs([config]), config.label, not args.no_progress,
+                   executor=args.executor)
     limit = llm.engine_config.model_len(llm.model_config)
     result = run_bench(llm, make_workload(rate=rate, context_limit=limit, **workload),
                        ttft_bound_s=args.slo_ttft_s, tbt_bound_s=args.slo_tbt_s, label=config.label,
@@ -133,6 +134,8 @@ def cmd_bench(args) -> int:
     paths = write_bench(result, out)
     s = result.summary
     ms = lambda d, k: "n/a" if d[k] is None else f"{d[k] * 1e3:.1f} ms"  # noqa: E731
+    if s["executor"] != "real":
+        print(s["executor"])
     print(f"{config.label} on {s['model']} ({s['device']['name']}), {s['workload']['source']} at "
           f"{'trace times' if rate is None else f'{rate:g} requests/s'}: {s['num_finished']}/{s['num_requests']} "
           f"finished in {s['duration_s']:.1f} s")
@@ -168,7 +171,8 @@ def cmd_compare(args) -> int:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     spec = CompareSpec(args.model, configs, rates, workload, args.slo_ttft_s, args.slo_tbt_s, args.warmup,
                        args.slo_target, args.goodput, repeats=args.repeats, order=args.order,
-                       order_seed=args.seed if args.order_seed is None else args.order_seed)
+                       order_seed=args.seed if args.order_seed is None else args.order_seed,
+                       executor=args.executor)
     t = time.perf_counter()
     run_compare(spec, out, progress=not args.no_progress)
     with open(os.path.join(out, "results.md")) as f:
@@ -301,7 +305,26 @@ def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
                    help=f"requests run before each measured run and left out of it ({both('warmup')})")
     p.add_argument("--out", metavar="DIR",
                    help="results folder, created if needed (default: lp-jax-results/" + command + "-<date>-<time>)")
+    p.add_argument("--executor", default="model", metavar="EXECUTOR",
+                   help="'model' runs the real forward pass on this machine; 'sim' the simulator with the model's "
+                        "preferred cost table, 'sim:DEVICE' a committed table (lp_jax/sim/tables/DEVICE_MODEL.json: "
+                        "h100, h200, b200, cpu, ...) or 'sim:PATH.json' a table file; simulated results are stamped "
+                        "with their table (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_calibrate(args) -> int:
+    """Time the real step functions over a grid, fit the simulator's cost model, write a cost table."""
+    from lp_jax.calibrate import calibrate, default_table_path
+    from lp_jax.compare import defaults_for, parse_option
+
+    options = dict(defaults_for(args.model).engine_options)
+    options.update(parse_option(o) for o in args.engine_option)
+    table = calibrate(args.model, options, quick=args.quick, progress=not args.no_progress,
+                      host_requests=args.host_requests)
+    path = table.save(args.out or default_table_path(table))
+    print(f"wrote {path} ({table.label})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,12 +400,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_routing)
 
     add_study_parser(sub)
+
+    p = sub.add_parser(
+        "calibrate", help="time the real step functions and write the simulator's cost table for this device",
+        description="Time the real executor's compiled calls on this machine's first device over a grid (row "
+                    "buckets x contexts x experts touched x layer ranges) and a short serving run (host time per "
+                    "iteration), fit the simulator's cost model (lp_jax/sim/cost_model.py) and write a cost table "
+                    "with the device, date, commit, grid and fit error. Tiny-* models use the CPU demo's engine "
+                    "options, others the engine's defaults.", epilog=engine_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny-qwen3-moe", help=f"model preset ({', '.join(PRESETS)}) (default: %(default)s)")
+    p.add_argument("-o", "--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine option of the calibrated engine (its row buckets are the grid's)")
+    p.add_argument("--out", metavar="PATH", help="table file to write (default: the committed table "
+                                                 "lp_jax/sim/tables/DEVICE_MODEL.json)")
+    p.add_argument("--quick", action="store_true", help="a coarser grid (about half the points)")
+    p.add_argument("--host-requests", type=int, default=24, metavar="N",
+                   help="requests of the serving run the host's time per iteration is fitted to (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("bench", "compare", "study", "routing"):
+
+    if args.command in ("bench", "compare", "routing", "calibrate"):
         try:
             return args.func(args)
         except ValueError as e:

@@ -152,6 +152,7 @@ class CompareSpec:
     repeats: int = 1
     order: str = "alternate"
     order_seed: int = 0
+    executor: str = "model"
 
 
 def run_dir_name(config: Config, rate: float, repeat: int, repeats: int) -> str:
@@ -174,7 +175,8 @@ def run_compare(spec: CompareSpec, out_dir: str, progress: bool = True, log=prin
         json.dump(dict(dataclasses.asdict(spec), run_order=[
             dict(config=spec.configs[o.key].label, rate=o.rate, repeat=o.repeat) for o in order]), f, indent=2)
     configs = engine_configs(spec.configs)
-    llm = make_llm(spec.model, configs, "+".join(c.label for c in spec.configs), progress, log)
+    llm = make_llm(spec.model, configs, "+".join(c.label for c in spec.configs), progress, log,
+                   spec.executor)
     # The same requests for every configuration and repeat.
     limit = llm.engine_config.model_len(llm.model_config)
     workloads = {rate: make_workload(rate=rate, context_limit=limit, **spec.workload) for rate in spec.rates}
@@ -332,9 +334,15 @@ def markdown_report(spec: CompareSpec, results: list[BenchResult], order: list[t
     order: (label, rate, repeat) of each run in the order they ran."""
     s0 = results[0].summary
     w = s0["workload"]
+    simulated = s0["executor"] != "real"
     lines = [
         f"# lp-jax compare: {s0['model']} on {s0['device']['name']} ({s0['device']['platform']})",
         "",
+    ]
+    if simulated:
+        lines += [f"**{s0['executor']}**: the engine and its schedules ran for real on a virtual clock; every "
+                  "latency is the cost model's, not a measurement (lp_jax/sim, docs/simulator.md).", ""]
+    lines += [
         f"- date {s0['date']}, jax {s0['jax_version']}",
         f"- workload: {w['source']} x {w['num_requests']} requests, {w['arrival']} arrivals"
         + (f" (cv {w['cv']:g})" if w["arrival"] == "gamma" else "")

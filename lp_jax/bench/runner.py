@@ -41,10 +41,10 @@ class BenchResult:
     summary: dict
 
 
-def make_llm(model, configs, label: str, progress: bool = True, log=print):
+def make_llm(model, configs, label: str, progress: bool = True, log=print, executor="model"):
     """An lp_jax.LLM that serves each EngineConfig of `configs` in turn (`LLM.sharing`: one set of
     weights and executables, set to the first), with a progress bar over its start-up compilation
-    and its start-up time logged."""
+    and its start-up time logged (`executor`: the real forward pass or the simulator, see lp_jax.LLM)."""
     import lp_jax
 
     bar = tqdm(desc=f"{label}: compiling", unit="executable", disable=not progress, leave=False)
@@ -57,11 +57,14 @@ def make_llm(model, configs, label: str, progress: bool = True, log=print):
 
     t = time.perf_counter()
     try:
-        llm = lp_jax.LLM.sharing(model, configs, progress=advance)
+        llm = lp_jax.LLM.sharing(model, configs, progress=advance, executor=executor)
     finally:
         bar.close()
-    log(f"[{label}] engine ready in {time.perf_counter() - t:.1f} s ({count[0]} executables compiled or "
-        "taken from this process's cache)")
+    if llm.simulation is None:
+        log(f"[{label}] engine ready in {time.perf_counter() - t:.1f} s ({count[0]} executables compiled or "
+            "taken from this process's cache)")
+    else:
+        log(f"[{label}] {llm.executor_label}")
     return llm
 
 

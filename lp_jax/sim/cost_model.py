@@ -11,7 +11,9 @@ One layer of a call costs
 where roof(m, c) = (m^p + c^p)^(1/p) is a roofline with partial overlap of memory and compute
 (p = `overlap`: 1 adds them, large p is max(m, c); measured on the H100, a chunked iteration's
 tile-padded expert FLOPs cost time although its expert reads take longer), and a call of n
-layers costs call_s + the sum over its layers. BW (bytes/s) and R (FLOP/s) are
+layers costs call_s + the sum over its layers. A component's first `cache_bytes` move
+`cache_speedup` times faster than the rest (data that stays in a cache: on the CPU, the
+reference attention's per-row gathers of a small batch; 0 = no cache term). BW (bytes/s) and R (FLOP/s) are
 the device's peaks (`Peaks`: the copy bandwidth and matmul rate measured on it, or a datasheet's);
 the efficiencies (a read-only stream may beat a copy: up to 1.5) and the fixed times are fitted to timed calls (lp_jax.sim.fit). The work
 of a call is a `LayerWork` per layer type (lp_jax.sim.work builds them from a plan). Because
@@ -77,6 +79,8 @@ class DeviceParams:
     head_s: float = 1e-4
     head_row_s: float = 0.0
     overlap: float = 4.0
+    cache_bytes: float = 0.0
+    cache_speedup: float = 1.0
 
 
 @dataclass
@@ -144,12 +148,19 @@ class CostTable:
         p = self.device_params.overlap
         return (memory_s ** p + compute_s ** p) ** (1.0 / p)
 
+    def moved(self, nbytes: float) -> float:
+        """Bytes at full bandwidth that `nbytes` cost: the first cache_bytes count 1 / cache_speedup."""
+        p = self.device_params
+        cached = min(nbytes, p.cache_bytes)
+        return cached / p.cache_speedup + nbytes - cached
+
     def layer_s(self, w: LayerWork) -> float:
         """Seconds of one layer of a call doing `w`."""
-        p, roof = self.device_params, self.roof
+        p, roof, moved = self.device_params, self.roof, self.moved
         (db, df), (ab, af), (eb, ef) = self._dense, self._attn, self._expert
-        return (p.layer_s + p.row_s * w.rows + roof(w.dense_bytes / db, w.dense_flops / df)
-                + roof(w.attn_bytes / ab, w.attn_flops / af) + roof(w.expert_bytes / eb, w.expert_flops / ef))
+        return (p.layer_s + p.row_s * w.rows + roof(moved(w.dense_bytes) / db, w.dense_flops / df)
+                + roof(moved(w.attn_bytes) / ab, w.attn_flops / af)
+                + roof(moved(w.expert_bytes) / eb, w.expert_flops / ef))
 
     def call_s(self, layer_seconds: float) -> float:
         """Seconds of one executable call whose layers take `layer_seconds` in all."""

@@ -14,7 +14,7 @@ The device constants are fitted by robust least squares on log(predicted / measu
 errors: a call of 50 us counts as much as one of 50 ms), efficiencies bounded and
 every constant positive (efficiencies up to EFF_MAX); a weak prior (weight PRIOR) holds constants that no sample constrains
 (the side of a roofline max() that never binds) at their starting values instead of letting them
-wander. The host constants are a non-negative linear least-squares fit.
+wander. The host constants are a robust non-negative linear least-squares fit.
 """
 
 from __future__ import annotations
@@ -27,18 +27,32 @@ from scipy import optimize
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, LayerWork
 
 STEP_PARAMS = ("call_s", "layer_s", "row_s", "dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw",
-               "expert_flop", "overlap")
+               "expert_flop", "overlap", "cache_bytes", "cache_speedup")
 HEAD_PARAMS = ("head_s", "head_row_s")
+CACHE_PARAMS = ("cache_bytes", "cache_speedup")
 EFFICIENCIES = {"dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw", "expert_flop"}
 PRIOR = 0.02
 # Efficiencies are relative to the measured copy bandwidth (read + write) and matmul rate; a
 # read-only stream can beat a copy (H100: 2.36 TB/s copy, 3.35 TB/s HBM3 datasheet), hence > 1.
 EFF_MAX = 1.5
 OVERLAP_MAX = 16.0  # roof's p: 1 (no overlap) .. 16 (max(memory, compute) within 4 %)
-# Starting points of the device fit (seconds or efficiencies); the best of them is kept.
-STARTS = ({"call_s": 1e-4, "layer_s": 1e-5, "row_s": 1e-8, "eff": 0.5, "overlap": 4.0},
-          {"call_s": 1e-3, "layer_s": 1e-4, "row_s": 1e-7, "eff": 0.1, "overlap": 2.0},
-          {"call_s": 1e-5, "layer_s": 1e-6, "row_s": 1e-9, "eff": 0.02, "overlap": 8.0})
+CACHE_SPEEDUP_MAX = 20.0
+# Starting points of the device fit, relative to the shortest sample (fixed times) or absolute;
+# the best fit of them is kept.
+STARTS = ({"fixed": 0.5, "eff": 0.5, "overlap": 4.0, "cache_bytes": 1e6},
+          {"fixed": 0.2, "eff": 0.1, "overlap": 2.0, "cache_bytes": 1e7},
+          {"fixed": 0.05, "eff": 0.02, "overlap": 8.0, "cache_bytes": 1e5})
+
+
+def _start(name: str, start: dict, shortest_s: float) -> float:
+    if name in EFFICIENCIES:
+        return start["eff"]
+    if name in ("overlap", "cache_bytes"):
+        return start[name]
+    if name == "cache_speedup":
+        return 4.0
+    per = {"call_s": 1.0, "layer_s": 0.1, "head_s": 0.1, "row_s": 1e-3, "head_row_s": 1e-3}[name]
+    return start["fixed"] * shortest_s * per
 
 
 def predict(table: CostTable, sample: dict) -> float:
@@ -76,9 +90,9 @@ def fit_device(table: CostTable, samples: list[dict], names: tuple[str, ...], st
     if not samples:
         return table.device_params
     measured = np.log([s["seconds"] for s in samples])
-    upper = np.array([np.log(EFF_MAX) if n in EFFICIENCIES else np.log(OVERLAP_MAX) if n == "overlap" else np.inf
-                      for n in names])
-    lower = np.array([0.0 if n == "overlap" else -60.0 for n in names])
+    upper = np.array([np.log(EFF_MAX) if n in EFFICIENCIES else np.log(OVERLAP_MAX) if n == "overlap"
+                      else np.log(CACHE_SPEEDUP_MAX) if n == "cache_speedup" else np.inf for n in names])
+    lower = np.array([0.0 if n in ("overlap", "cache_speedup") else -60.0 for n in names])
 
     def params_of(x) -> DeviceParams:
         return dataclasses.replace(table.device_params, **dict(zip(names, np.exp(x).tolist())))
@@ -90,7 +104,7 @@ def fit_device(table: CostTable, samples: list[dict], names: tuple[str, ...], st
 
     best = None
     for start in starts:
-        x0 = np.log([start.get(n, start.get("eff", 0.5)) if n in EFFICIENCIES else start.get(n, 1e-5) for n in names])
+        x0 = np.log([_start(n, start, float(np.exp(measured.min()))) for n in names])
         fit = optimize.least_squares(residuals, x0, args=(x0,), bounds=(lower, upper),
                                      loss="soft_l1", f_scale=0.05, x_scale=1.0, max_nfev=4000)
         if best is None or fit.cost < best.cost:
@@ -118,12 +132,16 @@ def fit_roofline(bytes_: np.ndarray, flops: np.ndarray, seconds: np.ndarray, pea
 
 
 def fit_host(samples: list[dict]) -> HostParams:
-    """Non-negative least squares of the host's seconds per iteration on (1, decodes, prefills, calls);
-    read-back is measured separately and not fitted here."""
+    """Robust (soft-L1) non-negative least squares of the host's seconds per iteration on
+    (1, decodes, prefills, calls): a step the machine's other work interrupts does not pull the
+    constants. Read-back is measured separately and not fitted here."""
     rows = [s for s in samples if s["kind"] == "host"]
     A = np.array([[1.0, s["decodes"], s["prefills"], s["calls"]] for s in rows])
     y = np.array([s["seconds"] for s in rows])
-    coef, _ = optimize.nnls(A, y)
+    x0, _ = optimize.nnls(A, y)
+    scale = float(np.median(y))
+    fit = optimize.least_squares(lambda x: (A @ x - y) / scale, x0, bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.2)
+    coef = fit.x
     return HostParams(step_s=float(coef[0]), decode_s=float(coef[1]), prefill_s=float(coef[2]),
                       launch_s=float(coef[3]))
 
@@ -131,11 +149,8 @@ def fit_host(samples: list[dict]) -> HostParams:
 def fit_table(table: CostTable, samples: list[dict], readback_s: float | None = None) -> CostTable:
     """`table` with its constants fitted to `samples` (step, head and host samples; a kind with no
     samples keeps the table's constants), the samples and the fit's error recorded in it."""
-    steps = [s for s in samples if s["kind"] == "step"]
-    heads = [s for s in samples if s["kind"] == "head"]
-    t = table.with_params(device_params=fit_device(table, steps, STEP_PARAMS, list(STARTS)))
-    p = t.device_params
-    t = t.with_params(device_params=fit_device(t, heads, HEAD_PARAMS, [{"head_s": p.call_s, "head_row_s": 1e-7}]))
+    device = [s for s in samples if s["kind"] in ("step", "head", "iteration")]
+    t = table.with_params(device_params=fit_device(table, device, STEP_PARAMS + HEAD_PARAMS))
     if any(s["kind"] == "host" for s in samples):
         host = fit_host(samples)
         host.readback_s = table.host.readback_s if readback_s is None else readback_s

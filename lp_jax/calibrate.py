@@ -1,0 +1,347 @@
+"""Calibration: time the real executor's compiled calls over a grid, fit the simulator's cost model
+to them, and write a cost table (`lp-jax calibrate`).
+
+Grid (each point one iteration of one call, plus the sampling call when tokens are sampled),
+built from requests placed straight into the engine (their pages allocated, the pool's contents
+whatever they are: a call's cost does not depend on the values):
+
+- decode batches of 1 .. max_num_seqs at a short, a middle and the longest context;
+- prefill rows at every row bucket, full and just above the bucket below, from position 0 or
+  after a prefix, as one request or as several requests of one repeated token each (identical
+  hidden rows route alike, so fewer experts are touched at the same row count);
+- mixed: all decode slots plus prefill rows up to a bucket;
+- layer ranges: the power-of-two range steps of layered at three buckets.
+
+Each point is launched back to back (the device's own pace) `reps` times, adaptively fewer for
+long calls; the distinct experts the call measured are its expert work. The host's time per
+iteration comes from a short real serving run (each step's wall time minus its wait in fetch),
+the read-back from fetching an iteration already finished. Then `lp_jax.sim.fit.fit_table`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import statistics
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from lp_jax.engine_config import bucket_for
+from lp_jax.executor import range_lengths
+from lp_jax.memory import device_memory_bytes
+from lp_jax.request import SamplingParams, Status
+from lp_jax.scheduler.base import IterationPlan, PrefillWork
+from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, table_file
+from lp_jax.sim.expert_load import UniformExpertLoad
+from lp_jax.sim.fit import fit_table
+from lp_jax.sim.work import WorkModel
+
+TARGET_S = 0.3  # timing budget per grid point (at least BLOCKS x MIN_REPS calls)
+BLOCKS, MIN_REPS, MAX_REPS = 3, 2, 20
+
+
+def device_slug(kind: str) -> str:
+    """Short device name of a JAX device kind ("NVIDIA H200" -> "h200"; CPUs -> "cpu")."""
+    k = kind.lower()
+    for name in ("h200", "h100", "b200", "a100"):
+        if name in k:
+            return name
+    return "cpu" if jax.devices()[0].platform == "cpu" else "".join(c for c in k if c.isalnum())[:16]
+
+
+def ceilings(mib: int, s: int, reps: int = 10) -> Peaks:
+    """Copy bandwidth (read + write of `mib` MiB, in place) and matmul rate (s x s x s) in the
+    engine's dtype family, best of `reps` calls: the peaks the efficiencies are relative to."""
+    dtype = jnp.bfloat16 if jax.devices()[0].platform == "gpu" else jnp.float32
+
+    def best(fn):
+        jax.block_until_ready(fn())
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            out.append(time.perf_counter() - t)
+        return min(out)
+
+    n = mib * 2**20 // jnp.dtype(dtype).itemsize
+    add = jax.jit(lambda a: a + 1, donate_argnums=0)  # in place: no fresh pages to fault in
+    state = [jnp.ones((n,), dtype)]
+
+    def copy():
+        state[0] = add(state[0])
+        return state[0]
+
+    copy_Bps = 2 * n * jnp.dtype(dtype).itemsize / best(copy)
+    a = jnp.ones((s, s), dtype)
+    dot = jax.jit(jnp.dot)
+    return Peaks(copy_Bps, 2 * s**3 / best(lambda: dot(a, a)))
+
+
+class Calibrator:
+    """Places requests into a real engine (an lp_jax.LLM with the layered schedule, so that its
+    executor has every range step) and times plans on its executor."""
+
+    def __init__(self, llm, seed: int = 0):
+        self.llm, self.engine, self.ex = llm, llm.engine, llm.engine.executor
+        self.model, self.config = llm.model_config, llm.engine_config
+        self.rng = np.random.default_rng(seed)
+        self.dtype_bytes = np.dtype(self.engine.dtype).itemsize
+        self.backend = "pallas" if _uses_pallas(self.model, self.engine.dtype) else "reference"
+        load = UniformExpertLoad(self.model.num_experts, self.model.num_experts_per_tok) if self.model.is_moe else None
+        self.work = WorkModel(self.model, self.dtype_bytes, self.backend,
+                              self.config.pages_per_seq(self.model) * self.config.page_size, load, self._block_m)
+
+    def _block_m(self, rows: int) -> int:
+        from pallas_kernels.moe_tuning import lookup
+
+        m = self.model
+        return lookup(m.num_experts, m.hidden_size, m.ffn_size, max(rows, 1), jax.devices()[0].device_kind).gate_up.block_m
+
+    # --- requests ---------------------------------------------------------------------------
+    def _place(self, tokens: list[int], computed: int, status: Status, allocate: int):
+        eng = self.engine
+        rid = eng.add_request(tokens, SamplingParams(max_tokens=1, ignore_eos=True))
+        req = eng.requests[rid]
+        eng.state.admit(req)
+        eng.blocks.allocate(rid, allocate)
+        req.status, req.num_computed = status, computed
+        return req
+
+    def decodes(self, B: int, context: int) -> list:
+        """B decoding requests about to compute position context - 1 (they see `context` keys)."""
+        V = self.model.vocab_size
+        return [self._place(self.rng.integers(0, V, context).tolist(), context - 1, Status.DECODING, context)
+                for _ in range(B)]
+
+    def prefills(self, sizes: list[int], start: int = 0, repeated: bool = False) -> list[PrefillWork]:
+        """Prefill works of positions [start, start + n) for each n in sizes (a request each, of
+        one repeated token when `repeated`), not completing their prompts (nothing sampled)
+        unless the context limit leaves no room for one more token."""
+        V, works, offset = self.model.vocab_size, [], 0
+        limit = self.config.model_len(self.model) - 1  # room for max_tokens = 1
+        for n in sizes:
+            n = min(n, limit - start)
+            total = min(start + n + 1, limit)
+            tokens = [int(self.rng.integers(0, V))] * total if repeated else self.rng.integers(0, V, total).tolist()
+            req = self._place(tokens, start, Status.PREFILLING, start + n)
+            req.prefill_target = total
+            works.append(PrefillWork(req, start, start + n, offset))
+            offset += n
+        return works
+
+    def clear(self) -> None:
+        eng = self.engine
+        for rid in list(eng.requests):
+            eng.abort(rid)
+        assert eng.blocks.all_free()
+
+    # --- timing -----------------------------------------------------------------------------
+    def time_plan(self, plan: IterationPlan) -> tuple[float, list[np.ndarray]]:
+        """(seconds per iteration launched back to back: the median of BLOCKS blocks of reps,
+        which a machine shared with other work disturbs less than one mean; distinct experts per
+        layer of each call)."""
+        ex = self.ex
+        prep = ex.prepare(plan)
+        t = time.perf_counter()
+        result = ex.fetch(ex.launch(prep))  # also the warm-up
+        first = time.perf_counter() - t
+        reps = int(np.clip(TARGET_S / BLOCKS / max(first, 1e-6), MIN_REPS, MAX_REPS))
+        blocks = []
+        for _ in range(BLOCKS):
+            t = time.perf_counter()
+            for _ in range(reps):
+                flight = ex.launch(prep)
+            result = ex.fetch(flight)
+            blocks.append((time.perf_counter() - t) / reps)
+        return statistics.median(blocks), [s.expert_counts_L for s in result.segments]
+
+    def sample(self, plan: IterationPlan, label: str) -> dict:
+        """One "iteration" sample: its calls' work (measured distinct experts) and measured seconds."""
+        seconds, counts = self.time_plan(plan)
+        calls, L = [], self.model.num_layers
+        ctx = [r.num_computed + 1 for r in plan.decodes]
+        for seg, counts_L in zip(plan.segments(), counts):
+            c = ctx if seg.decode else []
+            pre = [(w.start, w.end) for w in plan.prefills] if seg.prefill else []
+            rows = bucket_for(len(c) + sum(e - s for s, e in pre), self.ex.buckets)
+            for lo, n in _pieces(seg.layer_lo, seg.layer_hi, L):
+                d = float(np.mean(counts_L[lo:lo + n])) if self.model.is_moe else None
+                works = self.work.layer_works(rows, c, pre, distinct=d)
+                calls.append(dict(kind="step", layers=self.work.layer_counts(lo, n),
+                                  work={t: vars(w) for t, w in works.items()}, seconds=0.0))
+        sampled = len(plan.decodes) + (sum(w.completes_prompt for w in plan.prefills) if plan.prefill_finishes_layers
+                                       else 0)
+        head = (dict(kind="head", rows=bucket_for(sampled, self.ex.seq_buckets), head_bytes=self.work.head_bytes,
+                     head_flops_per_row=self.work.head_flops_per_row, seconds=0.0) if sampled else None)
+        return dict(kind="iteration", case=label, calls=calls, head=head, seconds=seconds)
+
+    # --- the grid ---------------------------------------------------------------------------
+    @property
+    def prefill_room(self) -> int:
+        """Most prefill rows one call can hold: the hidden buffer's prefill region."""
+        return self.config.hidden_rows() - self.config.max_num_seqs - 1
+
+    def grid(self, quick: bool = False) -> list[tuple[str, callable]]:
+        """(label, make plan) of every grid point (see the module docstring)."""
+        L, S = self.model.num_layers, self.config.max_num_seqs
+        limit = self.config.model_len(self.model) - 2
+        buckets = [b for b in self.ex.buckets if b >= 4]
+        # Decode contexts must fit the pool at the largest batch.
+        most = (self.engine.blocks.usable_pages // S) * self.config.page_size - 1
+        contexts = sorted({16, min(limit, most) // 2, min(limit, most)})
+        points = []
+        for B in sorted({1, max(1, S // 4), S} if quick else {1, 2, max(1, S // 4), max(1, S // 2), S}):
+            for c in contexts:
+                points.append((f"decode B={B} ctx={c}", lambda B=B, c=c: IterationPlan(L, decodes=self.decodes(B, c))))
+        below = [0] + buckets[:-1]
+        room = self.prefill_room
+        for b, prev in zip(buckets, below):
+            if prev >= room:
+                continue
+            b = min(b, room)
+            for n in sorted({b, prev + 1}):
+                start = min(limit - n, limit // 2)
+                points.append((f"prefill {n} rows", lambda n=n: self._prefill_plan([n], 0, False, (0, L))))
+                if not quick and start > 0:
+                    points.append((f"prefill {n} rows after {start}",
+                                   lambda n=n, s=start: self._prefill_plan([n], s, False, (0, L))))
+            if not quick and b >= 8:
+                for m in (1, 4):
+                    points.append((f"prefill {b} rows as {m} repeated-token requests",
+                                   lambda b=b, m=m: self._prefill_plan([b // m] * m, 0, True, (0, L))))
+            if b > S:
+                points.append((f"mixed {S} decodes + {b - S} prefill rows",
+                               lambda b=b: IterationPlan(L, decodes=self.decodes(S, contexts[1]),
+                                                         prefills=self.prefills([b - S], 0), prefill_layers=(0, L))))
+        ranged = sorted({min(b, room) for b in (buckets[0], buckets[len(buckets) // 2], buckets[-1])})
+        for n in range_lengths(L):
+            for b in (ranged[:2] if quick else ranged):
+                lo = (L - n) // 2
+                points.append((f"range [{lo}, {lo + n}) {b} rows",
+                               lambda b=b, lo=lo, n=n: self._prefill_plan([b], 0, False, (lo, lo + n))))
+        return points
+
+    def _prefill_plan(self, sizes, start, repeated, layers) -> IterationPlan:
+        return IterationPlan(self.model.num_layers, prefills=self.prefills(sizes, start, repeated), prefill_layers=layers)
+
+    def run_grid(self, quick: bool = False, progress: bool = True) -> list[dict]:
+        samples = []
+        points = self.grid(quick)
+        for label, make in tqdm(points, desc="calibrating", unit="point", disable=not progress, leave=False):
+            try:
+                samples.append(self.sample(make(), label))
+            finally:
+                self.clear()
+        return samples
+
+    # --- the host ---------------------------------------------------------------------------
+    def host_samples(self, num_requests: int = 24) -> tuple[list[dict], float]:
+        """(host samples of a short serving run, read-back seconds). Each step's host time is its
+        wall time minus its time in fetch (waiting for the device, then the read-back)."""
+        eng, ex, L = self.engine, self.ex, self.model.num_layers
+        waits: list[float] = []
+        fetch = ex.fetch
+
+        def timed_fetch(flight):
+            t = time.perf_counter()
+            out = fetch(flight)
+            waits.append(time.perf_counter() - t)
+            return out
+
+        V = self.model.vocab_size
+        top = min(self.config.model_len(self.model) // 2, self.prefill_room)
+        for n in self.rng.integers(1, max(2, top), num_requests):
+            eng.add_request(self.rng.integers(0, V, int(n)).tolist(),
+                            SamplingParams(max_tokens=int(self.rng.integers(4, 17)), ignore_eos=True))
+        samples = []
+        ex.fetch = timed_fetch
+        try:
+            while eng.has_unfinished():
+                waits.clear()
+                before = eng.state.iteration
+                t = time.perf_counter()
+                eng.step()
+                wall = time.perf_counter() - t
+                if eng.state.iteration == before:  # nothing dispatched: only a read-back
+                    continue
+                plan, flight = eng._in_flight[:2]
+                calls = sum(len(_pieces(seg.layer_lo, seg.layer_hi, L)) for seg in plan.segments())
+                samples.append(dict(kind="host", decodes=len(plan.decodes), prefills=len(plan.prefills),
+                                    calls=calls + bool(flight.sampled), seconds=max(wall - sum(waits), 1e-7)))
+        finally:
+            ex.fetch = fetch
+        readbacks = []
+        for _ in range(5):  # an iteration already finished: fetch is the read-back alone
+            flight = ex.dispatch(IterationPlan(L, decodes=self.decodes(1, 16)))
+            jax.block_until_ready(flight.tokens_B)
+            t = time.perf_counter()
+            ex.fetch(flight)
+            readbacks.append(time.perf_counter() - t)
+            self.clear()
+        return samples, statistics.median(readbacks)
+
+
+def _pieces(lo: int, hi: int, L: int):
+    from lp_jax.executor import layer_pieces
+
+    return layer_pieces(lo, hi, L)
+
+
+def _uses_pallas(model, dtype) -> bool:
+    from pallas_kernels.dispatch import pallas_attention_supports, resolve_backend
+
+    return resolve_backend(None) == "pallas" and pallas_attention_supports(
+        model.num_heads, model.num_kv_heads, model.head_dim, 16, dtype)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(__file__), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def calibrate(model: str, engine_options: dict, *, quick: bool = False, progress: bool = True, log=print,
+              host_requests: int = 24) -> CostTable:
+    """Calibrate `model` on this machine's first JAX device with these engine options (the layered
+    schedule's executor: whole-model and range steps at its row buckets)."""
+    import lp_jax
+
+    t0 = time.perf_counter()
+    llm = lp_jax.LLM(model, "layered", **engine_options)
+    cal = Calibrator(llm)
+    log(f"calibrating {model} on {jax.devices()[0].device_kind} ({cal.backend} kernels, {llm.engine.dtype}); "
+        f"engine ready in {time.perf_counter() - t0:.0f} s")
+    peaks = ceilings(256 if jax.devices()[0].platform == "gpu" else 64, 8192 if jax.devices()[0].platform == "gpu"
+                     else 1024)
+    t1 = time.perf_counter()
+    samples = cal.run_grid(quick, progress)
+    host, readback = cal.host_samples(host_requests)
+    kind = jax.devices()[0].device_kind
+    device = device_slug(kind)
+    cfg = llm.engine_config
+    base = CostTable(
+        model=llm.model_config.name, device=device, device_kind=kind, provenance="measured", backend=cal.backend,
+        dtype=str(llm.engine.dtype), memory_bytes=device_memory_bytes(), peaks=peaks, device_params=DeviceParams(),
+        host=HostParams(), source=f"lp-jax calibrate on {kind} ({os.cpu_count()} host CPUs): {len(samples)} grid "
+        f"points in {time.perf_counter() - t1:.0f} s, {len(host)} host steps of a {host_requests}-request run",
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=_commit(),
+        kernel_tiles_device=kind if cal.backend == "pallas" else None,
+        fit=dict(grid=dict(row_buckets=list(llm.engine.executor.buckets), max_num_seqs=cfg.max_num_seqs,
+                           max_model_len=cfg.model_len(llm.model_config), page_size=cfg.page_size,
+                           points=[s["case"] for s in samples], quick=quick)))
+    table = fit_table(base, samples + host, readback_s=readback)
+    log(f"fitted in {time.perf_counter() - t0:.0f} s in all: " + "; ".join(
+        f"{k} median |error| {100 * v['median_abs_rel_err']:.1f} %, p90 {100 * v['p90_abs_rel_err']:.1f} %"
+        for k, v in table.fit.items() if isinstance(v, dict) and "median_abs_rel_err" in v))
+    return table
+
+
+def default_table_path(table: CostTable) -> str:
+    return table_file(table.device, table.model)
