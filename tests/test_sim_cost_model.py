@@ -41,7 +41,7 @@ def _work(model):
 
 def _sample(work, lo, n, rows, ctx, prefills, seconds=0.0):
     works = work.layer_works(rows, ctx, prefills)
-    return dict(kind="step", layers=work.layer_counts(lo, n), work={t: vars(w) for t, w in works.items()},
+    return dict(kind="step", layers=work.layer_counts(lo, n), work={t: w._asdict() for t, w in works.items()},
                 seconds=seconds)
 
 

@@ -48,6 +48,23 @@ class BlockManager:
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return self.pages_needed(request_id, num_tokens) <= len(self.free)
 
+    def reserve(self, request_id: int, num_tokens: int) -> bool:
+        """Grow the request's table to hold `num_tokens` tokens if the free list covers it; whether
+        it did (can_allocate then allocate, in one look-up: the scheduler does this per decode
+        per iteration)."""
+        table = self.tables.get(request_id)
+        have = len(table) if table is not None else 0
+        need = -(-num_tokens // self.page_size) - have
+        if need <= 0:
+            return True
+        if need > len(self.free):
+            return False
+        if table is None:
+            table = self.tables[request_id] = []
+        table.extend(self.free.pop() for _ in range(need))
+        self._arrays.pop(request_id, None)
+        return True
+
     def allocate(self, request_id: int, num_tokens: int) -> None:
         """Grow the request's table to hold `num_tokens` tokens; all-or-nothing."""
         need = self.pages_needed(request_id, num_tokens)

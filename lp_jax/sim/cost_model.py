@@ -33,16 +33,16 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 TABLES_DIR = os.path.join(os.path.dirname(__file__), "tables")
 FORMAT = 1
 PROVENANCES = ("measured", "derived", "datasheet")
 
 
-@dataclass(frozen=True)
-class LayerWork:
+class LayerWork(NamedTuple):
     """The work of one layer of one call. rows: token rows the layer computes (the padded bucket);
-    bytes in bytes, flops in FLOPs."""
+    bytes in bytes, flops in FLOPs. (A NamedTuple: the simulator builds a few per iteration.)"""
 
     rows: float
     dense_bytes: float
@@ -156,11 +156,11 @@ class CostTable:
 
     def layer_s(self, w: LayerWork) -> float:
         """Seconds of one layer of a call doing `w`."""
+        rows, dense_b, dense_f, attn_b, attn_f, expert_b, expert_f = w
         p, roof, moved = self.device_params, self.roof, self.moved
         (db, df), (ab, af), (eb, ef) = self._dense, self._attn, self._expert
-        return (p.layer_s + p.row_s * w.rows + roof(moved(w.dense_bytes) / db, w.dense_flops / df)
-                + roof(moved(w.attn_bytes) / ab, w.attn_flops / af)
-                + roof(moved(w.expert_bytes) / eb, w.expert_flops / ef))
+        return (p.layer_s + p.row_s * rows + roof(moved(dense_b) / db, dense_f / df)
+                + roof(moved(attn_b) / ab, attn_f / af) + roof(moved(expert_b) / eb, expert_f / ef))
 
     def call_s(self, layer_seconds: float) -> float:
         """Seconds of one executable call whose layers take `layer_seconds` in all."""

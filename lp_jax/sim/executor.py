@@ -69,6 +69,7 @@ class SimulatedExecutor:
         self.buckets, self.seq_buckets = config.buckets(), config.seq_buckets()
         self.work = WorkModel(model, np.dtype(table.dtype).itemsize, table.backend,
                               config.pages_per_seq(model) * config.page_size, self.load, self._block_m)
+        self._block_ms: dict[int, int] = {}
         self.device_free_s = 0.0  # when the device finishes everything launched so far
         self.device_busy_s = 0.0  # total device time of the calls simulated
         self._pieces: dict[tuple[int, int], list[tuple[int, dict[str, int]]]] = {}
@@ -80,66 +81,81 @@ class SimulatedExecutor:
         """Nothing to compile."""
 
     def _block_m(self, routed_rows: int) -> int:
-        from pallas_kernels.moe_tuning import lookup
+        """The MoE kernel's row tile at this many routed rows (its tile table is keyed by the rows'
+        power-of-two bucket, so that is what is cached)."""
+        key = 1 << max(routed_rows - 1, 0).bit_length()
+        if key not in self._block_ms:
+            from pallas_kernels.moe_tuning import lookup
 
-        m = self.model
-        return lookup(m.num_experts, m.hidden_size, m.ffn_size, max(routed_rows, 1),
-                      self.table.kernel_tiles_device or self.table.device_kind).gate_up.block_m
+            m = self.model
+            self._block_ms[key] = lookup(m.num_experts, m.hidden_size, m.ffn_size, key,
+                                         self.table.kernel_tiles_device or self.table.device_kind).gate_up.block_m
+        return self._block_ms[key]
 
-    def pieces(self, layer_lo: int, layer_hi: int) -> list[tuple[int, dict[str, int]]]:
-        """(first layer, {layer type: count}) of each call that runs [layer_lo, layer_hi)."""
+    def pieces(self, layer_lo: int, layer_hi: int) -> list[tuple[int, int]]:
+        """(full layers, sliding layers) of each call that runs [layer_lo, layer_hi)."""
         key = (layer_lo, layer_hi)
         if key not in self._pieces:
-            self._pieces[key] = [(lo, self.work.layer_counts(lo, n))
-                                 for lo, n in layer_pieces(layer_lo, layer_hi, self.model.num_layers)]
+            counts = [self.work.layer_counts(lo, n) for lo, n in layer_pieces(layer_lo, layer_hi, self.model.num_layers)]
+            self._pieces[key] = [(c["full"], c["sliding"]) for c in counts]
         return self._pieces[key]
 
     # --- one iteration ----------------------------------------------------------------------
     def dispatch(self, plan: IterationPlan) -> SimFlight:
         host, table, clock = self.table.host, self.table, self.clock
-        clock.advance(host.step_s + host.decode_s * len(plan.decodes) + host.prefill_s * len(plan.prefills))
+        decodes, works = plan.decodes, plan.prefills
+        now = clock.advance(host.step_s + host.decode_s * len(decodes) + host.prefill_s * len(works))
+        launch, call_s = host.launch_s, table.device_params.call_s
         device, busy = self.device_free_s, 0.0
-        contexts = [r.num_computed + 1 for r in plan.decodes]
+        contexts = [r.num_computed + 1 for r in decodes]
+        prefills = [(w.start, w.end) for w in works]
+        tokens = tuple(e - s for s, e in prefills)
         segments = []
         for seg in plan.segments():
             ctx = contexts if seg.decode else []
-            prefills = [(w.start, w.end) for w in plan.prefills] if seg.prefill else []
-            tokens = tuple(e - s for s, e in prefills)
-            rows = bucket_for(len(ctx) + sum(tokens), self.buckets)
-            per_layer = {t: table.layer_s(w) for t, w in self.work.layer_works(rows, ctx, prefills).items()}
-            for _, counts in self.pieces(seg.layer_lo, seg.layer_hi):
-                seconds = table.call_s(sum(n * per_layer[t] for t, n in counts.items() if n))
-                device = max(device, clock.advance(host.launch_s)) + seconds
+            seg_prefills, seg_tokens = (prefills, tokens) if seg.prefill else ([], ())
+            rows = bucket_for(len(ctx) + sum(seg_tokens), self.buckets)
+            distinct = self.load.expected_distinct(len(ctx), seg_tokens) if self.load else 0.0
+            layer = self.work.layer_works(rows, ctx, seg_prefills, expected=distinct)
+            full = table.layer_s(layer["full"]) if "full" in layer else 0.0
+            sliding = table.layer_s(layer["sliding"]) if "sliding" in layer else 0.0
+            for n_full, n_sliding in self.pieces(seg.layer_lo, seg.layer_hi):
+                seconds = call_s + n_full * full + n_sliding * sliding
+                now += launch  # the device starts a call once it is launched and the last one is done
+                device = (device if device > now else now) + seconds
                 busy += seconds
-            distinct = self.load.expected_distinct(len(ctx), tokens) if self.load else 0.0
-            prefill_rows = [(w.request.request_id, w.num_tokens) for w in plan.prefills] if seg.prefill else []
-            segments.append((seg, len(ctx), prefill_rows, distinct))
-        sampled = list(plan.decodes)
+            segments.append((seg, len(ctx), [(w.request.request_id, w.num_tokens) for w in works] if seg.prefill else [],
+                             distinct))
+        sampled = list(decodes)
         if plan.prefill_finishes_layers:
-            sampled += [w.request for w in plan.prefills if w.completes_prompt]
+            sampled += [w.request for w in works if w.completes_prompt]
         if sampled:
             seconds = self._head_s[bucket_for(len(sampled), self.seq_buckets)]
-            device = max(device, clock.advance(host.launch_s)) + seconds
+            now += launch
+            device = (device if device > now else now) + seconds
             busy += seconds
+        clock.wait_until(now)
         self.device_free_s = device
         self.device_busy_s += busy
-        return SimFlight(segments, sampled, len(plan.decodes), device, busy)
+        return SimFlight(segments, sampled, len(decodes), device, busy)
 
     def fetch(self, flight: SimFlight) -> ExecutionResult:
         """Wait (on the virtual clock) for the iteration's tokens and read them back."""
         self.clock.wait_until(flight.ready_s)
         self.clock.advance(self.table.host.readback_s)
-        L, n_dec = self.model.num_layers, flight.num_decodes
+        L, n_dec, sampled = self.model.num_layers, flight.num_decodes, flight.sampled
+        decode_rows = dict.fromkeys([r.request_id for r in sampled[:n_dec]], 1)
         records = []
         for seg, n_seg_dec, prefill_rows, distinct in flight.segments:
-            rows = {r.request_id: 1 for r in flight.sampled[:n_seg_dec]}
+            rows = dict(decode_rows) if n_seg_dec else {}
             for rid, n in prefill_rows:
                 rows[rid] = rows.get(rid, 0) + n
             counts = np.zeros(L)
             counts[seg.layer_lo:seg.layer_hi] = distinct
             records.append(SegmentRecord(seg.layer_lo, seg.layer_hi, rows, counts))
-        decode_tokens = [self.token_for(r) for r in flight.sampled[:n_dec]]
-        first = {r.request_id: self.token_for(r) for r in flight.sampled[n_dec:]}
+        token, token_for = self.token, self.token_for
+        decode_tokens = [token if not r.params.stop_token_ids else token_for(r) for r in sampled[:n_dec]]
+        first = {r.request_id: token_for(r) for r in sampled[n_dec:]}
         return ExecutionResult(decode_tokens, first, records)
 
     def execute(self, plan: IterationPlan) -> ExecutionResult:

@@ -15,10 +15,11 @@ replacement, independently of every other token.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 
 class ExpertLoad(Protocol):
@@ -40,11 +41,14 @@ class UniformExpertLoad:
             raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
         self.num_experts, self.top_k = num_experts, top_k
         self._p = top_k / num_experts
+        self._log_unchosen = math.log1p(-self._p) if self._p < 1 else 0.0
         self._tiles: dict[tuple[int, int], float] = {}
 
     def expected_distinct(self, num_decodes: int, prefill_tokens: Sequence[int] = ()) -> float:
         n = num_decodes + sum(prefill_tokens)
-        return self.num_experts * -np.expm1(n * np.log1p(-self._p)) if self._p < 1 else float(self.num_experts * (n > 0))
+        if self._p == 1:
+            return float(self.num_experts * (n > 0))
+        return self.num_experts * -math.expm1(n * self._log_unchosen)
 
     def expected_tiles(self, num_decodes: int, prefill_tokens: Sequence[int], block_m: int) -> float:
         """E * E[ceil(R / block_m)] for R ~ Binomial(n, K / E): E[ceil(R / b)] = sum_{j >= 0} P(R > j b)."""
@@ -56,7 +60,7 @@ class UniformExpertLoad:
             if len(self._tiles) > 65536:
                 self._tiles.clear()
             j = np.arange(0, n // block_m + 1) * block_m
-            self._tiles[key] = float(self.num_experts * np.sum(stats.binom.sf(j, n, self._p))) if n else 0.0
+            self._tiles[key] = float(self.num_experts * np.sum(special.bdtrc(j, n, self._p))) if n else 0.0
         return self._tiles[key]
 
 

@@ -79,16 +79,17 @@ class WorkModel:
         return {"full": n - s, "sliding": s}
 
     def expert_work(self, rows: int, valid_rows: int, num_decodes: int, prefill_tokens: tuple[int, ...],
-                    distinct: float | None = None) -> tuple[float, float]:
+                    distinct: float | None = None, expected: float | None = None) -> tuple[float, float]:
         """(expert bytes, expert FLOPs) of one MoE layer. distinct: measured distinct experts
-        (calibration), else the routing model's expectation."""
+        (calibration), else the routing model's expectation (`expected`, if the caller has it)."""
         if not self.model.is_moe:
             return 0.0, 0.0
         K, E = self.model.num_experts_per_tok, self.model.num_experts
         if self.backend == "reference":
             return E * self.expert_bytes_each, rows * K * E * self.expert_flops_per_row
         bm = self.block_m(valid_rows * K)
-        expected = self.expert_load.expected_distinct(num_decodes, prefill_tokens)
+        if expected is None:
+            expected = self.expert_load.expected_distinct(num_decodes, prefill_tokens)
         tiles = self._tiles(num_decodes, prefill_tokens, bm)
         if distinct is not None:
             # Measured experts: the tiles past each expert's first from the routing model.
@@ -105,12 +106,13 @@ class WorkModel:
         return self.expert_load.expected_tiles(num_decodes, prefill_tokens, block_m)
 
     def layer_works(self, rows: int, decode_contexts: list[int], prefills: list[tuple[int, int]],
-                    distinct: float | None = None) -> dict[str, LayerWork]:
+                    distinct: float | None = None, expected: float | None = None) -> dict[str, LayerWork]:
         """{layer type: LayerWork} of a call of `rows` padded rows: a decode row per entry of
         decode_contexts (keys it sees, itself included: position + 1) and prefill rows of
-        positions [start, end) per entry of prefills."""
-        valid = len(decode_contexts) + sum(e - s for s, e in prefills)
-        eb, ef = self.expert_work(rows, valid, len(decode_contexts), tuple(e - s for s, e in prefills), distinct)
+        positions [start, end) per entry of prefills. distinct / expected: see expert_work."""
+        tokens = tuple(e - s for s, e in prefills)
+        valid = len(decode_contexts) + sum(tokens)
+        eb, ef = self.expert_work(rows, valid, len(decode_contexts), tokens, distinct, expected)
         dense_flops = rows * self.dense_flops_per_row
         out = {}
         for t in self.types:
@@ -118,10 +120,12 @@ class WorkModel:
                 keys = pairs = rows * self.page_slots
             else:
                 w = self.windows[t]
-                dec = sum(decode_contexts) if w is None else sum(min(c, w) for c in decode_contexts)
-                pairs = dec + sum(visible_pairs(s, e, w) for s, e in prefills)
-                keys = dec + sum(visible_pairs(s, e, w) / PREFILL_Q_TILE + (e if w is None else min(e, w))
-                                 for s, e in prefills)
+                dec = sum(decode_contexts) if w is None else sum([c if c < w else w for c in decode_contexts])
+                pairs = keys = dec
+                for s, e in prefills:
+                    p = visible_pairs(s, e, w)
+                    pairs += p
+                    keys += p / PREFILL_Q_TILE + (e if w is None or e < w else w)
             out[t] = LayerWork(rows, self.dense_bytes, dense_flops, keys * self.kv_bytes_per_key,
                                pairs * self.flops_per_pair, eb, ef)
         return out

@@ -135,10 +135,10 @@ def reserve_decode_slots(state: SchedulerState):
     decodes = state.decoding()
     preempted: list[Request] = []
     i = 0
+    reserve = state.blocks.reserve
     while i < len(decodes):
         req = decodes[i]
-        if state.blocks.can_allocate(req.request_id, req.num_computed + 1):
-            state.blocks.allocate(req.request_id, req.num_computed + 1)
+        if reserve(req.request_id, req.num_computed + 1):
             i += 1
             continue
         victim = decodes[-1]
