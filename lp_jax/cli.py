@@ -161,23 +161,43 @@ def cmd_bench(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """Every configuration x every rate; a results folder with runs, table, CSV and plots."""
+    """Every configuration x every rate; a results folder with runs, table, CSV and plots. With no
+    arguments at all: the paper's comparison at full size in the simulator, then the real run of
+    the tiny model, each in its own folder under one results folder."""
     from lp_jax.bench.compare import CompareSpec, run_compare
 
-    configs, rates, workload, out = _resolve(args, "compare")
     if not 0 < args.slo_target <= 1:
         raise ValueError(f"--slo-target must be in (0, 1], got {args.slo_target}")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    spec = CompareSpec(args.model, configs, rates, workload, args.slo_ttft_s, args.slo_tbt_s, args.warmup,
-                       args.slo_target, args.goodput, repeats=args.repeats, order=args.order,
-                       order_seed=args.seed if args.order_seed is None else args.order_seed,
-                       executor=args.executor)
     t = time.perf_counter()
-    run_compare(spec, out, progress=not args.no_progress)
-    with open(os.path.join(out, "results.md")) as f:
-        print(f.read())
-    print(f"wrote {out}/ (results.md, summary.csv, aggregate.csv, compare.json, runs/, plots/) in {time.perf_counter() - t:.0f} s")
+    parts = []
+    if getattr(args, "bare", False):
+        parts.append(("simulated", _paper_simulated(args)))
+    configs, rates, workload, out = _resolve(args, "compare")
+    parts.append(("real", (CompareSpec(args.model, configs, rates, workload, args.slo_ttft_s, args.slo_tbt_s,
+                                       args.warmup, args.slo_target, args.goodput, repeats=args.repeats,
+                                       order=args.order,
+                                       order_seed=args.seed if args.order_seed is None else args.order_seed,
+                                       executor=args.executor), out)))
+    if len(parts) > 1:
+        root = out
+        parts = [(kind, (spec, os.path.join(root, f"{kind}-{spec.model}"))) for kind, (spec, _) in parts]
+    for kind, (spec, folder) in parts:
+        if len(parts) > 1:
+            print(BARE_HEADERS[kind])
+        run_compare(spec, folder, progress=not args.no_progress)
+        with open(os.path.join(folder, "results.md")) as f:
+            print(f.read())
+    if len(parts) > 1:
+        with open(os.path.join(root, "results.md"), "w") as f:
+            for kind, (spec, folder) in parts:
+                with open(os.path.join(folder, "results.md")) as g:
+                    body = g.read().replace("](plots/", f"]({os.path.basename(folder)}/plots/")
+                f.write(BARE_HEADERS[kind] + "\n\n" + body + "\n")
+        out = root
+    print(f"wrote {out}/ (results.md, summary.csv, aggregate.csv, compare.json, runs/, plots/) in "
+          f"{time.perf_counter() - t:.0f} s")
     return 0
 
 
@@ -216,6 +236,29 @@ def cmd_routing(args) -> int:
         print(f.read())
     print("wrote " + ", ".join(paths))
     return 0
+
+
+BARE_HEADERS = {
+    "simulated": "## 1. The paper's comparison at full size, SIMULATED: Qwen3-30B-A3B on arXiv-long, layered vs "
+                 "chunked-512 (lp_jax/sim: the real engine and schedules on a calibrated cost model; seconds of "
+                 "simulation, not of serving)",
+    "real": "## 2. A REAL run on this machine: the tiny random-weight model, scaled-down ShareGPT lengths (the "
+            "engine's own forward pass; CPU latencies say little about a GPU)",
+}
+
+
+def _paper_simulated(args):
+    """(CompareSpec, folder) of the full-size simulated comparison of a bare `lp-jax compare`."""
+    from lp_jax.compare import PAPER_SIMULATED, CompareSpec, parse_config
+    from lp_jax.workload import make_workload
+
+    d = PAPER_SIMULATED["defaults"]
+    workload = dict(source=PAPER_SIMULATED["workload"], num_requests=d.num_requests, arrival="poisson", cv=1.0,
+                    seed=args.seed, length_scale=d.length_scale, context_policy="drop")
+    make_workload(rate=d.rates[0], **workload)
+    configs = [parse_config(c, {}) for c in d.configs]
+    return CompareSpec(PAPER_SIMULATED["model"], configs, list(d.rates), workload, d.ttft_bound_s, d.tbt_bound_s,
+                       d.warmup, args.slo_target, executor=PAPER_SIMULATED["executor"]), None
 
 
 def _option_text(value) -> str:
@@ -422,11 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command in ("bench", "compare", "study", "routing"):
+# Options of compare that choose what is compared; with none of them given, `lp-jax compare` runs
+# both demos (--out, --seed, --slo-target and --no-progress may still be given).
+WHAT_IS_COMPARED = ("model", "schedule", "rates", "workload", "num_requests", "arrival", "cv", "length_scale",
+                    "context_policy", "engine_option", "routing", "slo_ttft_s", "slo_tbt_s", "warmup", "executor")
 
-    if args.command in ("bench", "compare", "routing", "calibrate"):
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "compare":
+        defaults = parser.parse_args(["compare"])
+        args.bare = all(getattr(args, k) == getattr(defaults, k) for k in WHAT_IS_COMPARED)
+    if args.command in ("bench", "compare", "study", "routing", "calibrate"):
         try:
             return args.func(args)
         except ValueError as e:
