@@ -20,6 +20,7 @@ the read-back from fetching an iteration already finished. Then `lp_jax.sim.fit.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import statistics
@@ -240,9 +241,11 @@ class Calibrator:
         return samples
 
     # --- the host ---------------------------------------------------------------------------
-    def host_samples(self, num_requests: int = 24) -> tuple[list[dict], float]:
-        """(host samples of a short serving run, read-back seconds). Each step's host time is its
-        wall time minus its time in fetch (waiting for the device, then the read-back)."""
+    def host_samples(self, num_requests: int = 24) -> tuple[list[dict], float, dict]:
+        """(host samples of a short serving run, read-back seconds, the run: its requests'
+        (prompt tokens, max_tokens) and seconds from first dispatch to last token). Each step's
+        host time is its wall time minus its time in fetch (waiting for the device, then the
+        read-back)."""
         eng, ex, L = self.engine, self.ex, self.model.num_layers
         waits: list[float] = []
         fetch = ex.fetch
@@ -255,11 +258,12 @@ class Calibrator:
 
         V = self.model.vocab_size
         top = min(self.config.model_len(self.model) // 2, self.prefill_room)
-        for n in self.rng.integers(1, max(2, top), num_requests):
-            eng.add_request(self.rng.integers(0, V, int(n)).tolist(),
-                            SamplingParams(max_tokens=int(self.rng.integers(4, 17)), ignore_eos=True))
+        requests = [(int(n), int(self.rng.integers(4, 17))) for n in self.rng.integers(1, max(2, top), num_requests)]
+        for n, m in requests:
+            eng.add_request(self.rng.integers(0, V, n).tolist(), SamplingParams(max_tokens=m, ignore_eos=True))
         samples = []
         ex.fetch = timed_fetch
+        run_start = time.perf_counter()
         try:
             while eng.has_unfinished():
                 waits.clear()
@@ -275,6 +279,7 @@ class Calibrator:
                                     calls=calls + bool(flight.sampled), seconds=max(wall - sum(waits), 1e-7)))
         finally:
             ex.fetch = fetch
+        run = dict(requests=requests, seconds=time.perf_counter() - run_start)
         readbacks = []
         for _ in range(5):  # an iteration already finished: fetch is the read-back alone
             flight = ex.dispatch(IterationPlan(L, decodes=self.decodes(1, 16)))
@@ -283,7 +288,7 @@ class Calibrator:
             ex.fetch(flight)
             readbacks.append(time.perf_counter() - t)
             self.clear()
-        return samples, statistics.median(readbacks)
+        return samples, statistics.median(readbacks), run
 
 
 def _pieces(lo: int, hi: int, L: int):
@@ -315,32 +320,56 @@ def calibrate(model: str, engine_options: dict, *, quick: bool = False, progress
 
     t0 = time.perf_counter()
     llm = lp_jax.LLM(model, "layered", **engine_options)
-    cal = Calibrator(llm)
-    log(f"calibrating {model} on {jax.devices()[0].device_kind} ({cal.backend} kernels, {llm.engine.dtype}); "
-        f"engine ready in {time.perf_counter() - t0:.0f} s")
-    peaks = ceilings(256 if jax.devices()[0].platform == "gpu" else 64, 8192 if jax.devices()[0].platform == "gpu"
-                     else 1024)
-    t1 = time.perf_counter()
-    samples = cal.run_grid(quick, progress)
-    host, readback = cal.host_samples(host_requests)
-    kind = jax.devices()[0].device_kind
-    device = device_slug(kind)
-    cfg = llm.engine_config
-    base = CostTable(
-        model=llm.model_config.name, device=device, device_kind=kind, provenance="measured", backend=cal.backend,
-        dtype=str(llm.engine.dtype), memory_bytes=device_memory_bytes(), peaks=peaks, device_params=DeviceParams(),
-        host=HostParams(), source=f"lp-jax calibrate on {kind} ({os.cpu_count()} host CPUs): {len(samples)} grid "
-        f"points in {time.perf_counter() - t1:.0f} s, {len(host)} host steps of a {host_requests}-request run",
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=_commit(),
-        kernel_tiles_device=kind if cal.backend == "pallas" else None,
-        fit=dict(grid=dict(row_buckets=list(llm.engine.executor.buckets), max_num_seqs=cfg.max_num_seqs,
-                           max_model_len=cfg.model_len(llm.model_config), page_size=cfg.page_size,
-                           points=[s["case"] for s in samples], quick=quick)))
-    table = fit_table(base, samples + host, readback_s=readback)
-    log(f"fitted in {time.perf_counter() - t0:.0f} s in all: " + "; ".join(
+    log(f"calibrating {model} on {jax.devices()[0].device_kind}; engine ready in {time.perf_counter() - t0:.0f} s")
+    table = calibrate_with(Calibrator(llm), quick=quick, progress=progress, host_requests=host_requests)
+    log(f"fitted in {time.perf_counter() - t0:.0f} s in all ({table.backend} kernels, {table.dtype}): " + "; ".join(
         f"{k} median |error| {100 * v['median_abs_rel_err']:.1f} %, p90 {100 * v['p90_abs_rel_err']:.1f} %"
         for k, v in table.fit.items() if isinstance(v, dict) and "median_abs_rel_err" in v))
     return table
+
+
+def calibrate_with(cal: Calibrator, *, quick: bool = False, progress: bool = True, host_requests: int = 24) -> CostTable:
+    """The cost table of a calibrator's engine: peaks, the grid, the host run, the fit."""
+    platform = jax.devices()[0].platform
+    peaks = ceilings(256 if platform == "gpu" else 64, 8192 if platform == "gpu" else 1024)
+    t1 = time.perf_counter()
+    samples = cal.run_grid(quick, progress)
+    host, readback, run = cal.host_samples(host_requests)
+    kind = jax.devices()[0].device_kind
+    llm, cfg = cal.llm, cal.config
+    base = CostTable(
+        model=llm.model_config.name, device=device_slug(kind), device_kind=kind, provenance="measured",
+        backend=cal.backend, dtype=str(llm.engine.dtype), memory_bytes=device_memory_bytes(), peaks=peaks,
+        device_params=DeviceParams(), host=HostParams(),
+        source=f"lp-jax calibrate on {kind} ({os.cpu_count()} host CPUs, load average {os.getloadavg()[0]:.1f}): "
+               f"{len(samples)} grid points in {time.perf_counter() - t1:.0f} s, {len(host)} host steps of a "
+               f"{host_requests}-request run",
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=_commit(),
+        kernel_tiles_device=kind if cal.backend == "pallas" else None,
+        fit=dict(grid=dict(row_buckets=list(cal.ex.buckets), max_num_seqs=cfg.max_num_seqs,
+                           max_model_len=cfg.model_len(llm.model_config), page_size=cfg.page_size,
+                           points=[s["case"] for s in samples], quick=quick)))
+    table = fit_table(base, samples + host, readback_s=readback)
+    # A CPU "device" shares its cores with the engine's Python: the host's time is not hidden.
+    table = table.with_params(host=dataclasses.replace(table.host, contention=1.0 if platform == "cpu" else 0.0))
+    # The whole engine, checked on the host run (not fitted to it).
+    return table.with_params(fit=dict(table.fit, host_run=dict(requests=len(run["requests"]), real_s=run["seconds"],
+                                                               simulated_s=_run_in_sim(table, cal.config, run))))
+
+
+def _run_in_sim(table: CostTable, config, run: dict) -> float:
+    """Seconds the simulator takes for the host run's requests, all added at once."""
+    import lp_jax
+
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k != "schedule"}
+    llm = lp_jax.LLM(table.model, config.schedule, executor=table, **options)
+    zeros = np.zeros(max(n for n, _ in run["requests"]), np.int32)
+    for n, m in run["requests"]:
+        llm.add_request(zeros[:n], max_tokens=m, ignore_eos=True)
+    start = llm.engine.clock()
+    while llm.has_unfinished():
+        llm.step()
+    return llm.engine.clock() - start
 
 
 def default_table_path(table: CostTable) -> str:

@@ -57,8 +57,9 @@ class LLM:
     per-iteration records), progress (callback(done, total), told before the first and after
     each start-up compilation), executor: "model" (the real forward pass, default) or the
     simulator, "sim[:DEVICE]" (a committed cost table of this model, the preferred device when
-    none is named) or "sim:PATH.json" (see lp_jax.sim): the same engine on a virtual clock, no
-    weights, tokens that are never stop tokens.
+    none is named), "sim:PATH.json" or a CostTable (see lp_jax.sim): the same engine on a
+    virtual clock, no weights, tokens that are never stop tokens.
+
 
     Single-threaded: one caller drives an LLM (and its Engine); nothing in them is locked. A
     server runs the engine loop on a thread of its own and hands requests to it.
@@ -69,7 +70,7 @@ class LLM:
     """
 
     def __init__(self, model, schedule: str = "layered", *, params: dict | None = None, backend: str | None = None,
-                 trace: bool = False, progress=None, executor: str = "model", **engine_options):
+                 trace: bool = False, progress=None, executor="model", **engine_options):
         check_removed_options(engine_options)
         unknown = set(engine_options) - set(EngineConfig.__dataclass_fields__)
         if unknown:
@@ -84,7 +85,7 @@ class LLM:
         self.engine_config = self.engine_config.for_model(self.model_config)
         # Requests of the incremental API that finished inside `generate`, for the next `step`.
         self._finished_earlier: list[RequestOutput] = []
-        if executor != "model":
+        if not (isinstance(executor, str) and executor == "model"):
             if params is not None or backend is not None:
                 raise ValueError("the simulator takes no weights or kernel backend (params, backend)")
             self.simulation = Simulation.of(executor, self.model_config, self.engine_config)

@@ -3,6 +3,8 @@ same iterations, and the virtual clock and pipelined host/device timeline on a h
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import lp_jax
@@ -72,3 +74,11 @@ def test_pipelined_timeline_hand_computed(tmp_path):
     assert out.token_times_s == pytest.approx([5.85 * ms, 11.35 * ms, 16.85 * ms], abs=1e-12)
     assert llm.engine.executor.device_busy_s == pytest.approx(3 * 5.5 * ms)
     assert table.layer_s(LayerWork(8, 1e6, 1e6, 1e6, 1e6)) == pytest.approx(1 * ms)
+
+    # With contention 1 (a CPU: host and device share cores) the device loses the host's time
+    # while both are busy: 0.4 ms of dispatch per iteration and 0.05 ms of each read-back that
+    # falls while the next iteration runs (the last read-back finds the device idle).
+    table = table.with_params(host=dataclasses.replace(table.host, contention=1.0))
+    llm = lp_jax.LLM("tiny-qwen3", "chunked", executor=table, max_model_len=64, max_num_seqs=16, token_budget=32)
+    (out,) = llm.generate([[1] * 10], max_tokens=3)
+    assert out.token_times_s == pytest.approx([6.65 * ms, 12.6 * ms, 18.15 * ms], abs=1e-12)

@@ -39,8 +39,14 @@ class Simulation:
     routing: str = "uniform"
 
     @staticmethod
-    def of(spec: str, model: ModelConfig, config: EngineConfig, routing: str = "uniform") -> "Simulation":
-        table = load_table(parse_executor(spec), model.name)
+    def of(spec, model: ModelConfig, config: EngineConfig, routing: str = "uniform") -> "Simulation":
+        """spec: "sim[:DEVICE or PATH]" or a CostTable."""
+        if isinstance(spec, CostTable):
+            if spec.model != model.name:
+                raise ValueError(f"cost table {spec.name} is for {spec.model}, not {model.name}")
+            table = spec
+        else:
+            table = load_table(parse_executor(spec), model.name)
         if config.dtype and config.dtype != table.dtype:
             raise ValueError(f"dtype {config.dtype} differs from the cost table's {table.dtype} ({table.name})")
         dtype = _dtype(table.dtype)

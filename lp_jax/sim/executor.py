@@ -70,6 +70,7 @@ class SimulatedExecutor:
         self.work = WorkModel(model, np.dtype(table.dtype).itemsize, table.backend,
                               config.pages_per_seq(model) * config.page_size, self.load, self._block_m)
         self._block_ms: dict[int, int] = {}
+        self._pending: list[SimFlight] = []  # dispatched, not yet fetched
         self.device_free_s = 0.0  # when the device finishes everything launched so far
         self.device_busy_s = 0.0  # total device time of the calls simulated
         self._pieces: dict[tuple[int, int], list[tuple[int, dict[str, int]]]] = {}
@@ -101,9 +102,21 @@ class SimulatedExecutor:
         return self._pieces[key]
 
     # --- one iteration ----------------------------------------------------------------------
+    def _host_work(self, start_s: float, seconds: float) -> None:
+        """The host worked `seconds` from start_s: while the device was busy it lost contention x
+        the overlap, so everything not finished by start_s moves back by that."""
+        overlap = min(seconds, self.device_free_s - start_s)
+        if overlap > 0 and self.table.host.contention:
+            lost = self.table.host.contention * overlap
+            self.device_free_s += lost
+            for flight in self._pending:
+                if flight.ready_s > start_s:
+                    flight.ready_s += lost
+
     def dispatch(self, plan: IterationPlan) -> SimFlight:
         host, table, clock = self.table.host, self.table, self.clock
         decodes, works = plan.decodes, plan.prefills
+        start = clock()
         now = clock.advance(host.step_s + host.decode_s * len(decodes) + host.prefill_s * len(works))
         launch, call_s = host.launch_s, table.device_params.call_s
         device, busy = self.device_free_s, 0.0
@@ -137,11 +150,16 @@ class SimulatedExecutor:
         clock.wait_until(now)
         self.device_free_s = device
         self.device_busy_s += busy
-        return SimFlight(segments, sampled, len(decodes), device, busy)
+        flight = SimFlight(segments, sampled, len(decodes), device, busy)
+        self._pending.append(flight)
+        self._host_work(start, now - start)
+        return flight
 
     def fetch(self, flight: SimFlight) -> ExecutionResult:
         """Wait (on the virtual clock) for the iteration's tokens and read them back."""
+        self._pending.remove(flight)
         self.clock.wait_until(flight.ready_s)
+        self._host_work(self.clock(), self.table.host.readback_s)
         self.clock.advance(self.table.host.readback_s)
         L, n_dec, sampled = self.model.num_layers, flight.num_decodes, flight.sampled
         decode_rows = dict.fromkeys([r.request_id for r in sampled[:n_dec]], 1)

@@ -1,0 +1,254 @@
+"""Fidelity of the simulator against the real engine on this machine, on held-out runs.
+
+For every repeat x schedule x rate: calibrate a cost table on the real engine (lp_jax.calibrate),
+then right away serve a held-out workload (a seed the calibration never saw) for real and in the
+simulator with that table, and compare
+
+- end to end: mean and p99 TTFT, p50 and p99 TBT and TPOT, mean E2E (simulated / real - 1);
+- per iteration: the real run replayed in the simulator with every request added at the
+  iteration it was added for real (so the plans are the real ones, iteration by iteration), and
+  each iteration's time compared: while the engine is busy (iteration i dispatched before i - 1
+  was read back) the time from i - 1's tokens to i's, otherwise from i's dispatch to its tokens.
+
+The machine is shared with other work, which makes CPU timings drift within minutes (2-3x
+between minutes at load averages of 3-9 on 2 cores): each run is calibrated afresh just before it,
+and the report gives every run, the load average around it, and the spread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import time
+
+import numpy as np
+
+from lp_jax.bench import make_llm, run_bench
+from lp_jax.calibrate import Calibrator, calibrate_with
+from lp_jax.compare import DEMO, parse_config
+from lp_jax.workload import make_workload
+
+METRICS = (("ttft_s", "mean"), ("ttft_s", "p99"), ("tbt_s", "p50"), ("tbt_s", "p99"), ("tpot_s", "p50"),
+           ("tpot_s", "p99"), ("e2e_s", "mean"))
+CONFIGS = ("layered:group_tokens=64", "chunked:token_budget=64")
+PERCENTILES = (1, 10, 25, 50, 75, 90, 99)
+# Consecutive iterations summed for the windowed error: a real iteration's time is when its
+# tokens reached the host after the last ones did, and the OS's scheduling of the host thread
+# on a loaded machine moves time between neighbours (1 ms then 11 ms for two 6 ms iterations).
+WINDOW = 8
+
+
+@dataclasses.dataclass
+class FidelitySpec:
+    """What one fidelity study runs (lengths x length_scale of ShareGPT, rates in requests/s)."""
+
+    model: str = "tiny-qwen3-moe"
+    configs: tuple[str, ...] = CONFIGS
+    rates: tuple[float, ...] = (3.0, 6.0)
+    num_requests: int = 48
+    length_scale: float = 1 / 16
+    repeats: int = 3
+    seed: int = 1000  # held-out workloads: seed + 100 * repeat + rate index
+    ttft_bound_s: float = 0.5
+    tbt_bound_s: float = 0.1
+    warmup: int = 4
+    quick_grid: bool = False
+
+
+class _ArrivalLog:
+    """Wraps an LLM's add_request to log (iteration, prompt, max_tokens) of every request it adds."""
+
+    def __init__(self, llm):
+        self.llm, self.log, self._add = llm, [], llm.add_request
+        llm.add_request = self
+
+    def __call__(self, prompt, max_tokens=16, **kw):
+        self.log.append((self.llm.engine.state.iteration, len(prompt), max_tokens))
+        return self._add(prompt, max_tokens=max_tokens, **kw)
+
+    def close(self):
+        self.llm.add_request = self._add
+
+
+def _slug(config: str) -> str:
+    return config.replace(":", "_").replace("=", "-")
+
+
+def _shape(record) -> tuple:
+    """An iteration's plan without request ids (the real engine's ids continue from calibration)."""
+    return len(record.decode_ids), [(s, e) for _, s, e in record.prefill], record.prefill_layers
+
+
+def iteration_times(records) -> np.ndarray:
+    """Seconds of each iteration after the first (see the module docstring), from IterationRecords."""
+    out = []
+    for prev, rec in zip(records, records[1:]):
+        busy = rec.start_s < prev.end_s
+        out.append(rec.end_s - prev.end_s if busy else rec.end_s - rec.start_s)
+    return np.asarray(out)
+
+
+def replay(table_path: str, config, arrivals: list[tuple[int, int, int]], model: str):
+    """The simulated engine driven with the real run's requests at the real run's iterations;
+    its IterationRecords."""
+    import lp_jax
+
+    sim = lp_jax.LLM(model, config.schedule, executor=f"sim:{table_path}", trace=True, **config.options)
+    zeros = np.zeros(max(n for _, n, _ in arrivals), np.int32)
+    k = 0
+    while k < len(arrivals) or sim.has_unfinished():
+        while k < len(arrivals) and arrivals[k][0] <= sim.engine.state.iteration:
+            sim.add_request(zeros[:arrivals[k][1]], max_tokens=arrivals[k][2], ignore_eos=True)
+            k += 1
+        sim.step()
+    return sim.engine.records
+
+
+def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = False) -> dict:
+    """Every repeat x schedule x rate (see the module docstring); writes fidelity.json into out_dir
+    and returns it."""
+    os.makedirs(out_dir, exist_ok=True)
+    engines = {c: make_llm(spec.model, parse_config(c, DEMO.engine_options).schedule,
+                           dict(parse_config(c, DEMO.engine_options).options, trace=True), c, progress, log)
+               for c in spec.configs}
+    layered = next(llm for llm in engines.values() if llm.engine_config.schedule == "layered")
+    runs, per_iteration, windowed = [], {c: [] for c in spec.configs}, {c: [] for c in spec.configs}
+    for rep in range(spec.repeats):
+        for c in spec.configs:
+            config = parse_config(c, DEMO.engine_options)
+            for i, rate in enumerate(spec.rates):
+                t = time.perf_counter()
+                table = calibrate_with(Calibrator(layered), quick=spec.quick_grid, progress=progress)
+                path = table.save(os.path.join(out_dir, f"table_{rep}_{_slug(c)}_{rate:g}.json"))
+                run = table.fit["host_run"]
+                log(f"repeat {rep}, {c} at {rate:g} req/s: calibrated in {time.perf_counter() - t:.0f} s (grid median "
+                    f"|error| {100 * table.fit['iteration']['median_abs_rel_err']:.0f} %, host run simulated / real "
+                    f"{run['simulated_s'] / run['real_s']:.2f}), load average {os.getloadavg()[0]:.1f}")
+                workload = make_workload("sharegpt", spec.num_requests, rate=rate, seed=spec.seed + 100 * rep + i,
+                                         length_scale=spec.length_scale, context_limit=layered.engine_config.model_len(
+                                             layered.model_config))
+                real_llm = engines[c]
+                first = len(real_llm.engine.records)
+                arrivals = _ArrivalLog(real_llm)
+                load = os.getloadavg()[0]
+                try:
+                    real = run_bench(real_llm, workload, ttft_bound_s=spec.ttft_bound_s,
+                                     tbt_bound_s=spec.tbt_bound_s, warmup=spec.warmup, progress=progress).summary
+                finally:
+                    arrivals.close()
+                start_iteration = real_llm.engine.records[first].iteration
+                sim_llm = make_llm(spec.model, config.schedule, config.options, c, False, lambda *_: None,
+                                   executor=f"sim:{path}")
+                sim = run_bench(sim_llm, workload, ttft_bound_s=spec.ttft_bound_s, tbt_bound_s=spec.tbt_bound_s,
+                                warmup=spec.warmup, progress=False).summary
+                shifted = [(it - start_iteration, n, m) for it, n, m in arrivals.log]
+                sim_records = replay(path, config, shifted, spec.model)
+                real_records = real_llm.engine.records[first:]
+                same = [_shape(r) for r in real_records] == [_shape(r) for r in sim_records]
+                real_t, sim_t = iteration_times(real_records), iteration_times(sim_records)
+                errors = (sim_t / real_t - 1.0) if same else np.array([])
+                per_iteration[c] += errors.tolist()
+                if same:
+                    w = len(real_t) // WINDOW * WINDOW
+                    windowed[c] += (sim_t[:w].reshape(-1, WINDOW).sum(1) / real_t[:w].reshape(-1, WINDOW).sum(1)
+                                    - 1.0).tolist()
+                row = dict(repeat=rep, config=c, rate=rate, load_average=load, load_after=os.getloadavg()[0],
+                           table=os.path.basename(path), same_plans=same,
+                           iteration_error_median=float(np.median(errors)) if errors.size else None)
+                for group, stat in METRICS:
+                    r, s = real[group][stat], sim[group][stat]
+                    row[f"{group}.{stat}"] = dict(real=r, sim=s, error=(s / r - 1.0) if r else None)
+                runs.append(row)
+                log(f"  {c} at {rate:g} req/s: " + ", ".join(
+                    f"{g.split('_')[0].upper()} {st} {100 * row[f'{g}.{st}']['error']:+.0f} %" for g, st in METRICS)
+                    + f"; per-iteration median {100 * (row['iteration_error_median'] or 0):+.0f} %")
+    result = dict(spec=dataclasses.asdict(spec), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"), host_cpus=os.cpu_count(), runs=runs, per_iteration_errors=per_iteration,
+        summary=summarise(runs, per_iteration, windowed))
+    with open(os.path.join(out_dir, "fidelity.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _percentiles(errors) -> dict:
+    e = np.asarray(errors)
+    return dict(iterations=int(e.size), **{f"p{q}": float(np.percentile(e, q)) for q in PERCENTILES}) if e.size else {}
+
+
+def summarise(runs: list[dict], per_iteration: dict, windowed: dict) -> dict:
+    """Per configuration and metric: the median error over repeats and rates and its range; the
+    per-iteration and per-window error percentiles."""
+    out = {}
+    for c in sorted({r["config"] for r in runs}):
+        mine = [r for r in runs if r["config"] == c]
+        entry = {}
+        for group, stat in METRICS:
+            e = np.array([r[f"{group}.{stat}"]["error"] for r in mine if r[f"{group}.{stat}"]["error"] is not None])
+            entry[f"{group}.{stat}"] = dict(median=float(np.median(e)), min=float(e.min()), max=float(e.max()),
+                                            within_10pct=int(np.sum(np.abs(e) <= 0.10)), runs=int(e.size))
+        entry["per_iteration"] = _percentiles(per_iteration[c])
+        entry["per_window"] = _percentiles(windowed[c])
+        out[c] = entry
+    return out
+
+
+def histogram(result: dict, path: str) -> str:
+    """PNG of the relative errors of each configuration: per iteration, and per WINDOW iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for ax, key, unit in ((axes[0], "per_iteration_errors", "iteration"),
+                          (axes[1], "window_errors", f"{WINDOW} consecutive iterations")):
+        for c, errors in result[key].items():
+            e = 100 * np.clip(np.asarray(errors), -1.0, 1.0)
+            ax.hist(e, bins=np.linspace(-100, 100, 81), alpha=0.55, label=f"{c} ({len(e)})")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"simulated / real time of one {unit} - 1 (%), clipped to +-100 %")
+        ax.set_ylabel("count")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Simulator error on held-out runs, {result['spec']['model']} on this CPU "
+                 f"({result['host_cpus']} cores, shared), {result['date'][:10]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown(result: dict) -> str:
+    """The fidelity tables (per configuration: each metric's median error and range over every
+    repeat and rate; the per-iteration percentiles)."""
+    spec = result["spec"]
+    lines = [f"Held-out runs: {spec['model']}, ShareGPT lengths x {spec['length_scale']:g}, {spec['num_requests']} "
+             f"requests per run at {', '.join(f'{r:g}' for r in spec['rates'])} requests/s, {spec['repeats']} "
+             f"repeats (each calibrated just before its runs), {result['date']}, {result['host_cpus']} CPU cores "
+             "shared with other work. Error = simulated / real - 1.", "",
+             "| configuration | metric | median error | range over runs | runs within 10 % |", "|---|---|---|---|---|"]
+    for c, entry in result["summary"].items():
+        for group, stat in METRICS:
+            m = entry[f"{group}.{stat}"]
+            lines.append(f"| {c} | {group.split('_')[0].upper()} {stat} | {100 * m['median']:+.1f} % | "
+                         f"{100 * m['min']:+.0f} .. {100 * m['max']:+.0f} % | {m['within_10pct']}/{m['runs']} |")
+    lines += ["", f"Per-iteration error (the real runs replayed iteration by iteration; windows: {WINDOW} "
+              "consecutive iterations summed):", "",
+              "| configuration | unit | count | " + " | ".join(f"p{q}" for q in PERCENTILES) + " |",
+              "|---|---|---|" + "---|" * len(PERCENTILES)]
+    for c, entry in result["summary"].items():
+        for unit, key in (("iteration", "per_iteration"), (f"{WINDOW} iterations", "per_window")):
+            p = entry[key]
+            if p:
+                lines.append(f"| {c} | {unit} | {p['iterations']} | " + " | ".join(
+                    f"{100 * p[f'p{q}']:+.0f} %" for q in PERCENTILES) + " |")
+    lines += ["", "Every run (real and simulated values, load average at its start):", "",
+              "| repeat | configuration | rate | load | " + " | ".join(f"{g.split('_')[0].upper()} {s} real / sim"
+                                                                     for g, s in METRICS) + " |",
+              "|---|---|---|---|" + "---|" * len(METRICS)]
+    for r in result["runs"]:
+        cells = [f"{1e3 * r[f'{g}.{s}']['real']:.1f} / {1e3 * r[f'{g}.{s}']['sim']:.1f} ms" for g, s in METRICS]
+        lines.append(f"| {r['repeat']} | {r['config']} | {r['rate']:g} | {r['load_average']:.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
