@@ -249,8 +249,8 @@ BARE_HEADERS = {
 
 def _paper_simulated(args):
     """(CompareSpec, folder) of the full-size simulated comparison of a bare `lp-jax compare`."""
-    from lp_jax.compare import PAPER_SIMULATED, CompareSpec, parse_config
-    from lp_jax.workload import make_workload
+    from lp_jax.bench.compare import PAPER_SIMULATED, CompareSpec, parse_config
+    from lp_jax.bench.workload import make_workload
 
     d = PAPER_SIMULATED["defaults"]
     workload = dict(source=PAPER_SIMULATED["workload"], num_requests=d.num_requests, arrival="poisson", cv=1.0,
@@ -358,8 +358,8 @@ def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
 
 def cmd_calibrate(args) -> int:
     """Time the real step functions over a grid, fit the simulator's cost model, write a cost table."""
-    from lp_jax.calibrate import calibrate, default_table_path
-    from lp_jax.compare import defaults_for, parse_option
+    from lp_jax.bench.calibrate import calibrate, default_table_path
+    from lp_jax.bench.compare import defaults_for, parse_option
 
     options = dict(defaults_for(args.model).engine_options)
     options.update(parse_option(o) for o in args.engine_option)

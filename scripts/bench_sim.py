@@ -22,8 +22,8 @@ import sys
 import time
 
 import lp_jax
-from lp_jax.bench import run_bench
-from lp_jax.workload import make_workload
+from lp_jax.bench.runner import run_bench
+from lp_jax.bench.workload import make_workload
 
 CONFIGS = {"layered": {}, "chunked-512": dict(token_budget=512)}
 TARGET_S = 60.0

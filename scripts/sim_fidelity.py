@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from lp_jax.fidelity import FidelitySpec, histogram, markdown, run_fidelity
+from lp_jax.bench.fidelity import FidelitySpec, histogram, markdown, run_fidelity
 
 
 def main(argv=None) -> int:

@@ -17,9 +17,9 @@ import json
 import os
 import sys
 
-from lp_jax.bench import make_llm, run_bench
-from lp_jax.compare import parse_config
-from lp_jax.workload import make_workload
+from lp_jax.bench.runner import make_llm, run_bench
+from lp_jax.bench.compare import parse_config
+from lp_jax.bench.workload import make_workload
 
 METRICS = (("ttft_s", "mean", "TTFT mean", "s"), ("ttft_s", "p99", "TTFT p99", "s"), ("tbt_s", "p50", "TBT p50", "ms"),
            ("tbt_s", "p99", "TBT p99", "ms"), ("tpot_s", "mean", "TPOT mean", "ms"), ("e2e_s", "mean", "E2E mean", "s"))

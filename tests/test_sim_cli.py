@@ -40,7 +40,7 @@ def test_bare_compare_runs_the_simulated_paper_comparison_and_the_real_demo(tmp_
         with open(os.path.join(folder, "results.md"), "w") as f:
             f.write(f"# {spec.model}\n![x](plots/x.png)\n")
 
-    monkeypatch.setattr("lp_jax.compare.run_compare", fake_run_compare)
+    monkeypatch.setattr("lp_jax.bench.compare.run_compare", fake_run_compare)
     assert main(["compare", "--out", str(tmp_path), "--no-progress"]) == 0
     (sim, sim_dir), (real, real_dir) = ran
     assert (sim.model, sim.executor, sim.workload["source"]) == ("qwen3-30b-a3b", "sim", "arxiv-long")

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 import lp_jax
-from lp_jax.bench import run_bench
-from lp_jax.cluster import route, run_cluster
-from lp_jax.compare import DEMO
-from lp_jax.workload import make_workload
+from lp_jax.bench.runner import run_bench
+from lp_jax.bench.cluster import route, run_cluster
+from lp_jax.bench.compare import DEMO
+from lp_jax.bench.workload import make_workload
 
 SLO = dict(ttft_bound_s=0.5, tbt_bound_s=0.1)
 

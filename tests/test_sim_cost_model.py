@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lp_jax.config import get_preset
+from lp_jax.model.config import get_preset
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, available_tables, load_table
 from lp_jax.sim.expert_load import UniformExpertLoad
 from lp_jax.sim.fit import error_summary, errors, fit_table, predict

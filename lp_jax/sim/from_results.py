@@ -26,9 +26,9 @@ import subprocess
 
 import numpy as np
 
-from lp_jax.config import GPT_OSS_20B, QWEN3_30B_A3B, ModelConfig, get_preset
-from lp_jax.engine_config import bucket_for
-from lp_jax.executor import layer_pieces
+from lp_jax.model.config import GPT_OSS_20B, QWEN3_30B_A3B, ModelConfig, get_preset
+from lp_jax.engine.config import bucket_for
+from lp_jax.engine.executor import layer_pieces
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, LayerWork, Peaks, table_file
 from lp_jax.sim.expert_load import UniformExpertLoad
 from lp_jax.sim.fit import error_summary, fit_device, fit_roofline

@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from lp_jax.engine_config import bucket_for
-from lp_jax.executor import range_lengths
-from lp_jax.memory import device_memory_bytes
-from lp_jax.request import SamplingParams, Status
-from lp_jax.scheduler.base import IterationPlan, PrefillWork
+from lp_jax.engine.config import bucket_for
+from lp_jax.engine.executor import range_lengths
+from lp_jax.engine.memory import device_memory_bytes
+from lp_jax.engine.request import SamplingParams, Status
+from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, table_file
 from lp_jax.sim.expert_load import UniformExpertLoad
 from lp_jax.sim.fit import fit_table
@@ -292,7 +292,7 @@ class Calibrator:
 
 
 def _pieces(lo: int, hi: int, L: int):
-    from lp_jax.executor import layer_pieces
+    from lp_jax.engine.executor import layer_pieces
 
     return layer_pieces(lo, hi, L)
 

@@ -1,6 +1,6 @@
 """Fidelity of the simulator against the real engine on this machine, on held-out runs.
 
-For every repeat x schedule x rate: calibrate a cost table on the real engine (lp_jax.calibrate),
+For every repeat x schedule x rate: calibrate a cost table on the real engine (lp_jax.bench.calibrate),
 then right away serve a held-out workload (a seed the calibration never saw) for real and in the
 simulator with that table, and compare
 
@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-from lp_jax.bench import make_llm, run_bench
-from lp_jax.calibrate import Calibrator, calibrate_with
-from lp_jax.compare import DEMO, parse_config
-from lp_jax.workload import make_workload
+from lp_jax.bench.runner import make_llm, run_bench
+from lp_jax.bench.calibrate import Calibrator, calibrate_with
+from lp_jax.bench.compare import DEMO, parse_config
+from lp_jax.bench.workload import make_workload
 
 METRICS = (("ttft_s", "mean"), ("ttft_s", "p99"), ("tbt_s", "p50"), ("tbt_s", "p99"), ("tpot_s", "p50"),
            ("tpot_s", "p99"), ("e2e_s", "mean"))

@@ -22,9 +22,9 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from lp_jax.bench import BenchResult, record_output, submit
-from lp_jax.metrics import RequestRecord, serving_metrics, slo_attainment
-from lp_jax.workload import Workload
+from lp_jax.bench.runner import BenchResult, record_output, submit
+from lp_jax.bench.metrics import RequestRecord, serving_metrics, slo_attainment
+from lp_jax.bench.workload import Workload
 
 ROUTERS = ("round_robin", "least_loaded")
 
