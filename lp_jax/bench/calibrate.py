@@ -24,23 +24,24 @@ import dataclasses
 import datetime
 import os
 import statistics
-import subprocess
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from lp_jax.bench.ceilings import time_s
 from lp_jax.engine.config import bucket_for
-from lp_jax.engine.executor import range_lengths
+from lp_jax.engine.executor import layer_pieces, range_lengths
 from lp_jax.engine.memory import device_memory_bytes
 from lp_jax.engine.request import SamplingParams, Status
 from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork
-from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, table_file
+from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, source_commit, table_file
 from lp_jax.sim.expert_load import UniformExpertLoad
 from lp_jax.sim.fit import fit_table
-from lp_jax.sim.work import WorkModel
+from lp_jax.sim.work import WorkModel, kernel_block_m
 
 TARGET_S = 0.3  # timing budget per grid point (at least BLOCKS x MIN_REPS calls)
 BLOCKS, MIN_REPS, MAX_REPS = 3, 2, 20
@@ -56,31 +57,23 @@ def device_slug(kind: str) -> str:
 
 
 def ceilings(mib: int, s: int, reps: int = 10) -> Peaks:
-    """Copy bandwidth (read + write of `mib` MiB, in place) and matmul rate (s x s x s) in the
-    engine's dtype family, best of `reps` calls: the peaks the efficiencies are relative to."""
+    """Copy bandwidth (read + write of `mib` MiB) and matmul rate (s x s x s) in the engine's dtype
+    family, best of `reps` calls: the peaks the efficiencies are relative to. Unlike the engine
+    bench's (lp_jax.bench.ceilings, bf16, a fresh output each call) the copy is in place: on the CPU
+    a fresh 64 MiB output faults in new pages every call (1.8 GB/s instead of ~40)."""
     dtype = jnp.bfloat16 if jax.devices()[0].platform == "gpu" else jnp.float32
-
-    def best(fn):
-        jax.block_until_ready(fn())
-        out = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            jax.block_until_ready(fn())
-            out.append(time.perf_counter() - t)
-        return min(out)
-
     n = mib * 2**20 // jnp.dtype(dtype).itemsize
-    add = jax.jit(lambda a: a + 1, donate_argnums=0)  # in place: no fresh pages to fault in
+    add = jax.jit(lambda a: a + 1, donate_argnums=0)
     state = [jnp.ones((n,), dtype)]
 
     def copy():
         state[0] = add(state[0])
         return state[0]
 
-    copy_Bps = 2 * n * jnp.dtype(dtype).itemsize / best(copy)
+    copy_Bps = 2 * n * jnp.dtype(dtype).itemsize / time_s(copy, reps)
     a = jnp.ones((s, s), dtype)
     dot = jax.jit(jnp.dot)
-    return Peaks(copy_Bps, 2 * s**3 / best(lambda: dot(a, a)))
+    return Peaks(copy_Bps, 2 * s**3 / time_s(lambda: dot(a, a), reps))
 
 
 class Calibrator:
@@ -95,13 +88,8 @@ class Calibrator:
         self.backend = "pallas" if _uses_pallas(self.model, self.engine.dtype) else "reference"
         load = UniformExpertLoad(self.model.num_experts, self.model.num_experts_per_tok) if self.model.is_moe else None
         self.work = WorkModel(self.model, self.dtype_bytes, self.backend,
-                              self.config.pages_per_seq(self.model) * self.config.page_size, load, self._block_m)
-
-    def _block_m(self, rows: int) -> int:
-        from pallas_kernels.moe_tuning import lookup
-
-        m = self.model
-        return lookup(m.num_experts, m.hidden_size, m.ffn_size, max(rows, 1), jax.devices()[0].device_kind).gate_up.block_m
+                              self.config.pages_per_seq(self.model) * self.config.page_size, load,
+                              kernel_block_m(self.model, jax.devices()[0].device_kind))
 
     # --- requests ---------------------------------------------------------------------------
     def _place(self, tokens: list[int], computed: int, status: Status, allocate: int):
@@ -170,7 +158,7 @@ class Calibrator:
             c = ctx if seg.decode else []
             pre = [(w.start, w.end) for w in plan.prefills] if seg.prefill else []
             rows = bucket_for(len(c) + sum(e - s for s, e in pre), self.ex.buckets)
-            for lo, n in _pieces(seg.layer_lo, seg.layer_hi, L):
+            for lo, n in layer_pieces(seg.layer_lo, seg.layer_hi, L):
                 d = float(np.mean(counts_L[lo:lo + n])) if self.model.is_moe else None
                 works = self.work.layer_works(rows, c, pre, distinct=d)
                 calls.append(dict(kind="step", layers=self.work.layer_counts(lo, n),
@@ -187,7 +175,7 @@ class Calibrator:
         """Most prefill rows one call can hold: the hidden buffer's prefill region."""
         return self.config.hidden_rows() - self.config.max_num_seqs - 1
 
-    def grid(self, quick: bool = False) -> list[tuple[str, callable]]:
+    def grid(self, quick: bool = False) -> list[tuple[str, Callable[[], IterationPlan]]]:
         """(label, make plan) of every grid point (see the module docstring)."""
         L, S = self.model.num_layers, self.config.max_num_seqs
         limit = self.config.model_len(self.model) - 2
@@ -274,7 +262,7 @@ class Calibrator:
                 if eng.state.iteration == before:  # nothing dispatched: only a read-back
                     continue
                 plan, flight = eng._in_flight[:2]
-                calls = sum(len(_pieces(seg.layer_lo, seg.layer_hi, L)) for seg in plan.segments())
+                calls = sum(len(layer_pieces(seg.layer_lo, seg.layer_hi, L)) for seg in plan.segments())
                 samples.append(dict(kind="host", decodes=len(plan.decodes), prefills=len(plan.prefills),
                                     calls=calls + bool(flight.sampled), seconds=max(wall - sum(waits), 1e-7)))
         finally:
@@ -291,25 +279,11 @@ class Calibrator:
         return samples, statistics.median(readbacks), run
 
 
-def _pieces(lo: int, hi: int, L: int):
-    from lp_jax.engine.executor import layer_pieces
-
-    return layer_pieces(lo, hi, L)
-
-
 def _uses_pallas(model, dtype) -> bool:
     from pallas_kernels.dispatch import pallas_attention_supports, resolve_backend
 
     return resolve_backend(None) == "pallas" and pallas_attention_supports(
         model.num_heads, model.num_kv_heads, model.head_dim, 16, dtype)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def calibrate(model: str, engine_options: dict, *, quick: bool = False, progress: bool = True, log=print,
@@ -344,7 +318,7 @@ def calibrate_with(cal: Calibrator, *, quick: bool = False, progress: bool = Tru
         source=f"lp-jax calibrate on {kind} ({os.cpu_count()} host CPUs, load average {os.getloadavg()[0]:.1f}): "
                f"{len(samples)} grid points in {time.perf_counter() - t1:.0f} s, {len(host)} host steps of a "
                f"{host_requests}-request run",
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=_commit(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=source_commit(),
         kernel_tiles_device=kind if cal.backend == "pallas" else None,
         fit=dict(grid=dict(row_buckets=list(cal.ex.buckets), max_num_seqs=cfg.max_num_seqs,
                            max_model_len=cfg.model_len(llm.model_config), page_size=cfg.page_size,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -199,6 +200,15 @@ class CostTable:
     def with_params(self, **changes) -> "CostTable":
         """A copy with fields replaced (efficiency caches rebuilt)."""
         return dataclasses.replace(self, **changes)
+
+
+def source_commit() -> str:
+    """The short commit of this source tree (what a new table records), or "unknown"."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(__file__), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def table_file(device: str, model: str) -> str:

@@ -37,7 +37,7 @@ from lp_jax.engine.scheduler.base import IterationPlan
 from lp_jax.sim.clock import VirtualClock
 from lp_jax.sim.cost_model import CostTable
 from lp_jax.sim.expert_load import ExpertLoad, expert_load
-from lp_jax.sim.work import WorkModel
+from lp_jax.sim.work import WorkModel, kernel_block_m
 
 
 @dataclass
@@ -68,8 +68,8 @@ class SimulatedExecutor:
         self.load = load or (expert_load(model.num_experts, model.num_experts_per_tok) if model.is_moe else None)
         self.buckets, self.seq_buckets = config.buckets(), config.seq_buckets()
         self.work = WorkModel(model, np.dtype(table.dtype).itemsize, table.backend,
-                              config.pages_per_seq(model) * config.page_size, self.load, self._block_m)
-        self._block_ms: dict[int, int] = {}
+                              config.pages_per_seq(model) * config.page_size, self.load,
+                              kernel_block_m(model, table.kernel_tiles_device or table.device_kind))
         self._pending: list[SimFlight] = []  # dispatched, not yet fetched
         self.device_free_s = 0.0  # when the device finishes everything launched so far
         self.device_busy_s = 0.0  # total device time of the calls simulated
@@ -80,18 +80,6 @@ class SimulatedExecutor:
 
     def precompile(self, progress=None) -> None:
         """Nothing to compile."""
-
-    def _block_m(self, routed_rows: int) -> int:
-        """The MoE kernel's row tile at this many routed rows (its tile table is keyed by the rows'
-        power-of-two bucket, so that is what is cached)."""
-        key = 1 << max(routed_rows - 1, 0).bit_length()
-        if key not in self._block_ms:
-            from pallas_kernels.moe_tuning import lookup
-
-            m = self.model
-            self._block_ms[key] = lookup(m.num_experts, m.hidden_size, m.ffn_size, key,
-                                         self.table.kernel_tiles_device or self.table.device_kind).gate_up.block_m
-        return self._block_ms[key]
 
     def pieces(self, layer_lo: int, layer_hi: int) -> list[tuple[int, int]]:
         """(full layers, sliding layers) of each call that runs [layer_lo, layer_hi)."""

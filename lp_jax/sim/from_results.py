@@ -22,17 +22,16 @@ import dataclasses
 import datetime
 import json
 import os
-import subprocess
 
 import numpy as np
 
 from lp_jax.model.config import GPT_OSS_20B, QWEN3_30B_A3B, ModelConfig, get_preset
 from lp_jax.engine.config import bucket_for
 from lp_jax.engine.executor import layer_pieces
-from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, LayerWork, Peaks, table_file
+from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, source_commit, table_file
 from lp_jax.sim.expert_load import UniformExpertLoad
 from lp_jax.sim.fit import error_summary, fit_device, fit_roofline
-from lp_jax.sim.work import WorkModel
+from lp_jax.sim.work import WorkModel, kernel_block_m
 
 H100 = "NVIDIA H100 80GB HBM3"
 H100_SLUG = "h100_80gb_hbm3"
@@ -63,12 +62,8 @@ def _load(name: str, results: str):
 
 
 def _work(model: ModelConfig, page_slots: int = 1) -> WorkModel:
-    from pallas_kernels.moe_tuning import lookup
-
     load = UniformExpertLoad(model.num_experts, model.num_experts_per_tok)
-    return WorkModel(model, 2, "pallas", page_slots, load,
-                     lambda rows: lookup(model.num_experts, model.hidden_size, model.ffn_size, max(rows, 1), H100)
-                     .gate_up.block_m)
+    return WorkModel(model, 2, "pallas", page_slots, load, kernel_block_m(model, H100))
 
 
 def _peaks(entry: dict) -> Peaks:
@@ -189,14 +184,6 @@ def host_params(engine: dict) -> HostParams:
                       launch_s=first["host_launch_ms"] * 1e-3 / (first["step_calls"] + 1), readback_s=READBACK_S)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def derive_h100_table(model_name: str, results: str = RESULTS) -> CostTable:
     """The H100 cost table of qwen3-30b-a3b or gpt-oss-20b, from the committed H100 results."""
     model = get_preset(model_name)
@@ -209,7 +196,7 @@ def derive_h100_table(model_name: str, results: str = RESULTS) -> CostTable:
                       dtype=engine["dtype"], memory_bytes=H100_MEMORY, peaks=peaks,
                       device_params=DeviceParams(call_s=2e-4, layer_s=5e-5, row_s=1e-9, head_s=5e-5),
                       host=host_params(engine), source=source, date=datetime.date.today().isoformat(),
-                      commit=_commit(), kernel_tiles_device=H100)
+                      commit=source_commit(), kernel_tiles_device=H100)
     samples = iteration_samples(model, engine)
     # The component fits hold roof's p at the whole-iteration fit's, which holds their
     # efficiencies: alternate until p settles.
@@ -236,7 +223,7 @@ def datasheet_table(base: CostTable, device: str) -> CostTable:
               f"the datasheet ratios; efficiencies, fixed times and host from {base.name} ({base.provenance})")
     return base.with_params(device=device, device_kind=new["kind"], provenance="datasheet", peaks=peaks,
                             memory_bytes=int(0.95 * new["memory_gib"] * 1e9), source=source, name="",
-                            date=datetime.date.today().isoformat(), commit=_commit(), samples=[],
+                            date=datetime.date.today().isoformat(), commit=source_commit(), samples=[],
                             fit=dict(note=f"no fit on this device; {base.name}'s fit: {base.fit}"))
 
 

@@ -30,6 +30,23 @@ PREFILL_Q_TILE = 64
 LAYER_TYPES = ("full", "sliding")
 
 
+def kernel_block_m(model: ModelConfig, device_kind: str):
+    """rows -> the row tile (block_m) the Pallas MoE kernels choose on `device_kind` for a call of
+    that many routed rows. Their tile table is keyed by the rows' power-of-two bucket, so that is
+    what is cached."""
+    from pallas_kernels.moe_tuning import lookup
+
+    cache: dict[int, int] = {}
+
+    def block_m(rows: int) -> int:
+        key = 1 << max(rows - 1, 0).bit_length()
+        if key not in cache:
+            cache[key] = lookup(model.num_experts, model.hidden_size, model.ffn_size, key, device_kind).gate_up.block_m
+        return cache[key]
+
+    return block_m
+
+
 def visible_pairs(start: int, end: int, window: int | None) -> int:
     """Sum over positions p in [start, end) of the keys p sees: min(p + 1, window)."""
     def upto(x):  # sum_{p < x} min(p + 1, W)
