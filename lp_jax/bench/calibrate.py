@@ -162,7 +162,7 @@ class Calibrator:
                 d = float(np.mean(counts_L[lo:lo + n])) if self.model.is_moe else None
                 works = self.work.layer_works(rows, c, pre, distinct=d)
                 calls.append(dict(kind="step", layers=self.work.layer_counts(lo, n),
-                                  work={t: w._asdict() for t, w in works.items()}, seconds=0.0))
+                                  work={t: w._asdict() for t, w in works.items()}, range=n != L, seconds=0.0))
         sampled = len(plan.decodes) + (sum(w.completes_prompt for w in plan.prefills) if plan.prefill_finishes_layers
                                        else 0)
         head = (dict(kind="head", rows=bucket_for(sampled, self.ex.seq_buckets), head_bytes=self.work.head_bytes,

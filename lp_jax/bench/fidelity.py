@@ -166,7 +166,7 @@ def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = F
                     + f"; per-iteration median {100 * (row['iteration_error_median'] or 0):+.0f} %")
     result = dict(spec=dataclasses.asdict(spec), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), host_cpus=os.cpu_count(), runs=runs, per_iteration_errors=per_iteration,
-        summary=summarise(runs, per_iteration, windowed))
+        window_errors=windowed, summary=summarise(runs, per_iteration, windowed))
     with open(os.path.join(out_dir, "fidelity.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -201,9 +201,10 @@ def histogram(result: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
-    for ax, key, unit in ((axes[0], "per_iteration_errors", "iteration"),
-                          (axes[1], "window_errors", f"{WINDOW} consecutive iterations")):
+    panels = [(key, unit) for key, unit in (("per_iteration_errors", "iteration"),
+                                            ("window_errors", f"{WINDOW} consecutive iterations")) if result.get(key)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (key, unit) in zip(axes[0], panels):
         for c, errors in result[key].items():
             e = 100 * np.clip(np.asarray(errors), -1.0, 1.0)
             ax.hist(e, bins=np.linspace(-100, 100, 81), alpha=0.55, label=f"{c} ({len(e)})")

@@ -11,7 +11,9 @@ One layer of a call costs
 where roof(m, c) = (m^p + c^p)^(1/p) is a roofline with partial overlap of memory and compute
 (p = `overlap`: 1 adds them, large p is max(m, c); measured on the H100, a chunked iteration's
 tile-padded expert FLOPs cost time although its expert reads take longer), and a call of n
-layers costs call_s + the sum over its layers. A component's first `cache_bytes` move
+layers costs call_s + the sum over its layers (+ range_row_s per row for a range step, whose
+traced first layer XLA:CPU pays for per row: on this CPU a 1-layer range step of 500 rows costs
+1.5x a layer of the whole-model step). A component's first `cache_bytes` move
 `cache_speedup` times faster than the rest (data that stays in a cache: on the CPU, the
 reference attention's per-row gathers of a small batch; 0 = no cache term). BW (bytes/s) and R (FLOP/s) are
 the device's peaks (`Peaks`: the copy bandwidth and matmul rate measured on it, or a datasheet's);
@@ -84,6 +86,7 @@ class DeviceParams:
     overlap: float = 4.0
     cache_bytes: float = 0.0
     cache_speedup: float = 1.0
+    range_row_s: float = 0.0
 
 
 @dataclass
@@ -166,9 +169,11 @@ class CostTable:
         return (p.layer_s + p.row_s * rows + roof(moved(dense_b) / db, dense_f / df)
                 + roof(moved(attn_b) / ab, attn_f / af) + roof(moved(expert_b) / eb, expert_f / ef))
 
-    def call_s(self, layer_seconds: float) -> float:
-        """Seconds of one executable call whose layers take `layer_seconds` in all."""
-        return self.device_params.call_s + layer_seconds
+    def call_s(self, layer_seconds: float, rows: int = 0, ranged: bool = False) -> float:
+        """Seconds of one executable call of `rows` padded rows whose layers take `layer_seconds`
+        in all; `ranged`: a range step (a traced first layer) rather than the whole model."""
+        p = self.device_params
+        return p.call_s + layer_seconds + (p.range_row_s * rows if ranged else 0.0)
 
     def head_s(self, rows: int, head_bytes: float, head_flops_per_row: float) -> float:
         """Seconds of the sampling call over `rows` (the padded sampled-row bucket)."""

@@ -81,12 +81,13 @@ class SimulatedExecutor:
     def precompile(self, progress=None) -> None:
         """Nothing to compile."""
 
-    def pieces(self, layer_lo: int, layer_hi: int) -> list[tuple[int, int]]:
-        """(full layers, sliding layers) of each call that runs [layer_lo, layer_hi)."""
+    def pieces(self, layer_lo: int, layer_hi: int) -> list[tuple[int, int, bool]]:
+        """(full layers, sliding layers, whether a range step) of each call that runs [layer_lo, layer_hi)."""
         key = (layer_lo, layer_hi)
         if key not in self._pieces:
-            counts = [self.work.layer_counts(lo, n) for lo, n in layer_pieces(layer_lo, layer_hi, self.model.num_layers)]
-            self._pieces[key] = [(c["full"], c["sliding"]) for c in counts]
+            L = self.model.num_layers
+            self._pieces[key] = [(c["full"], c["sliding"], n != L) for lo, n in layer_pieces(layer_lo, layer_hi, L)
+                                 for c in [self.work.layer_counts(lo, n)]]
         return self._pieces[key]
 
     # --- one iteration ----------------------------------------------------------------------
@@ -106,7 +107,7 @@ class SimulatedExecutor:
         decodes, works = plan.decodes, plan.prefills
         start = clock()
         now = clock.advance(host.step_s + host.decode_s * len(decodes) + host.prefill_s * len(works))
-        launch, call_s = host.launch_s, table.device_params.call_s
+        launch, call_s, range_row_s = host.launch_s, table.device_params.call_s, table.device_params.range_row_s
         device, busy = self.device_free_s, 0.0
         contexts = [r.num_computed + 1 for r in decodes]
         prefills = [(w.start, w.end) for w in works]
@@ -120,8 +121,8 @@ class SimulatedExecutor:
             layer = self.work.layer_works(rows, ctx, seg_prefills, expected=distinct)
             full = table.layer_s(layer["full"]) if "full" in layer else 0.0
             sliding = table.layer_s(layer["sliding"]) if "sliding" in layer else 0.0
-            for n_full, n_sliding in self.pieces(seg.layer_lo, seg.layer_hi):
-                seconds = call_s + n_full * full + n_sliding * sliding
+            for n_full, n_sliding, ranged in self.pieces(seg.layer_lo, seg.layer_hi):
+                seconds = call_s + n_full * full + n_sliding * sliding + (range_row_s * rows if ranged else 0.0)
                 now += launch  # the device starts a call once it is launched and the last one is done
                 device = (device if device > now else now) + seconds
                 busy += seconds

@@ -27,7 +27,7 @@ from scipy import optimize
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, LayerWork
 
 STEP_PARAMS = ("call_s", "layer_s", "row_s", "dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw",
-               "expert_flop", "overlap", "cache_bytes", "cache_speedup")
+               "expert_flop", "overlap", "cache_bytes", "cache_speedup", "range_row_s")
 HEAD_PARAMS = ("head_s", "head_row_s")
 CACHE_PARAMS = ("cache_bytes", "cache_speedup")
 EFFICIENCIES = {"dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw", "expert_flop"}
@@ -51,15 +51,16 @@ def _start(name: str, start: dict, shortest_s: float) -> float:
         return start[name]
     if name == "cache_speedup":
         return 4.0
-    per = {"call_s": 1.0, "layer_s": 0.1, "head_s": 0.1, "row_s": 1e-3, "head_row_s": 1e-3}[name]
+    per = {"call_s": 1.0, "layer_s": 0.1, "head_s": 0.1, "row_s": 1e-3, "head_row_s": 1e-3, "range_row_s": 1e-3}[name]
     return start["fixed"] * shortest_s * per
 
 
 def predict(table: CostTable, sample: dict) -> float:
     """The table's seconds for one sample."""
     if sample["kind"] == "step":
-        layers = sum(n * table.layer_s(LayerWork(**sample["work"][t])) for t, n in sample["layers"].items() if n)
-        return table.call_s(layers)
+        works = {t: LayerWork(**w) for t, w in sample["work"].items()}
+        layers = sum(n * table.layer_s(works[t]) for t, n in sample["layers"].items() if n)
+        return table.call_s(layers, next(iter(works.values())).rows, sample.get("range", False))
     if sample["kind"] == "head":
         return table.head_s(sample["rows"], sample["head_bytes"], sample["head_flops_per_row"])
     if sample["kind"] == "iteration":

@@ -117,7 +117,8 @@ def attention_efficiencies(model: ModelConfig, results: str, peaks: Peaks, overl
 
 def _step_sample(work: WorkModel, lo: int, n: int, rows: int, ctx, prefills, distinct: float) -> dict:
     works = work.layer_works(rows, ctx, prefills, distinct=distinct)
-    return dict(kind="step", layers=work.layer_counts(lo, n), work={t: w._asdict() for t, w in works.items()}, seconds=0.0)
+    return dict(kind="step", layers=work.layer_counts(lo, n), work={t: w._asdict() for t, w in works.items()},
+                range=n != work.model.num_layers, seconds=0.0)
 
 
 def _head_sample(work: WorkModel, rows: int) -> dict:
