@@ -8,7 +8,7 @@ Prints, per schedule: wall and CPU seconds of the run, iterations, microseconds 
 simulated seconds it covered and how many times faster than real time that is, beside the target
 (10,000 requests in under 60 s on 2 cores) and the machine's load average (the machine is shared:
 wall time includes other processes' share of the cores, CPU time does not). Writes
-sim_speed_<host>.json and .md into --out when given.
+sim_speed_cpu.json and .md into --out when given.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--rate", type=float, default=1.0, help="requests/s (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--schedule", action="append", choices=list(CONFIGS), help="default: both")
-    p.add_argument("--out", help="folder for sim_speed_<host>.json and .md")
+    p.add_argument("--out", help="folder for sim_speed_cpu.json and .md")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     rows = []
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, f"sim_speed_{platform.node() or 'host'}")
+        stem = os.path.join(args.out, "sim_speed_cpu")
         with open(stem + ".json", "w") as f:
             json.dump(dict(args=vars(args), rows=rows, date=datetime.date.today().isoformat()), f, indent=1)
         with open(stem + ".md", "w") as f:

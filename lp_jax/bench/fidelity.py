@@ -8,7 +8,7 @@ simulator with that table, and compare
 - per iteration: the real run replayed in the simulator with every request added at the
   iteration it was added for real (so the plans are the real ones, iteration by iteration), and
   each iteration's time compared: while the engine is busy (iteration i dispatched before i - 1
-  was read back) the time from i - 1's tokens to i's, otherwise from i's dispatch to its tokens.
+  was read back) the time from i - 1's tokens to i's, over the iterations `steady` keeps.
 
 The machine is shared with other work, which makes CPU timings drift within minutes (2-3x
 between minutes at load averages of 3-9 on 2 cores): each run is calibrated afresh just before it,
@@ -81,6 +81,15 @@ def _shape(record) -> tuple:
     return len(record.decode_ids), [(s, e) for _, s, e in record.prefill], record.prefill_layers
 
 
+def steady(records, added_at: set[int]) -> np.ndarray:
+    """bool per iteration after the first (as iteration_times): busy (dispatched before the last
+    came back) and no request added at it, the one before or the one after. A replay reproduces
+    those times: the real loop adds a request after reading the iteration in flight back, the
+    replay as soon as the iteration count is reached, which moves the neighbours' read-backs."""
+    return np.array([b.start_s < a.end_s and not {b.iteration - 1, b.iteration, b.iteration + 1} & added_at
+                     for a, b in zip(records, records[1:])], bool)
+
+
 def iteration_times(records) -> np.ndarray:
     """Seconds of each iteration after the first (see the module docstring), from IterationRecords."""
     out = []
@@ -148,6 +157,8 @@ def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = F
                 real_records = real_llm.engine.records[first:]
                 same = [_shape(r) for r in real_records] == [_shape(r) for r in sim_records]
                 real_t, sim_t = iteration_times(real_records), iteration_times(sim_records)
+                keep = steady(real_records, {it for it, _, _ in arrivals.log}) if same else []
+                real_t, sim_t = (real_t[keep], sim_t[keep]) if same else (real_t, sim_t)
                 errors = (sim_t / real_t - 1.0) if same else np.array([])
                 per_iteration[c] += errors.tolist()
                 if same:
