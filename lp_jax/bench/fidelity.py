@@ -217,14 +217,16 @@ def histogram(result: dict, path: str) -> str:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (key, unit) in zip(axes[0], panels):
         for c, errors in result[key].items():
-            e = 100 * np.clip(np.asarray(errors), -1.0, 1.0)
-            ax.hist(e, bins=np.linspace(-100, 100, 81), alpha=0.55, label=f"{c} ({len(e)})")
+            ratio = np.clip(1.0 + np.asarray(errors), 1 / 16, 16)  # the tails, clipped to 16x either way
+            ax.hist(np.log2(ratio), bins=np.linspace(-4, 4, 65), alpha=0.55, label=f"{c} ({len(ratio)})")
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel(f"simulated / real time of one {unit} - 1 (%), clipped to +-100 %")
+        ticks = [1 / 16, 1 / 4, 1 / 2, 1, 2, 4, 16]
+        ax.set_xticks(np.log2(ticks), [f"{t:g}" for t in ticks])
+        ax.set_xlabel(f"simulated / real time, one {unit}")
         ax.set_ylabel("count")
         ax.legend(fontsize=8)
     fig.suptitle(f"Simulator error on held-out runs, {result['spec']['model']} on this CPU "
-                 f"({result['host_cpus']} cores, shared), {result['date'][:10]}")
+                 f"({result['host_cpus']} cores, shared), {result['date'][:10]} (log scale; tails clipped at 16x)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
