@@ -18,7 +18,7 @@ BUDGET_S=${BUDGET_S:-470}
 MODEL_S=${MODEL_S:-300}
 mkdir -p "$OUT/calibration"
 start=$(date +%s)
-device=$(python3 -c "import jax; from lp_jax.calibrate import device_slug; print(device_slug(jax.devices()[0].device_kind))")
+device=$(python3 -c "import jax; from lp_jax.bench.calibrate import device_slug; print(device_slug(jax.devices()[0].device_kind))") || { echo "cannot name the device" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv > "$OUT/calibration/nvidia-smi.csv" 2>&1
 git rev-parse --short HEAD > "$OUT/calibration/commit.txt" 2>/dev/null || true
 for model in ${MODELS:-qwen3-30b-a3b gpt-oss-20b}; do
