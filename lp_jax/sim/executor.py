@@ -40,7 +40,7 @@ from lp_jax.sim.expert_load import ExpertLoad, expert_load
 from lp_jax.sim.work import WorkModel, kernel_block_m
 
 
-@dataclass
+@dataclass(eq=False)  # identity: fetch removes this very flight from the pending ones
 class SimFlight:
     """A simulated iteration in flight: what fetch needs, and when its tokens are ready.
 
