@@ -60,7 +60,6 @@ class LLM:
     none is named), "sim:PATH.json" or a CostTable (see lp_jax.sim): the same engine on a
     virtual clock, no weights, tokens that are never stop tokens.
 
-
     Single-threaded: one caller drives an LLM (and its Engine); nothing in them is locked. A
     server runs the engine loop on a thread of its own and hands requests to it.
 
