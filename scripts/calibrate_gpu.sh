@@ -1,34 +1,69 @@
 #!/usr/bin/env bash
-# Calibrate the simulator's cost tables on the lent GPU (one GPU): full-size qwen3-30b-a3b first,
-# then gpt-oss-20b while the time allows; every table, log and the copy bandwidth / matmul peaks
-# end up in $OUT/calibration_<device>.tar.gz. Run from the repository root on the GPU machine:
+# Calibrate the simulator's cost tables on the lent GPU (one GPU): full-size qwen3-30b-a3b, then
+# gpt-oss-20b; every table, log, timing and the nvidia-smi line end up in
+# $OUT/calibration_<device>.tar.gz. Run from the repository root on the GPU machine:
 #
-#     bash scripts/calibrate_gpu.sh            # about 5 minutes per model on an H200
+#     LP_JAX_COMMIT=<commit> OUT=$OUT bash scripts/calibrate_gpu.sh   # both models, ~5.5 minutes on an H200
+#     DRY_RUN=1 bash scripts/calibrate_gpu.sh         # the same pipeline, tiny-qwen3-moe, quick grid (CPU: ~2 min)
 #
-# BUDGET_S (default 470) bounds the whole script: a model starts only if the time left covers
-# MODEL_S (default 300) seconds; a model cut short by the budget leaves its log (and no table).
-# Copy the tables into lp_jax/sim/tables/ (they replace the datasheet ones of that device) and
-# commit them.
+# Time on an H200 (estimated from the H100 engine bench's start-up, 52 executables in 93 s, and
+# its call times): per model ~10 s start-up and weights, ~90 s compiling the layered engine at
+# ROW_BUCKETS (7 buckets: 7 whole-model steps, 7 x 6 range steps for qwen3's 48 layers, 7 x 5 for
+# gpt-oss's 24, 8 sampling heads: 57 / 50 executables), ~50 s for the grid (~80 points, each
+# timed in 3 blocks of up to 0.3 s) and ~15 s for the host run and the check: ~165 s per model,
+# ~330 s for both. The cost model is parametric in rows, so a table fitted on this ladder serves
+# engines with any other.
+#
+# BUDGET_S (default 540, inside the device's 600 s per command) bounds the whole script: a model
+# starts only if MODEL_S (default 150) seconds are left, and is stopped when the budget ends (its
+# log stays, no table). timings.txt says how long each model took. Then, on the workstation:
+#
+#     tar xzf calibration_h200.tar.gz -C /tmp && cp /tmp/calibration/h200_*.json lp_jax/sim/tables/
+#
+# (they replace the datasheet H200 tables; `sim` then prefers them) and commit them.
 set -u
 export PYTHONPATH=. XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/lp-jax-jax-cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
-OUT=${OUT:-$(pwd)/lp-jax-results/calibration}
-BUDGET_S=${BUDGET_S:-470}
-MODEL_S=${MODEL_S:-300}
+PYTHON=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-540}
+MODEL_S=${MODEL_S:-150}
+ROW_BUCKETS=${ROW_BUCKETS:-8,32,64,256,1024,4096,8256}
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    # The whole pipeline on any device, small: the tiny preset (its own row buckets), a coarse grid.
+    OUT=${OUT:-$(mktemp -d)}
+    MODELS=${MODELS:-tiny-qwen3-moe}
+    EXTRA=(--quick --host-requests 8)
+else
+    OUT=${OUT:-$(pwd)/lp-jax-results/calibration}
+    MODELS=${MODELS:-qwen3-30b-a3b gpt-oss-20b}
+    EXTRA=(-o "row_buckets=$ROW_BUCKETS")
+fi
 mkdir -p "$OUT/calibration"
 start=$(date +%s)
-device=$(python3 -c "import jax; from lp_jax.bench.calibrate import device_slug; print(device_slug(jax.devices()[0].device_kind))") || { echo "cannot name the device" >&2; exit 1; }
+device=$($PYTHON -c "import jax; from lp_jax.bench.calibrate import device_slug; print(device_slug(jax.devices()[0].device_kind))") \
+    || { echo "cannot name the device" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv > "$OUT/calibration/nvidia-smi.csv" 2>&1
-git rev-parse --short HEAD > "$OUT/calibration/commit.txt" 2>/dev/null || true
-for model in ${MODELS:-qwen3-30b-a3b gpt-oss-20b}; do
+# A copy of the tree without .git (the lent machine's) names its commit through LP_JAX_COMMIT.
+export LP_JAX_COMMIT=${LP_JAX_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+echo "$LP_JAX_COMMIT" > "$OUT/calibration/commit.txt"
+status=0
+for model in $MODELS; do
     left=$(( BUDGET_S - ($(date +%s) - start) ))
     if [ "$left" -lt "$MODEL_S" ]; then
         echo "skipping $model: ${left} s left of the ${BUDGET_S} s budget" | tee -a "$OUT/calibration/skipped.txt"
+        status=1
         continue
     fi
-    timeout "$left" python3 -m lp_jax.cli calibrate --model "$model" --no-progress \
-        --out "$OUT/calibration/${device}_${model}.json" 2>&1 | tee "$OUT/calibration/calibrate_${model}.log"
+    t=$(date +%s)
+    timeout "$left" $PYTHON -m lp_jax.cli calibrate --model "$model" --no-progress "${EXTRA[@]}" \
+        --out "$OUT/calibration/${device}_${model}.json" > "$OUT/calibration/calibrate_${model}.log" 2>&1
+    rc=$?
+    cat "$OUT/calibration/calibrate_${model}.log"
+    echo "$model: rc $rc, $(( $(date +%s) - t )) s" | tee -a "$OUT/calibration/timings.txt"
+    [ "$rc" = 0 ] || status=1
 done
+echo "all: $(( $(date +%s) - start )) s" | tee -a "$OUT/calibration/timings.txt"
 tar czf "$OUT/calibration_${device}.tar.gz" -C "$OUT" calibration && rm -rf "$OUT/calibration"
 ls -la "$OUT"
+exit $status

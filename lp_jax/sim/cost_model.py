@@ -208,7 +208,10 @@ class CostTable:
 
 
 def source_commit() -> str:
-    """The short commit of this source tree (what a new table records), or "unknown"."""
+    """The short commit of this source tree (what a new table records): $LP_JAX_COMMIT where set
+    (a copy of the tree without its .git, as on a lent GPU machine), else git's, else "unknown"."""
+    if os.environ.get("LP_JAX_COMMIT"):
+        return os.environ["LP_JAX_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=os.path.dirname(__file__), check=True).stdout.strip()
