@@ -82,3 +82,26 @@ def test_pipelined_timeline_hand_computed(tmp_path):
     llm = lp_jax.LLM("tiny-qwen3", "chunked", executor=table, max_model_len=64, max_num_seqs=16, token_budget=32)
     (out,) = llm.generate([[1] * 10], max_tokens=3)
     assert out.token_times_s == pytest.approx([6.65 * ms, 12.6 * ms, 18.15 * ms], abs=1e-12)
+
+
+def test_calibrated_routing_shows_chunkings_expert_rereads():
+    """One 8192-token prompt of the full-size Qwen3 under the paper's routing: layered reads each
+    layer's experts for the whole prompt at once, chunked-512 once per chunk. The simulated engine
+    accounts both ways exactly as the routing model predicts: distinct experts per call (16 x
+    d(512) against d(8192): the paper's 13.4x loads of a prompt's experts), and row tiles."""
+    from lp_jax.sim.expert_load import expert_load
+
+    cfg = get_preset("qwen3-30b-a3b")
+    load = expert_load(cfg.num_experts, cfg.num_experts_per_tok, "qwen3-paper")
+    per_layer = cfg.num_layers * cfg.expert_params() * 2  # bf16 bytes of one expert in every layer
+    spent = {}
+    for schedule, options, calls in (("layered", {}, [(8192,)]), ("chunked", dict(token_budget=512), [(512,)] * 16)):
+        llm = lp_jax.LLM("qwen3-30b-a3b", schedule, executor="sim:h200", routing="qwen3-paper", **options)
+        out = llm.generate([[0] * 8192], max_tokens=1, ignore_eos=True)[0]
+        ex = llm.engine.executor
+        assert out.expert_bytes == pytest.approx(per_layer * sum(load.expected_distinct(0, c) for c in calls))
+        assert out.expert_streamed_bytes == pytest.approx(per_layer * sum(ex.work.row_tiles(0, c) for c in calls))
+        spent[schedule] = out.expert_bytes
+    assert spent["chunked"] / spent["layered"] == pytest.approx(13.4, rel=0.03)
+    uniform = expert_load(cfg.num_experts, cfg.num_experts_per_tok, "uniform")
+    assert 16 * uniform.expected_distinct(0, (512,)) / uniform.expected_distinct(0, (8192,)) == pytest.approx(16, rel=1e-3)

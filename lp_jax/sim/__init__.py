@@ -30,16 +30,15 @@ def parse_executor(spec: str) -> str:
 @dataclass
 class Simulation:
     """What a simulated engine runs on: a cost table, a virtual clock, the KV pool the table's
-    device memory allows, and a routing profile."""
+    device memory allows. The routing profile is the engine's (EngineConfig.routing)."""
 
     table: CostTable
     clock: VirtualClock
     dtype: np.dtype
     num_pages: int
-    routing: str = "uniform"
 
     @staticmethod
-    def of(spec, model: ModelConfig, config: EngineConfig, routing: str = "uniform") -> "Simulation":
+    def of(spec, model: ModelConfig, config: EngineConfig) -> "Simulation":
         """spec: "sim[:DEVICE or PATH]" or a CostTable."""
         if isinstance(spec, CostTable):
             if spec.model != model.name:
@@ -51,7 +50,7 @@ class Simulation:
             raise ValueError(f"dtype {config.dtype} differs from the cost table's {table.dtype} ({table.name})")
         dtype = _dtype(table.dtype)
         num_pages = plan_num_pages(model, config, dtype, available=table.memory_bytes)
-        return Simulation(table, VirtualClock(), dtype, num_pages, routing)
+        return Simulation(table, VirtualClock(), dtype, num_pages)
 
     @property
     def label(self) -> str:
@@ -59,7 +58,7 @@ class Simulation:
 
     def executor_factory(self):
         def make(model, config, blocks, dtype, record_rows):
-            load = expert_load(model.num_experts, model.num_experts_per_tok, self.routing) if model.is_moe else None
+            load = expert_load(model.num_experts, model.num_experts_per_tok, config.routing) if model.is_moe else None
             return SimulatedExecutor(model, config, blocks, self.table, self.clock, load, record_rows)
         return make
 

@@ -45,7 +45,7 @@ class SimFlight:
     """A simulated iteration in flight: what fetch needs, and when its tokens are ready.
 
     segments: (segment, decode rows in it, [(request id, prefill rows)] in it, expected distinct
-    experts per layer); ready_s: when its sampled tokens are on the device (clock seconds);
+    experts and row tiles per layer); ready_s: when its sampled tokens are on the device (clock seconds);
     device_s: device time of its calls (seconds)."""
 
     segments: list
@@ -65,7 +65,8 @@ class SimulatedExecutor:
         if table.model != model.name:
             raise ValueError(f"cost table {table.name} is for {table.model}, not {model.name}")
         self.model, self.config, self.blocks, self.table, self.clock = model, config, blocks, table, clock
-        self.load = load or (expert_load(model.num_experts, model.num_experts_per_tok) if model.is_moe else None)
+        self.load = load or (expert_load(model.num_experts, model.num_experts_per_tok, config.routing)
+                             if model.is_moe else None)
         self.buckets, self.seq_buckets = config.buckets(), config.seq_buckets()
         self.work = WorkModel(model, np.dtype(table.dtype).itemsize, table.backend,
                               config.pages_per_seq(model) * config.page_size, self.load,
@@ -118,6 +119,7 @@ class SimulatedExecutor:
             seg_prefills, seg_tokens = (prefills, tokens) if seg.prefill else ([], ())
             rows = bucket_for(len(ctx) + sum(seg_tokens), self.buckets)
             distinct = self.load.expected_distinct(len(ctx), seg_tokens) if self.load else 0.0
+            tiles = self.work.row_tiles(len(ctx), seg_tokens) if self.load else 0.0
             layer = self.work.layer_works(rows, ctx, seg_prefills, expected=distinct)
             full = table.layer_s(layer["full"]) if "full" in layer else 0.0
             sliding = table.layer_s(layer["sliding"]) if "sliding" in layer else 0.0
@@ -127,7 +129,7 @@ class SimulatedExecutor:
                 device = (device if device > now else now) + seconds
                 busy += seconds
             segments.append((seg, len(ctx), [(w.request.request_id, w.num_tokens) for w in works] if seg.prefill else [],
-                             distinct))
+                             distinct, tiles))
         sampled = list(decodes)
         if plan.prefill_finishes_layers:
             sampled += [w.request for w in works if w.completes_prompt]
@@ -153,13 +155,14 @@ class SimulatedExecutor:
         L, n_dec, sampled = self.model.num_layers, flight.num_decodes, flight.sampled
         decode_rows = dict.fromkeys([r.request_id for r in sampled[:n_dec]], 1)
         records = []
-        for seg, n_seg_dec, prefill_rows, distinct in flight.segments:
+        for seg, n_seg_dec, prefill_rows, distinct, tiles in flight.segments:
             rows = dict(decode_rows) if n_seg_dec else {}
             for rid, n in prefill_rows:
                 rows[rid] = rows.get(rid, 0) + n
-            counts = np.zeros(L)
+            counts, tiles_L = np.zeros(L), np.zeros(L)
             counts[seg.layer_lo:seg.layer_hi] = distinct
-            records.append(SegmentRecord(seg.layer_lo, seg.layer_hi, rows, counts))
+            tiles_L[seg.layer_lo:seg.layer_hi] = tiles
+            records.append(SegmentRecord(seg.layer_lo, seg.layer_hi, rows, counts, tiles_L))
         token, token_for = self.token, self.token_for
         decode_tokens = [token if not r.params.stop_token_ids else token_for(r) for r in sampled[:n_dec]]
         first = {r.request_id: token_for(r) for r in sampled[n_dec:]}

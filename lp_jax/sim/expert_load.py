@@ -8,9 +8,10 @@ An `ExpertLoad` answers, for one MoE layer and one call whose rows are `num_deco
     expected_tiles(num_decodes, prefill_tokens, block_m) -> sum over experts of ceil(rows_e / block_m)
 
 (the names of the routing model's `RoutingStats`, lp_jax.model.routing_stats, which answers the
-same for calibrated routing profiles). `UniformExpertLoad` is iid uniform top-K routing, the
-idealisation of a random-weight router: every token picks K of E experts uniformly without
-replacement, independently of every other token.
+same for calibrated routing profiles: `expert_load` picks by the engine's `routing` option).
+`UniformExpertLoad` is iid uniform top-K routing, the idealisation of a random-weight router:
+every token picks K of E experts uniformly without replacement, independently of every other
+token.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 from scipy import special
+
+from lp_jax.model.routing import UNIFORM, get_profile
+from lp_jax.model.routing_stats import routing_stats
 
 
 class ExpertLoad(Protocol):
@@ -64,9 +68,43 @@ class UniformExpertLoad:
         return self._tiles[key]
 
 
-def expert_load(num_experts: int, top_k: int, routing: str = "uniform") -> ExpertLoad:
-    """The ExpertLoad of a routing profile; only "uniform" until the routing model's
-    RoutingStats are wired in (issue 16)."""
-    if routing != "uniform":
-        raise ValueError(f"unknown routing profile {routing!r} for the simulator; known: uniform")
-    return UniformExpertLoad(num_experts, top_k)
+class MemoisedLoad:
+    """An ExpertLoad whose expected distinct experts are kept per call shape: a serving run asks
+    the same few questions again and again (every decode-only iteration of a batch size), and a
+    calibrated profile's answer costs 10-20 us. (Expected tiles are kept by WorkModel.)"""
+
+    def __init__(self, load, limit: int = 1 << 16):
+        self.load, self.limit = load, limit
+        self.num_experts, self.top_k = load.num_experts, load.top_k
+        self._distinct: dict[tuple, float] = {}
+
+    def expected_distinct(self, num_decodes: int, prefill_tokens: Sequence[int] = ()) -> float:
+        key = (num_decodes, tuple(prefill_tokens))
+        if key not in self._distinct:
+            if len(self._distinct) > self.limit:
+                self._distinct.clear()
+            self._distinct[key] = self.load.expected_distinct(num_decodes, prefill_tokens)
+        return self._distinct[key]
+
+    def expected_tiles(self, num_decodes: int, prefill_tokens: Sequence[int], block_m: int) -> float:
+        return self.load.expected_tiles(num_decodes, prefill_tokens, block_m)
+
+
+# (profile name, E, K) -> RoutingStats. Tabulating a calibrated profile takes seconds (~7 s for 128
+# experts on 2 shared cores) and a comparison builds an engine per run, so each table is made once
+# per process; the tables are immutable and depend only on their key.
+_ROUTING_STATS: dict[tuple[str, int, int], object] = {}
+
+
+def expert_load(num_experts: int, top_k: int, routing: str = UNIFORM) -> ExpertLoad:
+    """The ExpertLoad of a routing profile (`lp_jax.model.routing`): "uniform" (the random-weight
+    router) as iid uniform top-K, exactly; a calibrated profile through the routing model's
+    `RoutingStats` (its analytic expected distinct experts and row tiles). ValueError naming the
+    known profiles for any other name."""
+    profile = get_profile(routing)
+    if profile.uses_router:
+        return UniformExpertLoad(num_experts, top_k)
+    key = (profile.name, num_experts, top_k)
+    if key not in _ROUTING_STATS:
+        _ROUTING_STATS[key] = routing_stats(profile, num_experts, top_k)
+    return MemoisedLoad(_ROUTING_STATS[key])

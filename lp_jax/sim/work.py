@@ -118,6 +118,12 @@ class WorkModel:
         # rows whether or not its expert has that many.
         return distinct * self.expert_bytes_each, tiles * bm * self.expert_flops_per_row
 
+    def row_tiles(self, num_decodes: int, prefill_tokens: tuple[int, ...]) -> float:
+        """Expected row tiles one MoE layer's grouped matmul streams for these rows, at the
+        kernel's block_m (what the engine accounts as streamed expert bytes)."""
+        valid = num_decodes + sum(prefill_tokens)
+        return self._tiles(num_decodes, prefill_tokens, self.block_m(valid * self.model.num_experts_per_tok))
+
     @functools.lru_cache(maxsize=65536)
     def _tiles(self, num_decodes: int, prefill_tokens: tuple[int, ...], block_m: int) -> float:
         return self.expert_load.expected_tiles(num_decodes, prefill_tokens, block_m)
