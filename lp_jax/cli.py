@@ -239,9 +239,9 @@ def cmd_routing(args) -> int:
 
 
 BARE_HEADERS = {
-    "simulated": "## 1. The paper's comparison at full size, SIMULATED: Qwen3-30B-A3B on arXiv-long, layered vs "
-                 "chunked-512 (lp_jax/sim: the real engine and schedules on a calibrated cost model; seconds of "
-                 "simulation, not of serving)",
+    "simulated": "## 1. The paper's comparison at full size, SIMULATED: Qwen3-30B-A3B on arXiv-long under the "
+                 "paper's calibrated routing, layered vs chunked-512 (lp_jax/sim: the real engine and schedules on "
+                 "a calibrated cost model; seconds of simulation, not of serving)",
     "real": "## 2. A REAL run on this machine: the tiny random-weight model, scaled-down ShareGPT lengths (the "
             "engine's own forward pass; CPU latencies say little about a GPU)",
 }
@@ -256,7 +256,7 @@ def _paper_simulated(args):
     workload = dict(source=PAPER_SIMULATED["workload"], num_requests=d.num_requests, arrival="poisson", cv=1.0,
                     seed=args.seed, length_scale=d.length_scale, context_policy="drop")
     make_workload(rate=d.rates[0], **workload)
-    configs = [parse_config(c, {}) for c in d.configs]
+    configs = [parse_config(c, dict(routing=PAPER_SIMULATED["routing"])) for c in d.configs]
     return CompareSpec(PAPER_SIMULATED["model"], configs, list(d.rates), workload, d.ttft_bound_s, d.tbt_bound_s,
                        d.warmup, args.slo_target, executor=PAPER_SIMULATED["executor"]), None
 

@@ -3,16 +3,17 @@
 # gpt-oss-20b; every table, log, timing and the nvidia-smi line end up in
 # $OUT/calibration_<device>.tar.gz. Run from the repository root on the GPU machine:
 #
-#     LP_JAX_COMMIT=<commit> OUT=$OUT bash scripts/calibrate_gpu.sh   # both models, ~5.5 minutes on an H200
+#     LP_JAX_COMMIT=<commit> OUT=$OUT bash scripts/calibrate_gpu.sh   # both models, ~6 minutes on an H200
 #     DRY_RUN=1 bash scripts/calibrate_gpu.sh         # the same pipeline, tiny-qwen3-moe, quick grid (CPU: ~2 min)
 #
-# Time on an H200 (estimated from the H100 engine bench's start-up, 52 executables in 93 s, and
-# its call times): per model ~10 s start-up and weights, ~90 s compiling the layered engine at
-# ROW_BUCKETS (7 buckets: 7 whole-model steps, 7 x 6 range steps for qwen3's 48 layers, 7 x 5 for
-# gpt-oss's 24, 8 sampling heads: 57 / 50 executables), ~50 s for the grid (~80 points, each
-# timed in 3 blocks of up to 0.3 s) and ~15 s for the host run and the check: ~165 s per model,
-# ~330 s for both. The cost model is parametric in rows, so a table fitted on this ladder serves
-# engines with any other.
+# Time on an H200, estimated from the first H200 calibration (benchmarks/results/
+# calibration_h200_2026-12-02: the engine's default ladder, 85 / 74 executables ready in 200 / 189 s,
+# grids of 106 / 103 points in 43 / 44 s): a whole-model step compiles in ~4.5 s, a sampling head
+# in ~1 s, range steps (8 threads) in ~2 s each. Calibrating at 6 row buckets (ladder_for below:
+# the small, decode and chunk sizes, the cohort cap and the lone-prompt bucket layered uses for
+# arXiv-long prompts) compiles 50 / 44 executables in ~110 s per model; with start-up, a grid of
+# ~75 points (~55 s) and the host run, ~180 s per model, ~6 minutes for both. The cost model is
+# parametric in rows, so a table fitted on this ladder serves engines with any other.
 #
 # BUDGET_S (default 540, inside the device's 600 s per command) bounds the whole script: a model
 # starts only if MODEL_S (default 150) seconds are left, and is stopped when the budget ends (its
@@ -28,7 +29,16 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 PYTHON=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-540}
 MODEL_S=${MODEL_S:-150}
-ROW_BUCKETS=${ROW_BUCKETS:-8,32,64,256,1024,4096,8256}
+# Row buckets of the calibrated engine per model (ROW_BUCKETS overrides): 8, the decode batch
+# (64), chunked's budget (512), a middle one, layered's cohort cap (8192 + 64 decodes) and the
+# largest lone prompt's bucket the ladder then allows (qwen3: 16384 of its 24576; gpt-oss: all
+# of L x group_tokens = 12288, + 64).
+ladder_for() {
+    case "$1" in
+        gpt-oss-20b) echo "8,64,512,2048,8256,12352" ;;
+        *) echo "8,64,512,2048,8256,16384" ;;
+    esac
+}
 if [ "${DRY_RUN:-0}" = 1 ]; then
     # The whole pipeline on any device, small: the tiny preset (its own row buckets), a coarse grid.
     OUT=${OUT:-$(mktemp -d)}
@@ -37,7 +47,6 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
 else
     OUT=${OUT:-$(pwd)/lp-jax-results/calibration}
     MODELS=${MODELS:-qwen3-30b-a3b gpt-oss-20b}
-    EXTRA=(-o "row_buckets=$ROW_BUCKETS")
 fi
 mkdir -p "$OUT/calibration"
 start=$(date +%s)
@@ -56,6 +65,7 @@ for model in $MODELS; do
         continue
     fi
     t=$(date +%s)
+    [ "${DRY_RUN:-0}" = 1 ] || EXTRA=(-o "row_buckets=${ROW_BUCKETS:-$(ladder_for "$model")}")
     timeout "$left" $PYTHON -m lp_jax.cli calibrate --model "$model" --no-progress "${EXTRA[@]}" \
         --out "$OUT/calibration/${device}_${model}.json" > "$OUT/calibration/calibrate_${model}.log" 2>&1
     rc=$?

@@ -104,4 +104,5 @@ def test_calibrated_routing_shows_chunkings_expert_rereads():
         spent[schedule] = out.expert_bytes
     assert spent["chunked"] / spent["layered"] == pytest.approx(13.4, rel=0.03)
     uniform = expert_load(cfg.num_experts, cfg.num_experts_per_tok, "uniform")
-    assert 16 * uniform.expected_distinct(0, (512,)) / uniform.expected_distinct(0, (8192,)) == pytest.approx(16, rel=1e-3)
+    # Under uniform routing a 512-token chunk already loads every expert: no saving to show.
+    assert 16 * uniform.expected_distinct(0, (512,)) / uniform.expected_distinct(0, (8192,)) == pytest.approx(16)
