@@ -1,6 +1,6 @@
 """A measured `lp-jax compare` results folder beside the same comparison simulated: same model,
-configurations, rates, workload (seed included), warm-up and KV pool (num_pages from the measured
-run), for the simulator's error on runs its cost table was not fitted to.
+configurations, rates, workload (seed included), warm-up, KV pool (num_pages from the measured
+run) and routing profile, for the simulator's error on runs its cost table was not fitted to.
 
     .venv/bin/python scripts/sim_vs_measured.py \
         benchmarks/results/compare_qwen3-30b-a3b_h100_80gb_hbm3_2026-11-27 --executor sim:h100
@@ -20,6 +20,7 @@ import sys
 from lp_jax.bench.runner import make_llm, run_bench
 from lp_jax.bench.compare import parse_config
 from lp_jax.bench.workload import make_workload
+from lp_jax.engine.config import EngineConfig
 
 METRICS = (("ttft_s", "mean", "TTFT mean", "s"), ("ttft_s", "p99", "TTFT p99", "s"), ("tbt_s", "p50", "TBT p50", "ms"),
            ("tbt_s", "p99", "TBT p99", "ms"), ("tpot_s", "mean", "TPOT mean", "ms"), ("e2e_s", "mean", "E2E mean", "s"))
@@ -36,6 +37,11 @@ def compare_folder(folder: str, executor: str) -> list[dict]:
         for rate in spec["rates"]:
             m = measured[(c["label"], float(rate))]
             options = dict(config.options, num_pages=int(m["options.num_pages"]))
+            # Runs from before these options routed uniformly and chunked every prompt above the cohort cap.
+            options["routing"] = m.get("options.routing") or "uniform"
+            lone = m.get("options.max_lone_prompt_tokens") or m.get("options.max_cohort_tokens")
+            options["max_lone_prompt_tokens"] = int(lone) if lone else EngineConfig(
+                max_cohort_tokens=options.get("max_cohort_tokens", EngineConfig.max_cohort_tokens)).max_cohort_tokens
             llm = make_llm(spec["model"], config.schedule, options, c["label"], False, lambda *_: None, executor=executor)
             workload = make_workload(rate=rate, context_limit=int(m["workload.context_limit"]), **spec["workload"])
             s = run_bench(llm, workload, ttft_bound_s=spec["ttft_bound_s"], tbt_bound_s=spec["tbt_bound_s"],
