@@ -45,6 +45,7 @@ def test_bare_compare_runs_the_simulated_paper_comparison_and_the_real_demo(tmp_
     (sim, sim_dir), (real, real_dir) = ran
     assert (sim.model, sim.executor, sim.workload["source"]) == ("qwen3-30b-a3b", "sim", "arxiv-long")
     assert [c.label for c in sim.configs] == ["layered", "chunked:token_budget=512"]
+    assert all(c.options["routing"] == "qwen3-paper" for c in sim.configs)  # the paper's calibrated routing
     assert (real.model, real.executor) == ("tiny-qwen3-moe", "model")
     assert sim_dir.endswith("simulated-qwen3-30b-a3b") and real_dir.endswith("real-tiny-qwen3-moe")
     both = (tmp_path / "results.md").read_text()
@@ -53,6 +54,9 @@ def test_bare_compare_runs_the_simulated_paper_comparison_and_the_real_demo(tmp_
     ran.clear()
     assert main(["compare", "--rates", "4", "--out", str(tmp_path / "one"), "--no-progress"]) == 0
     assert [spec.executor for spec, _ in ran] == ["model"]  # any choice of what to compare: only that
+    ran.clear()
+    assert main(["compare", "--routing", "qwen3-paper", "--out", str(tmp_path / "two"), "--no-progress"]) == 0
+    assert [spec.executor for spec, _ in ran] == ["model"]
 
 
 @pytest.mark.parametrize("executor,message", [("simulator", "unknown executor"), ("sim:", "unknown executor"),
