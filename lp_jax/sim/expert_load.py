@@ -90,12 +90,6 @@ class MemoisedLoad:
         return self.load.expected_tiles(num_decodes, prefill_tokens, block_m)
 
 
-# (profile name, E, K) -> RoutingStats. Tabulating a calibrated profile takes seconds (~7 s for 128
-# experts on 2 shared cores) and a comparison builds an engine per run, so each table is made once
-# per process; the tables are immutable and depend only on their key.
-_ROUTING_STATS: dict[tuple[str, int, int], object] = {}
-
-
 def expert_load(num_experts: int, top_k: int, routing: str = UNIFORM) -> ExpertLoad:
     """The ExpertLoad of a routing profile (`lp_jax.model.routing`): "uniform" (the random-weight
     router) as iid uniform top-K, exactly; a calibrated profile through the routing model's
@@ -104,7 +98,4 @@ def expert_load(num_experts: int, top_k: int, routing: str = UNIFORM) -> ExpertL
     profile = get_profile(routing)
     if profile.uses_router:
         return UniformExpertLoad(num_experts, top_k)
-    key = (profile.name, num_experts, top_k)
-    if key not in _ROUTING_STATS:
-        _ROUTING_STATS[key] = routing_stats(profile, num_experts, top_k)
-    return MemoisedLoad(_ROUTING_STATS[key])
+    return MemoisedLoad(routing_stats(profile, num_experts, top_k))  # tabulated once per process
