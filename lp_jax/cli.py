@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Options of compare that choose what is compared; with none of them given, `lp-jax compare` runs
 # both demos (--out, --seed, --slo-target and --no-progress may still be given).
 WHAT_IS_COMPARED = ("model", "schedule", "rates", "workload", "num_requests", "arrival", "cv", "length_scale",
-                    "context_policy", "engine_option", "routing", "slo_ttft_s", "slo_tbt_s", "warmup", "executor")
+                    "context_policy", "engine_option", "routing", "slo_ttft_s", "slo_tbt_s", "warmup", "executor",
+                    "repeats", "order", "order_seed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,8 @@ def compare_folder(folder: str, executor: str) -> list[dict]:
             lone = m.get("options.max_lone_prompt_tokens") or m.get("options.max_cohort_tokens")
             options["max_lone_prompt_tokens"] = int(lone) if lone else EngineConfig(
                 max_cohort_tokens=options.get("max_cohort_tokens", EngineConfig.max_cohort_tokens)).max_cohort_tokens
-            llm = make_llm(spec["model"], config.schedule, options, c["label"], False, lambda *_: None, executor=executor)
+            llm = make_llm(spec["model"], [EngineConfig(schedule=config.schedule, **options)], c["label"], False,
+                           lambda *_: None, executor=executor)
             workload = make_workload(rate=rate, context_limit=int(m["workload.context_limit"]), **spec["workload"])
             s = run_bench(llm, workload, ttft_bound_s=spec["ttft_bound_s"], tbt_bound_s=spec["tbt_bound_s"],
                           warmup=spec["warmup"], progress=False).summary

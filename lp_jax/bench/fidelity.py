@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from lp_jax.bench.runner import make_llm, run_bench
+from lp_jax.engine.config import EngineConfig
 from lp_jax.bench.calibrate import Calibrator, calibrate_with
 from lp_jax.bench.compare import DEMO, parse_config
 from lp_jax.bench.workload import make_workload
@@ -115,13 +116,17 @@ def replay(table_path: str, config, arrivals: list[tuple[int, int, int]], model:
     return sim.engine.records
 
 
+def _engine_config(label: str) -> EngineConfig:
+    """The EngineConfig of a configuration label on the CPU demo's engine options."""
+    config = parse_config(label, DEMO.engine_options)
+    return EngineConfig(schedule=config.schedule, **config.options)
+
+
 def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = False) -> dict:
     """Every repeat x schedule x rate (see the module docstring); writes fidelity.json into out_dir
     and returns it."""
     os.makedirs(out_dir, exist_ok=True)
-    engines = {c: make_llm(spec.model, parse_config(c, DEMO.engine_options).schedule,
-                           dict(parse_config(c, DEMO.engine_options).options, trace=True), c, progress, log)
-               for c in spec.configs}
+    engines = {c: make_llm(spec.model, [_engine_config(c)], c, progress, log, trace=True) for c in spec.configs}
     layered = next(llm for llm in engines.values() if llm.engine_config.schedule == "layered")
     runs, per_iteration, windowed = [], {c: [] for c in spec.configs}, {c: [] for c in spec.configs}
     for rep in range(spec.repeats):
@@ -148,8 +153,7 @@ def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = F
                 finally:
                     arrivals.close()
                 start_iteration = real_llm.engine.records[first].iteration
-                sim_llm = make_llm(spec.model, config.schedule, config.options, c, False, lambda *_: None,
-                                   executor=f"sim:{path}")
+                sim_llm = make_llm(spec.model, [_engine_config(c)], c, False, lambda *_: None, executor=f"sim:{path}")
                 sim = run_bench(sim_llm, workload, ttft_bound_s=spec.ttft_bound_s, tbt_bound_s=spec.tbt_bound_s,
                                 warmup=spec.warmup, progress=False).summary
                 shifted = [(it - start_iteration, n, m) for it, n, m in arrivals.log]

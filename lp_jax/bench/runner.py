@@ -41,10 +41,11 @@ class BenchResult:
     summary: dict
 
 
-def make_llm(model, configs, label: str, progress: bool = True, log=print, executor="model"):
+def make_llm(model, configs, label: str, progress: bool = True, log=print, executor="model", trace: bool = False):
     """An lp_jax.LLM that serves each EngineConfig of `configs` in turn (`LLM.sharing`: one set of
     weights and executables, set to the first), with a progress bar over its start-up compilation
-    and its start-up time logged (`executor`: the real forward pass or the simulator, see lp_jax.LLM)."""
+    and its start-up time logged (`executor`: the real forward pass or the simulator, `trace`: keep
+    iteration records; see lp_jax.LLM)."""
     import lp_jax
 
     bar = tqdm(desc=f"{label}: compiling", unit="executable", disable=not progress, leave=False)
@@ -57,7 +58,7 @@ def make_llm(model, configs, label: str, progress: bool = True, log=print, execu
 
     t = time.perf_counter()
     try:
-        llm = lp_jax.LLM.sharing(model, configs, progress=advance, executor=executor)
+        llm = lp_jax.LLM.sharing(model, configs, progress=advance, executor=executor, trace=trace)
     finally:
         bar.close()
     if llm.simulation is None:

@@ -203,7 +203,8 @@ def run_study(study: Study, out: str, *, redo: bool = False, budget_s: float | N
                 # Every configuration of the model in the study, so that each command builds the same executor.
                 configs = engine_configs([p.config for p in study.points if p.model == point.model])
                 configs = list({c: None for c in configs})  # each once, in order
-                llm = make_llm(point.model, configs, point.model, progress, log)
+                llm = make_llm(point.model, configs, point.model, progress, log,
+                               "model" if point.spec["executor"] == "real" else point.spec["executor"])
                 llm_model = point.model
             llm.use(engine_configs([point.config])[0])
             w = dict(point.spec["workload"], source=point.workload)

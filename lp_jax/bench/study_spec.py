@@ -33,6 +33,7 @@ from lp_jax.bench.compare import ENGINE_OPTIONS, Config, defaults_for, parse_con
 from lp_jax.bench.interleave import ORDERS, interleaved_order
 from lp_jax.bench.metrics import parse_goodput
 from lp_jax.bench.workload import ARRIVALS, CONTEXT_POLICIES, PRESET_NAMES
+from lp_jax.sim import parse_executor
 
 TOP_KEYS = {"out", "models", "workloads", "schedules", "rates", "repeats", "order", "seed", "num_requests",
             "warmup", "executor", "slo_target", "engine", "workload", "slo", "description"}
@@ -140,10 +141,14 @@ def _int(spec: dict, key: str, default: int, low: int) -> int:
 
 
 def _executor(text) -> str:
-    if text not in ("real", "model"):
-        # The simulated executor (issue 17) is not in this tree yet: refused rather than run for real.
-        raise ValueError(f"study spec: executor must be 'real' (the simulator is not available here), got {text!r}")
-    return "real"
+    """"real" (the engine's forward pass) or a simulator spec "sim[:DEVICE or PATH.json]"."""
+    if text in ("real", "model"):
+        return "real"
+    try:
+        parse_executor(str(text))
+    except ValueError as e:
+        raise ValueError(f"study spec: executor must be 'real' or 'sim[:DEVICE or PATH.json]': {e}") from None
+    return str(text)
 
 
 def expand(spec: dict, path: str = "<spec>") -> Study:
