@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lp_jax.bench.compare import DEMO, parse_config
+from lp_jax.bench.compare import DEMO, engine_configs, parse_config
 from lp_jax.bench.fidelity import _ArrivalLog, _shape, iteration_times, replay, steady
 from lp_jax.bench.runner import make_llm, run_bench
 from lp_jax.bench.workload import make_workload
@@ -25,8 +25,8 @@ def test_iteration_times_busy_and_idle():
 def test_replay_at_the_recorded_iterations_reproduces_a_run(config):
     c = parse_config(config, DEMO.engine_options)
     table = table_file("cpu", "tiny-qwen3-moe")
-    llm = make_llm("tiny-qwen3-moe", c.schedule, dict(c.options, trace=True), config, False, lambda *_: None,
-                   executor=f"sim:{table}")
+    llm = make_llm("tiny-qwen3-moe", engine_configs([c]), config, False, lambda *_: None, executor=f"sim:{table}",
+                   trace=True)
     log = _ArrivalLog(llm)
     run_bench(llm, make_workload("sharegpt", 16, rate=6.0, seed=2, length_scale=1 / 16, context_limit=512),
               ttft_bound_s=0.5, tbt_bound_s=0.1, warmup=2, progress=False)
