@@ -20,14 +20,25 @@ from lp_jax.sim import Simulation
 
 
 def is_checkpoint(model) -> bool:
-    """Whether `model` names a checkpoint directory (not a preset or a ModelConfig)."""
+    """Whether `model` is a checkpoint (a directory, a GGUF file or packaged name, an opened
+    GGUFCheckpoint), not a preset or a ModelConfig."""
+    from lp_jax.checkpoint.gguf import GGUFCheckpoint, is_gguf
+
+    if isinstance(model, GGUFCheckpoint) or is_gguf(model):
+        return True
     return not isinstance(model, ModelConfig) and os.path.isdir(model)
 
 
 def resolve_config(model: str | ModelConfig | os.PathLike) -> ModelConfig:
-    """The ModelConfig of a preset name, a ModelConfig or a transformers checkpoint directory."""
+    """The ModelConfig of a preset name, a ModelConfig, a transformers checkpoint directory, or a
+    GGUF checkpoint (an opened GGUFCheckpoint, a .gguf path or a packaged checkpoint's name)."""
     if isinstance(model, ModelConfig):
         return model
+    from lp_jax.checkpoint.gguf import GGUFCheckpoint, is_gguf
+    if isinstance(model, GGUFCheckpoint):
+        return model.config
+    if is_gguf(model):
+        return GGUFCheckpoint(model).config
     if os.path.isdir(model):
         from lp_jax.checkpoint import read_hf_config
         return read_hf_config(model)
@@ -35,7 +46,11 @@ def resolve_config(model: str | ModelConfig | os.PathLike) -> ModelConfig:
 
 
 def load_weights(model, config: ModelConfig, seed: int, dtype) -> dict:
-    """Weights of a checkpoint directory, or seeded random weights generated on the device."""
+    """Weights of a checkpoint (directory or GGUF), or seeded random weights generated on the device."""
+    from lp_jax.checkpoint.gguf import GGUFCheckpoint, is_gguf
+    if isinstance(model, GGUFCheckpoint) or is_gguf(model):
+        from lp_jax.checkpoint.gguf import load_gguf
+        return load_gguf(model, dtype=dtype)[1]
     if is_checkpoint(model):
         from lp_jax.checkpoint import load_hf
         return load_hf(model, dtype=dtype, stacked=True)[1]
@@ -49,8 +64,9 @@ def default_dtype() -> str:
 class LLM:
     """lp_jax.LLM(model, schedule="layered", **engine_options).
 
-    model: a preset name (see `lp-jax info`), a ModelConfig, or a transformers checkpoint
-    directory. Engine options are the fields of `EngineConfig` (page_size, num_pages,
+    model: a preset name (see `lp-jax info`), a ModelConfig, a transformers checkpoint
+    directory, or a GGUF checkpoint (path, packaged name such as "smollm2-135m-instruct", or an
+    opened lp_jax.checkpoint.gguf.GGUFCheckpoint, so the file is parsed once). Engine options are the fields of `EngineConfig` (page_size, num_pages,
     max_num_seqs, max_prefill_tokens, max_cohort_tokens, token_budget, group_tokens, group_rule, num_groups,
     max_model_len, seed, dtype, row_buckets, routing, kv_memory_fraction, compiler_options). Extra
     keywords: params (weights to use), backend ("pallas" / "reference"), trace (keep

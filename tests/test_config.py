@@ -3,7 +3,7 @@ import pytest
 from lp_jax.model.config import PRESETS, even_split, get_preset
 from lp_jax.model.spec import model_spec, param_count
 
-PUBLISHED_TOTAL = {"qwen3-30b-a3b": 30.5e9, "gpt-oss-20b": 20.9e9, "qwen3-8b": 8.2e9}
+PUBLISHED_TOTAL = {"qwen3-30b-a3b": 30.5e9, "gpt-oss-20b": 20.9e9, "qwen3-8b": 8.2e9, "smollm2-135m": 134.5e6}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -31,7 +31,7 @@ def test_unknown_preset_names_known_ones():
 def test_bad_configs_rejected():
     cfg = get_preset("tiny-qwen3-moe")
     with pytest.raises(ValueError, match="architecture"):
-        cfg.replace(arch="llama")
+        cfg.replace(arch="mamba")
     with pytest.raises(ValueError, match="KV heads"):
         cfg.replace(num_kv_heads=3)
     with pytest.raises(ValueError, match="layer types"):

@@ -37,13 +37,15 @@ from safetensors import SafetensorError, safe_open
 
 from lp_jax.checkpoint.common import WeightPath, listed, read_json, weight_shapes
 from lp_jax.checkpoint.mxfp4 import MXFP4_GROUP, dequantize_mxfp4
-from lp_jax.model.config import ARCHITECTURES, ModelConfig, YarnScaling
+from lp_jax.model.config import ModelConfig, YarnScaling
 from lp_jax.model.spec import ParamSpec, layer_spec, model_spec
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 FLOAT_DTYPES = ("BF16", "F16", "F32")  # safetensors' names of the floating types we read
 LOAD_DTYPES = ("float32", "bfloat16", "float16")
+# The model types read from config.json (Llama comes in as GGUF only: lp_jax.checkpoint.gguf).
+HF_ARCHITECTURES = ("qwen3_moe", "gpt_oss", "qwen3")
 
 
 # --- config.json -> ModelConfig ----------------------------------------------------------------
@@ -136,8 +138,8 @@ def config_from_hf(hf: dict, generation: dict | None = None, name: str = "hf") -
     error. Raises ValueError for an unsupported model_type or feature.
     """
     arch = hf.get("model_type")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unsupported model_type {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+    if arch not in HF_ARCHITECTURES:
+        raise ValueError(f"unsupported model_type {arch!r}; supported: {', '.join(HF_ARCHITECTURES)}")
     gpt_oss = arch == "gpt_oss"
     if not gpt_oss and hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} for {arch}; supported: silu")

@@ -1,9 +1,13 @@
-"""Model configurations: the three real architectures and tiny test versions of each.
+"""Model configurations: the real architectures and tiny test versions of each.
 
 `ModelConfig` is frozen and hashable so it can be a static argument of `jax.jit`. The constants of
 the real presets come from the published model configs (HuggingFace `config.json` of
-Qwen/Qwen3-30B-A3B, openai/gpt-oss-20b and Qwen/Qwen3-8B) and agree with transformers' config
-classes. Engine options live in `lp_jax.engine.config`.
+Qwen/Qwen3-30B-A3B, openai/gpt-oss-20b, Qwen/Qwen3-8B and HuggingFaceTB/SmolLM2-135M-Instruct, the
+last also as its GGUF metadata says) and agree with transformers' config classes. Engine options
+live in `lp_jax.engine.config`.
+
+Llama is dense Qwen3 without the q/k norms (RoPE on whole heads, rotate-half convention once
+llama.cpp's row permutation is undone; see `lp_jax.checkpoint.gguf`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-ARCHITECTURES = ("qwen3_moe", "gpt_oss", "qwen3")
+ARCHITECTURES = ("qwen3_moe", "gpt_oss", "qwen3", "llama")
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,12 @@ QWEN3_8B = ModelConfig(
     eos_token_ids=(151645, 151643),
 )
 
+SMOLLM2_135M = ModelConfig(
+    name="smollm2-135m", arch="llama", vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9,
+    num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
+    intermediate_size=1536, tie_word_embeddings=True, eos_token_ids=(2,),
+)
+
 # Tiny versions of each architecture for tests: same code paths, float32-friendly sizes.
 TINY_QWEN3_MOE = QWEN3_30B_A3B.replace(
     name="tiny-qwen3-moe", vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -215,8 +225,14 @@ TINY_QWEN3 = QWEN3_8B.replace(
 # the CPU, where a routing profile calibrated on that layer gives that layer's coverage.
 TINY_QWEN3_MOE_E128 = TINY_QWEN3_MOE.replace(name="tiny-qwen3-moe-e128", num_experts=128, num_experts_per_tok=8)
 
+TINY_LLAMA = SMOLLM2_135M.replace(
+    name="tiny-llama", vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=16,
+    max_position_embeddings=4096, layer_types=("full",) * 4, intermediate_size=128, eos_token_ids=(),
+)
+
 PRESETS: dict[str, ModelConfig] = {c.name: c for c in (
-    QWEN3_30B_A3B, GPT_OSS_20B, QWEN3_8B, TINY_QWEN3_MOE, TINY_GPT_OSS, TINY_QWEN3, TINY_QWEN3_MOE_E128)}
+    QWEN3_30B_A3B, GPT_OSS_20B, QWEN3_8B, SMOLLM2_135M, TINY_QWEN3_MOE, TINY_GPT_OSS, TINY_QWEN3, TINY_LLAMA,
+    TINY_QWEN3_MOE_E128)}
 
 
 def get_preset(name: str) -> ModelConfig:
