@@ -32,7 +32,7 @@ from lp_jax.serve.worker import Accepted, Rejected, Submission, Tokens
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError",
                503: "ServiceUnavailableError"}
 RETRY_AFTER_S = 1  # what a 503 for a full waiting queue suggests
-DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
+DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client is still there
 
 
 class ClientGone(Exception):
@@ -251,6 +251,7 @@ class Generation:
             raise ApiError(400, "stop strings need a tokenizer; use stop_token_ids", "stop")
         self.ended = False
         self.num_tokens = 0
+        self._checked_s = time.monotonic()  # when the client's connection was last checked
 
     async def start(self) -> None:
         """Submit; raise ApiError if the engine refuses the request."""
@@ -296,11 +297,15 @@ class Generation:
         if request is None:
             return await self.events.get()
         while True:
+            now = time.monotonic()
+            if now - self._checked_s >= DISCONNECT_POLL_S:
+                self._checked_s = now
+                if await request.is_disconnected():
+                    raise ClientGone()
             try:
                 return await asyncio.wait_for(self.events.get(), DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    raise ClientGone() from None
+                pass
 
     def close(self) -> None:
         """Abort the engine request unless it already ended (client gone, or an error)."""

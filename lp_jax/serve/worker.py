@@ -139,7 +139,9 @@ class EngineWorker:
             self.metrics.on_step(self.engine)
 
     def _admit(self, sub: Submission) -> None:
-        waiting = len(self.engine.state.waiting)
+        # Queued requests that the next step can admit (free running slots) do not count as waiting.
+        free_slots = max(0, self.engine.config.max_num_seqs - len(self.engine.state.running))
+        waiting = len(self.engine.state.waiting) - free_slots
         if waiting >= self.max_waiting:
             sub.deliver(Rejected(503, f"{waiting} requests are already waiting (--max-waiting {self.max_waiting}); "
                                       "retry later"))
