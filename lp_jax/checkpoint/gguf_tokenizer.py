@@ -31,7 +31,8 @@ def tokenizer_documents(meta: dict) -> tuple[dict, dict]:
     tokenizer model or pre-tokenizer this module does not build."""
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise ValueError(f"unsupported GGUF tokenizer model {kind!r}; supported: gpt2 (byte-level BPE)")
+        raise ValueError(f"unsupported GGUF tokenizer model {kind!r}; supported: gpt2 (byte-level BPE); "
+                         "give a tokenizer folder instead (lp-jax serve --tokenizer DIR)")
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: {', '.join(PRE_TOKENIZERS)}")

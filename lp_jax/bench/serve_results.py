@@ -1,0 +1,44 @@
+"""benchmarks/results/serve_<device>.{json,md}: the HTTP benchmarks' results, one section each
+(load_test from scripts/load_test_serve.py, aiperf from scripts/bench_serve.py); a script
+rewrites its own section and the markdown of all of them."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+
+
+def host_device() -> dict:
+    """The machine both the server and the clients ran on (these benchmarks run on the CPU)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"kind": "cpu", "name": name, "cores": os.cpu_count()}
+
+
+def update_results(out_dir, section: str, data: dict) -> tuple[pathlib.Path, pathlib.Path]:
+    """Put `data` under `section` in serve_cpu.json (kept: the other sections) and rewrite serve_cpu.md."""
+    from lp_jax.bench.serve_aiperf import aiperf_markdown
+    from lp_jax.bench.serve_load import load_markdown
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "serve_cpu.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[section] = data | {"device": host_device(), "date": datetime.date.today().isoformat()}
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    md = ["# lp-jax serve over loopback HTTP, on the CPU", ""]
+    for name, render in (("load_test", load_markdown), ("aiperf", aiperf_markdown)):
+        if name in results:
+            r = results[name]
+            md += render(r) + ["", f"Device: {r['device']['name']} ({r['device']['cores']} cores), server and "
+                                   f"client on the same machine; {r['date']}.", ""]
+    md_path = out_dir / "serve_cpu.md"
+    md_path.write_text("\n".join(md))
+    return path, md_path
