@@ -2,8 +2,9 @@
 share of the clients leaving mid-stream, three times over (memory must stay flat); writes benchmarks/results/serve_cpu.{json,md}
 (section load_test). Exits 1 if a check fails.
 
-    .venv/bin/python scripts/load_test_serve.py                      # SmolLM2-135M-Instruct, 500 x 3
-    .venv/bin/python scripts/load_test_serve.py --model tiny-qwen3-moe --num-requests 100
+    .venv/bin/python scripts/load_test_serve.py             # tiny-qwen3-moe (random weights), 500 x 3
+    .venv/bin/python scripts/load_test_serve.py --model smollm2-135m-instruct --num-requests 100
+(SmolLM2 on 2 CPU cores takes about a second per 256-token prefill chunk: 500 requests take an hour.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 
 from lp_jax.bench.serve_load import LoadSpec, load_section, run_load
-from lp_jax.bench.serve_process import ServeProcess
+from lp_jax.bench.serve_process import ServeProcess, add_server_options
 from lp_jax.bench.serve_results import update_results
 from lp_jax.llm import resolve_config
 
@@ -22,10 +23,7 @@ CPU_ENGINE = ["max_num_seqs=32", "max_model_len=512", "max_prefill_tokens=512", 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--schedule", default="chunked")
-    p.add_argument("-o", "--engine-option", action="append", default=None, metavar="KEY=VALUE",
-                   help=f"engine option (default: {' '.join(CPU_ENGINE)})")
+    add_server_options(p, "tiny-qwen3-moe", CPU_ENGINE)
     p.add_argument("--num-requests", type=int, default=500)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--disconnect-fraction", type=float, default=0.1)

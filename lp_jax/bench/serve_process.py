@@ -18,6 +18,14 @@ import urllib.request
 STARTUP_TIMEOUT_S = 900  # weights + compilation on a 2-core CPU
 
 
+def add_server_options(parser, default_model: str, default_engine: list[str]) -> None:
+    """--model, --schedule and -o, as the benchmark scripts take them."""
+    parser.add_argument("--model", default=default_model, help="default: %(default)s")
+    parser.add_argument("--schedule", default="chunked", help="default: %(default)s")
+    parser.add_argument("-o", "--engine-option", action="append", default=None, metavar="KEY=VALUE",
+                        help=f"engine option (default: {' '.join(default_engine)})")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

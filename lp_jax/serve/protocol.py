@@ -140,21 +140,22 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 def completion_chunk(rid: str, model: str, created: int, text: str, token_ids: list[int],
                      finish_reason: str | None = None, stop_reason=None, with_usage_field: bool = False) -> dict:
-    chunk = {"id": rid, "object": "text_completion", "created": created, "model": model,
-             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
-                          "stop_reason": stop_reason, "token_ids": token_ids}]}
-    if with_usage_field:
-        chunk["usage"] = None
-    return chunk
+    return _chunk(rid, "text_completion", model, created, {"text": text}, token_ids, finish_reason, stop_reason,
+                  with_usage_field)
 
 
 def chat_chunk(rid: str, model: str, created: int, delta: dict, token_ids: list[int],
                finish_reason: str | None = None, stop_reason=None, with_usage_field: bool = False) -> dict:
-    chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason,
+    return _chunk(rid, "chat.completion.chunk", model, created, {"delta": delta}, token_ids, finish_reason,
+                  stop_reason, with_usage_field)
+
+
+def _chunk(rid, obj, model, created, content: dict, token_ids, finish_reason, stop_reason, with_usage_field) -> dict:
+    chunk = {"id": rid, "object": obj, "created": created, "model": model,
+             "choices": [{"index": 0, **content, "logprobs": None, "finish_reason": finish_reason,
                           "stop_reason": stop_reason, "token_ids": token_ids}]}
     if with_usage_field:
-        chunk["usage"] = None
+        chunk["usage"] = None  # OpenAI's shape when include_usage is on: null until the last chunk
     return chunk
 
 
@@ -165,17 +166,20 @@ def usage_chunk(rid: str, model: str, created: int, obj: str, prompt_tokens: int
 
 def completion_response(rid: str, model: str, text: str, token_ids: list[int], finish_reason: str, stop_reason,
                         prompt_tokens: int) -> dict:
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
-                         "stop_reason": stop_reason, "token_ids": token_ids}],
-            "usage": usage(prompt_tokens, len(token_ids))}
+    return _response(rid, "text_completion", model, {"text": text}, token_ids, finish_reason, stop_reason,
+                     prompt_tokens)
 
 
 def chat_response(rid: str, model: str, text: str, token_ids: list[int], finish_reason: str, stop_reason,
                   prompt_tokens: int) -> dict:
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": finish_reason, "stop_reason": stop_reason, "token_ids": token_ids}],
+    return _response(rid, "chat.completion", model, {"message": {"role": "assistant", "content": text}}, token_ids,
+                     finish_reason, stop_reason, prompt_tokens)
+
+
+def _response(rid, obj, model, content: dict, token_ids, finish_reason, stop_reason, prompt_tokens) -> dict:
+    choice = {"index": 0, **content, "logprobs": None, "finish_reason": finish_reason, "stop_reason": stop_reason,
+              "token_ids": token_ids}
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice],
             "usage": usage(prompt_tokens, len(token_ids))}
 
 
