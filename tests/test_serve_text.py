@@ -99,3 +99,22 @@ def test_template_errors_are_chat_template_errors():
         tok.apply_chat_template([{"role": "system", "content": "x"}])
     with pytest.raises(ChatTemplateError, match="no chat template"):
         TextTokenizer(doc, {}).apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def test_tokenizer_folder_round_trip(tmp_path):
+    """The GGUF's tokenizer written as a HuggingFace folder (what aiperf and --tokenizer read) loads
+    back to the same tokenizer; a chat_template.jinja beside it takes precedence."""
+    smollm2.require_smollm2()
+    from lp_jax.checkpoint.gguf_tokenizer import write_tokenizer_folder
+    from lp_jax.serve.server import load_tokenizer
+
+    ck = smollm2.checkpoint()
+    direct = load_tokenizer(ck)
+    folder = load_tokenizer(ck, write_tokenizer_folder(ck, tmp_path))
+    text = "Hello world! <|im_start|>user 2024 naïve"
+    assert folder.encode(text) == direct.encode(text)
+    assert folder.special_token("eos_token") == "<|im_end|>" and folder.chat_template == direct.chat_template
+    (tmp_path / "chat_template.jinja").write_text("{{ messages[0]['content'] | upper }}")
+    assert TextTokenizer.from_folder(tmp_path).apply_chat_template([{"role": "user", "content": "hi"}]) == "HI"
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        TextTokenizer.from_folder(tmp_path / "nope")
