@@ -169,5 +169,7 @@ def aiperf_markdown(section: dict) -> list[str]:
         "ms (its connection is pooled, so connecting is mostly 0; the rest is uvicorn reading and routing the "
         "request); the way back (engine thread to the event loop, detokenizing, SSE framing, loopback, aiperf's "
         "parsing) is not among the figures aiperf reports. ITL differs by "
-        f"{ms['itl_diff_ms']['mean']:.1f} ms on average ({ms['itl_diff_ms']['mean'] / ms['engine_itl_ms']['mean']:.1%}).",
+        f"{ms['itl_diff_ms']['mean']:.1f} ms on average ({ms['itl_diff_ms']['mean'] / ms['engine_itl_ms']['mean']:.1%}).", "",
+        f"aiperf's own summary of the run is `serve_cpu_aiperf.json` beside this file; aiperf ran as "
+        f"`aiperf {run['command']}`.",
     ]
