@@ -54,3 +54,28 @@ def post(url: str, path: str, body, timeout: float = 60.0) -> tuple[int, dict, d
         return resp.status, json.loads(raw) if raw else {}, dict(resp.getheaders())
     finally:
         conn.close()
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def write_byte_tokenizer(folder) -> None:
+    """A HuggingFace tokenizer folder small enough for the tiny presets' 512-token vocabulary:
+    byte-level BPE with no merges (one token per byte, ids 0-255), <|im_start|> and <|im_end|> as
+    256 and 257, and a ChatML template."""
+    import json
+    import pathlib
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>",
+                                                             "chat_template": CHAT_TEMPLATE}))

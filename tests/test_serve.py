@@ -1,5 +1,6 @@
 """`lp-jax serve` on a tiny random-weight preset (no tokenizer: token-id prompts), on loopback:
-the openai client streams, tokens equal an independent greedy decode, bad input gets 400 without
+the openai client streams, tokens equal an independent greedy decode (completions; chat too, with
+a byte-level tokenizer folder given as --tokenizer), bad input gets 400 without
 disturbing a request in flight, a full waiting queue gets 503 with Retry-After, and a client
 that goes away mid-request frees its pages."""
 
@@ -8,8 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,7 +17,7 @@ import pytest
 
 from lp_jax.serve.server import make_state
 from tests.engine_helpers import preset_model, reference_greedy
-from tests.serve_helpers import LiveServer, post
+from tests.serve_helpers import LiveServer, post, write_byte_tokenizer
 
 # test_engine_api's engine options: in one pytest process the compiled executables are shared.
 ENGINE = dict(max_model_len=256, max_num_seqs=8, max_prefill_tokens=128, max_cohort_tokens=128, token_budget=64,
@@ -39,6 +38,17 @@ def server():
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def chat_server(server, tmp_path_factory):
+    """The same preset and weights with a tokenizer folder (the executables are already compiled)."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    write_byte_tokenizer(folder)
+    state = make_state(MODEL, "chunked", ENGINE, params=server.params, tokenizer_dir=folder, progress=False)
+    with LiveServer(state) as live:
+        live.folder = folder
+        yield live
 
 
 def metric(server, name: str, **labels) -> float:
@@ -89,6 +99,32 @@ def test_streamed_tokens_are_the_greedy_decode(server, client):
     assert chunks[-1].usage.prompt_tokens == len(PROMPT)
     whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0)
     assert whole.choices[0].model_extra["token_ids"] == want and whole.usage.total_tokens == len(PROMPT) + 8
+
+
+def test_streamed_chat_is_the_greedy_decode_of_the_templated_prompt(server, chat_server):
+    """Chat on the tiny preset: the conversation rendered by ChatML (written out here) and encoded
+    by the tokenizers library is the prompt; the streamed tokens equal the greedy decode of it and
+    the streamed text is their decoding."""
+    from tokenizers import Tokenizer
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, caf\u00e9?"}]
+    text = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi, caf\u00e9?<|im_end|>\n<|im_start|>assistant\n"
+    tok = Tokenizer.from_file(str(chat_server.folder / "tokenizer.json"))
+    prompt = tok.encode(text, add_special_tokens=False).ids
+    # one token per byte, the 3 <|im_start|> (256) and 2 <|im_end|> (257) one each
+    assert prompt.count(256) == 3 and prompt.count(257) == 2 and len(prompt) == len(text.encode()) - 3 * 12 - 2 * 10 + 5
+    cfg, _ = preset_model(MODEL, seed=5)
+    want = reference_greedy(cfg, server.params, prompt, 8, 64)
+    client = openai.OpenAI(base_url=chat_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"ignore_eos": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].model_extra["token_ids"] for c in chunks[:-1]] == [[t] for t in want]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == tok.decode(want)
+    assert chunks[-1].usage.prompt_tokens == len(prompt) and chunks[-1].usage.completion_tokens == 8
+    status, tokenized, _ = post(chat_server.url, "/tokenize", {"messages": messages})
+    assert status == 200 and tokenized["tokens"] == prompt
 
 
 def test_stop_token_ids_and_seeded_sampling(server, client):
@@ -215,7 +251,8 @@ def test_metrics_report_latencies_and_expert_bytes(server, client):
     assert metric(server, "lp_jax:request_rejected_total", status="400") >= 1
 
 
-def test_cli_refuses_a_bad_model_before_starting():
-    out = subprocess.run([sys.executable, "-m", "lp_jax.cli", "serve", "--model", "no-such-model", "--no-progress"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "unknown model preset 'no-such-model'" in out.stderr
+def test_cli_refuses_a_bad_model_before_starting(capsys):
+    from lp_jax.cli import main
+
+    assert main(["serve", "--model", "no-such-model", "--no-progress", "--port", "1"]) == 2
+    assert "unknown model preset 'no-such-model'" in capsys.readouterr().err
