@@ -50,7 +50,7 @@ def load_weights(model, config: ModelConfig, seed: int, dtype) -> dict:
     from lp_jax.checkpoint.gguf import GGUFCheckpoint, is_gguf
     if isinstance(model, GGUFCheckpoint) or is_gguf(model):
         from lp_jax.checkpoint.gguf import load_gguf
-        return load_gguf(model, dtype=dtype)[1]
+        return load_gguf(model, dtype=dtype, stacked=True)[1]
     if is_checkpoint(model):
         from lp_jax.checkpoint import load_hf
         return load_hf(model, dtype=dtype, stacked=True)[1]

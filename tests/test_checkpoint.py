@@ -318,13 +318,13 @@ def test_stacked_load_peaks_at_the_weights_plus_one_layer_weight(monkeypatch):
     """Live device bytes before each in-place write (the weight in transit alive, the stacks
     allocated) never exceed the weights + one layer's largest weight; loading per layer and
     stacking afterwards (what the engine used to do) holds both copies. Same values both ways."""
-    peaks, write = [], ckpt._write_layer
+    peaks, write = [], common._write_layer
 
     def measured(stack, layer, x):
         peaks.append(_live_bytes() - base)
         return write(stack, layer, x)
 
-    monkeypatch.setattr(ckpt, "_write_layer", measured)
+    monkeypatch.setattr(common, "_write_layer", measured)
     base = _live_bytes()
     config, stacked = load_hf(QWEN3_MOE, stacked=True)
     weights = sum(x.nbytes for x in jax.tree.leaves(stacked))

@@ -157,6 +157,24 @@ def test_tiny_gguf_logits_match_llama_cpp_conventions(tmp_path, quantize_q8):
     np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())
 
 
+def test_tiny_gguf_stacked_load_writes_in_place_the_per_layer_weights(tmp_path, monkeypatch):
+    """stacked=True (what LLM loads) writes every layer weight into its [L, ...] stack in place,
+    as load_hf(stacked=True) does, and holds the same values as the per-layer load."""
+    from lp_jax.checkpoint import common
+
+    path = write_tiny_llama(tmp_path / "tiny.gguf")
+    writes, write = [], common._write_layer
+    monkeypatch.setattr(common, "_write_layer", lambda stack, layer, x: writes.append(layer) or write(stack, layer, x))
+    config, stacked = load_gguf(path, stacked=True)
+    assert len(writes) == len(stacked["layers"]) * config.num_layers
+    _, per_layer = load_gguf(path)
+    assert set(stacked) == set(per_layer) and set(stacked["layers"]) == set(per_layer["layers"][0])
+    for name, stack in stacked["layers"].items():
+        np.testing.assert_array_equal(stack, np.stack([lp[name] for lp in per_layer["layers"]]), err_msg=name)
+    for name in set(stacked) - {"layers"}:
+        np.testing.assert_array_equal(stacked[name], per_layer[name], err_msg=name)
+
+
 def test_tiny_gguf_missing_tensor_is_named(tmp_path):
     path = write_tiny_llama(tmp_path / "tiny.gguf", drop=("blk.1.attn_v.weight",))
     with pytest.raises(ValueError, match="missing tensor.*blk.1.attn_v.weight"):

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lp_jax.checkpoint.common import WeightPath, listed, weight_shapes
+from lp_jax.checkpoint.common import WeightPath, empty_params, listed, put_weight, weight_shapes
 from lp_jax.model.config import ModelConfig
 
 GGUF_ARCHITECTURES = ("llama",)
@@ -97,9 +97,10 @@ class GGUFCheckpoint:
         self.tensors = {t.name: t for t in self.reader.tensors}
         self.config = config_from_gguf(self.meta, self.tensors.keys(), self.name)
 
-    def load(self, dtype=jnp.float32, place: Callable[[WeightPath, np.ndarray], jax.Array] = None) -> dict:
+    def load(self, dtype=jnp.float32, place: Callable[[WeightPath, np.ndarray], jax.Array] = None,
+             stacked: bool = False) -> dict:
         """The params pytree (see `load_gguf`)."""
-        return read_gguf_weights(self.config, self.tensors, dtype, place or (lambda path, x: jnp.asarray(x)))
+        return read_gguf_weights(self.config, self.tensors, dtype, place or (lambda path, x: jnp.asarray(x)), stacked)
 
 
 def _field_value(field):
@@ -193,17 +194,19 @@ def dequantize(tensor) -> np.ndarray:
     return np.asarray(quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
 
 
-def load_gguf(model, dtype=jnp.float32, place=None) -> tuple[ModelConfig, dict]:
-    """(config, params) of a GGUF file, packaged checkpoint name or GGUFCheckpoint."""
+def load_gguf(model, dtype=jnp.float32, place=None, stacked: bool = False) -> tuple[ModelConfig, dict]:
+    """(config, params) of a GGUF file, packaged checkpoint name or GGUFCheckpoint. stacked=True:
+    "layers" is one dict of [L, ...] arrays written in place, as `load_hf(stacked=True)` gives."""
     checkpoint = model if isinstance(model, GGUFCheckpoint) else GGUFCheckpoint(model)
-    return checkpoint.config, checkpoint.load(dtype, place)
+    return checkpoint.config, checkpoint.load(dtype, place, stacked)
 
 
 def read_gguf_weights(config: ModelConfig, tensors: dict, dtype,
-                      place: Callable[[WeightPath, np.ndarray], jax.Array]) -> dict:
+                      place: Callable[[WeightPath, np.ndarray], jax.Array], stacked: bool = False) -> dict:
     """Every weight dequantised to float32 on the host, converted to our layout, cast to `dtype`
-    and placed one tensor at a time. The tensor names and shapes are all checked before any is
-    dequantised; a problem raises ValueError naming it."""
+    and placed one tensor at a time (stacked: into its preallocated [L, ...] stack, in place, so
+    device memory peaks at the weights plus one layer weight). The tensor names and shapes are all
+    checked before any is dequantised; a problem raises ValueError naming it."""
     plan, shapes = tensor_plan(config), weight_shapes(config)
     missing = plan.keys() - tensors.keys()
     if missing:
@@ -217,14 +220,11 @@ def read_gguf_weights(config: ModelConfig, tensors: dict, dtype,
         want = shapes[path] if len(shapes[path]) == 1 else _stored_shape(name, shapes[path])
         if stored != want:
             raise ValueError(f"GGUF tensor {name!r} has shape {stored} (rows, ne0); expected {want}")
-    params: dict = {"layers": [{} for _ in range(config.num_layers)]}
+    params = empty_params(config, dtype, stacked)
     for name, (path, convert) in plan.items():
         value = np.ascontiguousarray(convert(dequantize(tensors[name])))
         assert value.shape == shapes[path], f"{name}: made {value.shape}, declared {shapes[path]}"
-        node = params
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = place(path, value.astype(dtype))
+        put_weight(params, path, place(path, value.astype(dtype)))
     return params
 
 

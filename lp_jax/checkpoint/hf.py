@@ -24,7 +24,6 @@ the last axis, `down_proj [E, F, D]`) and as openai publishes it (the same exper
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from lp_jax.checkpoint.common import WeightPath, listed, read_json, weight_shapes
+from lp_jax.checkpoint.common import WeightPath, empty_params, listed, put_weight, read_json, weight_shapes
 from lp_jax.checkpoint.mxfp4 import MXFP4_GROUP, dequantize_mxfp4
 from lp_jax.model.config import ModelConfig, YarnScaling
-from lp_jax.model.spec import ParamSpec, layer_spec, model_spec
+from lp_jax.model.spec import ParamSpec, model_spec
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -379,19 +378,6 @@ def validate(plan: list[Rule], index: dict[str, TensorInfo], config: ModelConfig
 
 # --- reading -----------------------------------------------------------------------------------
 
-def _set(tree: dict, path: WeightPath, value) -> None:
-    node = tree
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-
-
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _write_layer(stack_LX, layer, x_X):
-    """stack_LX with x_X at [layer], in place (the stack is donated)."""
-    return stack_LX.at[layer].set(x_X)
-
-
 def read_weights(config: ModelConfig, plan: list[Rule], index: dict[str, TensorInfo], dtype,
                  place: Callable[[WeightPath, np.ndarray], jax.Array] = lambda path, x: jnp.asarray(x),
                  stacked: bool = False) -> dict:
@@ -403,9 +389,7 @@ def read_weights(config: ModelConfig, plan: list[Rule], index: dict[str, TensorI
     layer's weight in transit. (Loading per-layer arrays and stacking them afterwards holds both
     copies at once: twice the weights, more than an 80 GB GPU has for Qwen3-30B-A3B.)"""
     shapes = weight_shapes(config)
-    layers = ({name: jnp.zeros((config.num_layers, *s.shape), dtype) for name, s in layer_spec(config).items()}
-              if stacked else [{} for _ in range(config.num_layers)])
-    params: dict = {"layers": layers}
+    params = empty_params(config, dtype, stacked)
     with contextlib.ExitStack() as stack:
         handles = {}
         for rule in plan:
@@ -421,11 +405,7 @@ def read_weights(config: ModelConfig, plan: list[Rule], index: dict[str, TensorI
             for path, value in zip(rule.targets, rule.convert(*arrays), strict=True):
                 assert value.shape == shapes[path], f"{path}: made {value.shape}, declared {shapes[path]}"
                 weight = place(path, value.astype(dtype, copy=False))
-                if stacked and path[0] == "layers":
-                    _, layer, name = path
-                    layers[name] = _write_layer(layers[name], layer, weight)
-                else:
-                    _set(params, path, weight)
+                put_weight(params, path, weight)
                 del weight  # the next weight's transfer must not find this one still alive
     return params
 
