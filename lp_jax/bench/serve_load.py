@@ -199,7 +199,9 @@ def load_markdown(section: dict) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     steps = ", ".join(f"run {i + 1} to {i + 2}: {g:+.1f} MiB" for i, g in enumerate(section["rss_growth_per_run_mib"]))
     lines += ["", f"Server resident memory ({steps}) over {spec['num_requests']} requests a run; run 1 is the "
-                  "first traffic the server sees."]
+                  "first traffic the server sees. A client that leaves after the server has already written its "
+                  "last token to the socket is finished, not aborted, by the server, so aborted <= left (checked), "
+                  "and aborted + finished = requests (checked)."]
     errors = sorted({e for r in section["runs"] for e in r["errors"]})
     if errors:
         lines += ["", "Client errors seen: " + "; ".join(errors)]
