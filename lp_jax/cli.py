@@ -57,19 +57,40 @@ def cmd_info(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    """Generate from random prompts on a preset with random weights (a smoke run)."""
+    """Generate through the engine (greedy): from text prompts (--prompt, with a checkpoint folder
+    that has a tokenizer.json), or from random token prompts (a smoke run; random weights for a
+    preset)."""
     import numpy as np
 
     import lp_jax
+    from lp_jax.llm import resolve_config
 
-    cfg = get_preset(args.model)
-    rng = np.random.default_rng(args.seed)
-    prompts = [[int(t) for t in rng.integers(0, cfg.vocab_size, n)]
-               for n in rng.integers(1, args.max_prompt + 1, args.num_prompts)]
-    llm = lp_jax.LLM(cfg, args.schedule, max_model_len=args.max_prompt + args.max_tokens, seed=args.seed,
-                     max_num_seqs=max(8, args.num_prompts))
-    for out in llm.generate(prompts, max_tokens=args.max_tokens):
-        print(f"request {out.request_id}: prompt {len(out.prompt_token_ids)} tokens -> {out.token_ids}")
+    try:
+        cfg = resolve_config(args.model)
+        tokenizer = None
+        if args.prompt:
+            if not os.path.isdir(args.model):
+                raise ValueError("--prompt needs --model to be a checkpoint folder with a tokenizer.json")
+            from lp_jax.tokenizer import load_tokenizer
+            tokenizer = load_tokenizer(args.model)
+            prompts = [tokenizer.encode(text).ids for text in args.prompt]
+        else:
+            rng = np.random.default_rng(args.seed)
+            prompts = [[int(t) for t in rng.integers(0, cfg.vocab_size, n)]
+                       for n in rng.integers(1, args.max_prompt + 1, args.num_prompts)]
+        llm = lp_jax.LLM(args.model if os.path.isdir(args.model) else cfg, args.schedule,
+                         max_model_len=max(map(len, prompts)) + args.max_tokens, seed=args.seed,
+                         max_num_seqs=max(8, len(prompts)))
+        outputs = llm.generate(prompts, max_tokens=args.max_tokens)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for i, out in enumerate(outputs):
+        if tokenizer is None:
+            print(f"request {out.request_id}: prompt {len(out.prompt_token_ids)} tokens -> {out.token_ids}")
+        else:
+            print(f"--- prompt {i} ({len(out.prompt_token_ids)} tokens): {args.prompt[i]!r}\n"
+                  f"{args.prompt[i]}{tokenizer.decode(out.token_ids)}")
     return 0
 
 
@@ -397,10 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="qwen3-30b-a3b", help=f"preset name: {', '.join(PRESETS)}")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("generate", help="generate from random prompts (random weights; a smoke run)")
-    p.add_argument("--model", default="tiny-qwen3-moe", help=f"preset name: {', '.join(PRESETS)}")
+    p = sub.add_parser("generate", help="greedy generation from text prompts (a checkpoint folder with a "
+                                        "tokenizer) or from random prompts (a smoke run)")
+    p.add_argument("--model", default="tiny-qwen3-moe",
+                   help=f"preset name ({', '.join(PRESETS)}) or a transformers checkpoint folder, "
+                        "e.g. models/tiny-shakespeare-moe")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="a text prompt (repeatable); needs a checkpoint folder with a tokenizer.json")
     p.add_argument("--schedule", default="layered", choices=["prefill_first", "chunked", "layered"])
-    p.add_argument("--num-prompts", type=int, default=4, help="number of random prompts")
+    p.add_argument("--num-prompts", type=int, default=4, help="number of random prompts (without --prompt)")
     p.add_argument("--max-prompt", type=int, default=64, help="longest prompt, tokens")
     p.add_argument("--max-tokens", type=int, default=16, help="tokens to generate per prompt")
     p.add_argument("--seed", type=int, default=0)

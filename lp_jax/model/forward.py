@@ -47,31 +47,52 @@ def unembed(config: ModelConfig, params: dict, x_TD):
     return jnp.einsum("td,dv->tv", h, w, preferred_element_type=jnp.float32)
 
 
+def batch_forward(config: ModelConfig, params: dict, tokens_BS, backend: str | None = None,
+                  routing: RoutingProfile | None = None, routing_seeds_B=None):
+    """Logits [B, S, V] f32 of B whole sequences of S tokens each (no paging), and the routing ids
+    of every layer (list of [B*S, K] int32, rows in batch-major order; empty for dense models).
+
+    The B*S rows go through each layer as one ragged batch (so the expert computation sees all of
+    them at once, as the engine's does); attention is causal within each sequence only. Training
+    (scripts/train_tiny_moe.py) differentiates this function. routing: a routing profile (None or
+    "uniform": the router's own top-k), sequence b routed with seed routing_seeds_B[b] (default 0).
+    """
+    tokens_BS = jnp.asarray(tokens_BS, jnp.int32)
+    B, S = tokens_BS.shape
+    positions_S = jnp.arange(S, dtype=jnp.int32)
+    positions_T = jnp.tile(positions_S, B)
+    x = embed(params, tokens_BS.reshape(B * S))
+    calibrated = routing is not None and not routing.uses_router and config.is_moe
+    if calibrated:
+        log_pop_LE = log_popularity(routing, config.num_experts, config.num_layers)
+        seeds_B = jnp.zeros((B,), jnp.int32) if routing_seeds_B is None else jnp.asarray(routing_seeds_B, jnp.int32)
+        seed_T = jnp.repeat(seeds_B, S)
+    all_ids = []
+    for layer, lp in enumerate(params["layers"]):
+        window = config.layer_window(layer) or FULL_WINDOW
+
+        def attend_one(q, k, v, lp=lp, window=window):
+            return dense_attention(q, k, v, positions_S, positions_S, window=window, sinks_H=lp.get("sinks"))
+
+        def attend(q, k, v):
+            split = lambda a: a.reshape(B, S, *a.shape[1:])  # noqa: E731 (rows are batch-major)
+            return jax.vmap(attend_one)(split(q), split(k), split(v)).reshape(q.shape)
+
+        rows = RowRouting(routing, jnp.asarray(log_pop_LE[layer]), seed_T, positions_T, layer) if calibrated else None
+        x, ids = decoder_layer(config, lp, x, positions_T, attend, backend=backend, routing=rows)
+        if ids is not None:
+            all_ids.append(ids)
+    return unembed(config, params, x).reshape(B, S, -1), all_ids
+
+
 def reference_forward(config: ModelConfig, params: dict, tokens, backend: str | None = None,
                       routing: RoutingProfile | None = None, routing_seed: int = 0):
     """Logits [T, V] f32 of one whole sequence, and the routing ids of every layer
     (list of [T, K] int32, empty for dense models). routing: a routing profile (None or
     "uniform": the router's own top-k), for a request whose routing seed is `routing_seed`."""
-    tokens = jnp.asarray(tokens, jnp.int32)
-    T = tokens.shape[0]
-    positions = jnp.arange(T, dtype=jnp.int32)
-    x = embed(params, tokens)
-    calibrated = routing is not None and not routing.uses_router and config.is_moe
-    if calibrated:
-        log_pop_LE = log_popularity(routing, config.num_experts, config.num_layers)
-        seed_T = jnp.full((T,), routing_seed, jnp.int32)
-    all_ids = []
-    for layer, lp in enumerate(params["layers"]):
-        window = config.layer_window(layer) or FULL_WINDOW
-
-        def attend(q, k, v, lp=lp, window=window):
-            return dense_attention(q, k, v, positions, positions, window=window, sinks_H=lp.get("sinks"))
-
-        rows = RowRouting(routing, jnp.asarray(log_pop_LE[layer]), seed_T, positions, layer) if calibrated else None
-        x, ids = decoder_layer(config, lp, x, positions, attend, backend=backend, routing=rows)
-        if ids is not None:
-            all_ids.append(ids)
-    return unembed(config, params, x), all_ids
+    logits, all_ids = batch_forward(config, params, jnp.asarray(tokens, jnp.int32)[None], backend, routing,
+                                    (routing_seed,))
+    return logits[0], all_ids
 
 
 def reference_logits(config: ModelConfig, params: dict, tokens) -> jax.Array:
