@@ -83,6 +83,7 @@ def save_hf(path, config: ModelConfig, params: dict, dtype: str = "float32") -> 
     """Write `params` (per-layer list form, checked against the config's declarations) as
     config.json + model.safetensors in `path` (created; existing model files are refused)."""
     path = Path(path)
+    hf = hf_config_json(config, dtype)  # refuses an architecture it cannot write before any work
     for name in ("config.json", SINGLE_FILE):
         if (path / name).exists():
             raise ValueError(f"{path / name} already exists; lp-jax does not overwrite checkpoints")
@@ -94,7 +95,6 @@ def save_hf(path, config: ModelConfig, params: dict, dtype: str = "float32") -> 
         for key in p[:-1]:
             node = node[key]
         node[p[-1]] = x
-    hf = hf_config_json(config, dtype)
     path.mkdir(parents=True, exist_ok=True)
     save_file(hf_tensors(config, tree), str(path / SINGLE_FILE), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
