@@ -1,4 +1,4 @@
-"""Train a tiny Qwen3-MoE on Shakespeare's complete works (CPU, ~15 minutes on 2 quiet cores).
+"""Train a tiny Qwen3-MoE on Shakespeare's complete works (CPU: about 880 s of CPU time in all).
 
     .venv/bin/python scripts/train_tiny_moe.py            # writes models/tiny-shakespeare-moe/
 

@@ -125,3 +125,19 @@ def test_generate_refuses_text_prompts_without_a_tokenizer(capsys, tmp_path):
     save_hf(tmp_path, TINY_QWEN3_MOE, init_params(TINY_QWEN3_MOE))
     assert main(["generate", "--model", str(tmp_path), "--prompt", "hello"]) == 2
     assert "no tokenizer.json" in capsys.readouterr().err
+
+
+def test_routing_report_on_a_checkpoint_uses_its_weights(tmp_path, capsys):
+    """`lp-jax routing --model FOLDER`: the engine path with the checkpoint's weights; a calibrated
+    profile is refused (a checkpoint routes by its own router)."""
+    from lp_jax.cli import main
+    folder = tmp_path / "ckpt"
+    save_hf(folder, TINY_QWEN3_MOE, init_params(TINY_QWEN3_MOE, seed=5))
+    assert main(["routing", "--model", str(folder), "--out", str(tmp_path / "a")]) == 2
+    assert "pass --routing uniform" in capsys.readouterr().err
+    assert main(["routing", "--model", str(folder), "--routing", "uniform", "--batch-sizes", "1,4",
+                 "--chunk-sizes", "32", "--prompt-tokens", "64", "--draws", "1", "--no-progress",
+                 "--out", str(tmp_path / "b")]) == 0
+    data = json.loads((tmp_path / "b" / "coverage.json").read_text())
+    assert "the checkpoint's weights" in data["method"]
+    assert {p["size"] for p in data["points"] if p["axis"] == "decode"} == {1, 4}
