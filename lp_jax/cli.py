@@ -230,8 +230,13 @@ def cmd_routing(args) -> int:
     from lp_jax.bench.runner import prepare_out_dir
     from lp_jax.model.routing import get_profile
 
-    model = get_preset(args.model)
+    from lp_jax.llm import resolve_config
+
+    model = resolve_config(args.model)
+    checkpoint = os.path.isdir(args.model)
     profile = get_profile(args.routing)
+    if checkpoint and not profile.uses_router:
+        raise ValueError(f"{args.model} is a checkpoint: it routes by its trained router; pass --routing uniform")
     if not model.is_moe:
         raise ValueError(f"{model.name} is a dense model: it has no experts to cover")
     sizes = lambda text: sorted({int(x) for x in text.split(",") if x.strip()})  # noqa: E731
@@ -243,15 +248,27 @@ def cmd_routing(args) -> int:
         raise ValueError(f"--draws must be >= 1, got {args.draws}")
     if args.prompt_tokens >= model.max_position_embeddings:
         raise ValueError(f"--prompt-tokens must be below {model.name}'s {model.max_position_embeddings} positions")
-    method = args.method if args.method != "auto" else ("engine" if model.name.startswith("tiny-") else "sampler")
+    method = args.method if args.method != "auto" else (
+        "engine" if checkpoint or model.name.startswith("tiny-") else "sampler")
+    if checkpoint and method != "engine":
+        raise ValueError("a checkpoint's routing is measured through the engine (--method engine)")
     out = prepare_out_dir(args.out or os.path.join("lp-jax-results", f"routing-{time.strftime('%Y%m%d-%H%M%S')}"))
     bar = tqdm(total=(len(batches) + len(chunks)) if method == "engine" else args.draws, desc="coverage",
                disable=args.no_progress, leave=False)
-    measure = engine_coverage if method == "engine" else sampled_coverage
-    points = measure(model, profile, batches, chunks, args.prompt_tokens, args.draws, args.seed, lambda: bar.update(1))
+    if method == "engine":
+        params = None
+        if checkpoint:
+            from lp_jax.checkpoint import load_hf
+            params = load_hf(args.model, dtype="float32", stacked=True)[1]
+        points = engine_coverage(model, profile, batches, chunks, args.prompt_tokens, args.draws, args.seed,
+                                 lambda: bar.update(1), params=params)
+    else:
+        points = sampled_coverage(model, profile, batches, chunks, args.prompt_tokens, args.draws, args.seed,
+                                  lambda: bar.update(1))
     bar.close()
-    text = ("the engine's real layer steps (random float32 weights)" if method == "engine"
-            else "the routing sampler alone (only the ids matter; no weights)")
+    text = ("the engine's real layer steps (" + ("the checkpoint's weights, float32; random-token prompts"
+                                              if checkpoint else "random float32 weights") + ")"
+            if method == "engine" else "the routing sampler alone (only the ids matter; no weights)")
     paths = write_report(out, model, profile, points, text)
     with open(paths[0]) as f:
         print(f.read())
@@ -467,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "uniform routing and the paper's figures for Qwen3-30B-A3B; writes results.md, coverage.json "
                     "and coverage.png into --out. Tiny presets run through the engine's real layers on the CPU; "
                     "full-size presets through the routing sampler alone (the ids are all that matter).")
-    p.add_argument("--model", default="qwen3-30b-a3b", help=f"MoE preset: {', '.join(PRESETS)} (default: %(default)s)")
+    p.add_argument("--model", default="qwen3-30b-a3b",
+                   help=f"MoE preset ({', '.join(PRESETS)}) or a checkpoint folder (its trained router, through the "
+                        "engine; with --routing uniform) (default: %(default)s)")
     p.add_argument("--routing", default="qwen3-paper", help="routing profile: uniform or qwen3-paper (default: %(default)s)")
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128", metavar="B1,B2,...",
                    help="decode batch sizes (default: %(default)s)")

@@ -50,7 +50,8 @@ def test_committed_checkpoint_matches_float64_reference():
     random_ids = np.random.default_rng(0).integers(0, config.vocab_size, 80)
     for tokens in (np.array(prompt), random_ids):
         expected, margin = qwen3_moe_logits(hf, load_tensors(MODEL), tokens)
-        assert margin > 1e-4, f"a routing near-tie ({margin:.1e}) would make f32 and f64 pick different experts"
+        # f32 router probabilities are good to ~1e-7: a closer tie could pick other experts than f64.
+        assert margin > 1e-6, f"a routing near-tie ({margin:.1e}) would make f32 and f64 pick different experts"
         got = np.asarray(forward(config, params, tokens))
         err = np.abs(got - expected).max()
         assert err < 1e-3 * max(1.0, np.abs(expected).max()), f"max abs logit error {err:.2e}"

@@ -82,9 +82,11 @@ def sampled_coverage(model: ModelConfig, profile: RoutingProfile, batch_sizes, c
 
 
 def engine_coverage(model: ModelConfig, profile: RoutingProfile, batch_sizes, chunk_sizes, prompt_tokens: int,
-                    draws: int, seed: int = 0, progress=lambda: None) -> list[CoveragePoint]:
-    """Coverage measured through the engine's real layer steps (random weights, float32; for
-    presets small enough for the CPU): the distinct experts each call's MoE layers report.
+                    draws: int, seed: int = 0, progress=lambda: None, params: dict | None = None
+                    ) -> list[CoveragePoint]:
+    """Coverage measured through the engine's real layer steps (float32 weights: `params`, stacked,
+    e.g. a trained checkpoint's, or random ones; for models small enough for the CPU): the
+    distinct experts each call's MoE layers report.
     Decode: B requests of 4-token prompts, then `draws` decode iterations of all B. Chunks: one
     engine per chunk size c (chunked prefill with a budget of c, one request at a time), `draws`
     prompts of prompt_tokens random tokens, every chunk's call counted. progress() after each."""
@@ -93,7 +95,7 @@ def engine_coverage(model: ModelConfig, profile: RoutingProfile, batch_sizes, ch
 
     E, L = model.num_experts, model.num_layers
     stats = None if profile.uses_router else routing_stats(profile, E, model.num_experts_per_tok)
-    params = init_params(model, seed, "float32", stacked=True)
+    params = init_params(model, seed, "float32", stacked=True) if params is None else params
     rng = np.random.default_rng(seed)
     points = []
     if batch_sizes:
