@@ -71,7 +71,7 @@ def cmd_generate(args) -> int:
         if args.prompt:
             if not os.path.isdir(args.model):
                 raise ValueError("--prompt needs --model to be a checkpoint folder with a tokenizer.json")
-            from lp_jax.tokenizer import load_tokenizer
+            from lp_jax.checkpoint.tokenizer import load_tokenizer
             tokenizer = load_tokenizer(args.model)
             prompts = [tokenizer.encode(text).ids for text in args.prompt]
         else:

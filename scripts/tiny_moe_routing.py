@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     import train_tiny_moe as training
     from lp_jax.checkpoint import load_hf
     from lp_jax.model.init import init_params
-    from lp_jax.tokenizer import load_tokenizer
+    from lp_jax.checkpoint.tokenizer import load_tokenizer
 
     config, params = load_hf(args.model)
     tokenizer = load_tokenizer(args.model)

@@ -7,7 +7,7 @@ The text is `genai_perf/inputs/retrievers/shakespeare.txt` inside the PyPI wheel
 straight from the zip: it is never copied into the repository. Every 20th 32 KiB block of the
 text is held out (7 blocks, 4.6 %); the rest trains.
 
-Tokenizer: a byte-level BPE of 1024 tokens learnt on the training split (`lp_jax.tokenizer`).
+Tokenizer: a byte-level BPE of 1024 tokens learnt on the training split (`lp_jax.checkpoint.tokenizer`).
 Model: Qwen3-MoE architecture (q/k norms, GQA, softmax-then-top-k router with renormalised top-k
 weights), 4 layers, hidden 128, 16 experts of hidden 64, top-2: about 2 M parameters. The forward
 is the project's own (`lp_jax.model.forward.batch_forward`, the MoE through the reference expert
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
 
     from lp_jax.checkpoint import save as save_orbax
     from lp_jax.checkpoint.hf_save import save_hf
-    from lp_jax.tokenizer import save_tokenizer, train_byte_bpe
+    from lp_jax.checkpoint.tokenizer import save_tokenizer, train_byte_bpe
 
     train_text, held_text = split_text(shakespeare_text(args.wheel))
     tokenizer = train_byte_bpe(train_text, args.vocab)

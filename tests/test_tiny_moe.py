@@ -20,7 +20,7 @@ from lp_jax.checkpoint.hf_save import save_hf
 from lp_jax.model.config import TINY_QWEN3, TINY_QWEN3_MOE
 from lp_jax.model.forward import reference_logits
 from lp_jax.model.init import init_params
-from lp_jax.tokenizer import load_tokenizer, train_byte_bpe
+from lp_jax.checkpoint.tokenizer import load_tokenizer, train_byte_bpe
 from tests.numpy_qwen3_moe import load_tensors, qwen3_moe_logits
 from tests.script_loader import load_script
 
