@@ -21,6 +21,10 @@ Two orientations:
     `x_transposed` (the transposed output of a previous swap=True call). A decode-sized expert
     then pads its rows to 16 or 32 instead of 64 and the weights stream once per expert.
 
+With `shared_rows` (the decode-size layer, `moe_decode.py`), every row tile reads the same block_m
+rows of x (all the tokens of the call) and tile i writes output rows [i * block_m, (i + 1) *
+block_m): each active expert computes every token, so no row layout and no gather are needed.
+
 Shapes: M padded rows, K contraction, N output columns, E experts. bf16 in, f32 accumulate.
 """
 
@@ -98,7 +102,7 @@ def plan_tiles(expert_A, num_experts: int, block_m: int):
     build = _counts_and_ranks_small if A <= SMALL_PLAN_MAX_ROWS else _counts_and_ranks_sorted
     counts, rank_A = build(expert_A, E)
     tiles = (counts + block_m - 1) // block_m
-    tile_start = _exclusive_cumsum(tiles)
+    tile_start = exclusive_cumsum(tiles)
     tile_end = tile_start + tiles
     e_c = jnp.minimum(expert_A, E - 1)
     slot_A = jnp.where(expert_A < E, tile_start[e_c] * block_m + rank_A, M_pad).astype(jnp.int32)
@@ -110,7 +114,7 @@ def plan_tiles(expert_A, num_experts: int, block_m: int):
     return dict(slot_A=slot_A, tile_expert=tile_expert, num_tiles=num_tiles, M_pad=M_pad)
 
 
-def _exclusive_cumsum(v_E):
+def exclusive_cumsum(v_E):
     """sum_{e' < e} v[e'] as one masked reduction (E is small): fuses, unlike a scan."""
     E = v_E.shape[0]
     below = jnp.arange(E)[None, :] < jnp.arange(E)[:, None]
@@ -162,13 +166,14 @@ def _num_sms() -> int:
 def grouped_matmul(x, weights, tile_expert, num_tiles, *, config: TileConfig,
                    biases=None, row_scale=None, activation: str | None = None,
                    alpha: float = 1.702, limit: float = 7.0, x_transposed: bool = False,
-                   out_dtype=None, num_sms: int | None = None):
+                   shared_rows: bool = False, out_dtype=None, num_sms: int | None = None):
     """out = epilogue(x_tile @ W[tile_expert[tile]]) over the row tiles of a tile-padded layout.
 
     x: [M, K] (or [K, M] if x_transposed; needs config.swap). weights: tuple of one or two
     [E, K, N] arrays; with two, `activation` (see activations.py) combines them into one [.., N]
     result. biases: None or a matching tuple of [E, N]. row_scale: None or [M] f32 multiplied
     into each row. Returns [M, N] (config.swap=False) or [N, M] (config.swap=True).
+    shared_rows: x is [block_m, K], read by every tile; M = len(tile_expert) * block_m.
     """
     weights = tuple(weights)
     nw = len(weights)
@@ -182,6 +187,11 @@ def grouped_matmul(x, weights, tile_expert, num_tiles, *, config: TileConfig,
         raise ValueError(f"x has K={K}, weights K={K2}")
     cfg = config
     cfg.validate(K, N)
+    if shared_rows:
+        if x_transposed or M != cfg.block_m:
+            raise ValueError(f"shared_rows needs x as [block_m={cfg.block_m}, K], got {x.shape}"
+                             f"{' (transposed)' if x_transposed else ''}")
+        M = tile_expert.shape[0] * cfg.block_m
     if M % cfg.block_m:
         raise ValueError(f"M={M} must be a multiple of block_m={cfg.block_m}")
     out_dtype = out_dtype or x.dtype
@@ -257,7 +267,7 @@ def grouped_matmul(x, weights, tile_expert, num_tiles, *, config: TileConfig,
                 mi = idx // n_blocks
                 ni = idx % n_blocks
                 e = tile_expert_ref[mi]
-                rows = pl.ds(mi * bm, bm)
+                rows = pl.ds(0 if shared_rows else mi * bm, bm)
                 cols = pl.ds(ni * bn, bn)
                 x_view = x_ref.at[:, rows] if x_transposed else x_ref.at[rows]
                 w_views = [w.at[e, :, cols] for w in w_refs]

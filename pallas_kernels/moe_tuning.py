@@ -68,3 +68,27 @@ def choose(E: int, D: int, F: int, rows: int, device_kind: str, table: TileTable
 def lookup(E: int, D: int, F: int, rows: int, device_kind: str) -> MoETileConfig:
     """`choose(...).config`."""
     return choose(E, D, F, rows, device_kind).config
+
+
+# Shared memory a kernel's pipeline and output tile may take (the SM has 228 KB; the tuned
+# entries use up to 217 KB, the barriers and the runtime take a little).
+SMEM_BUDGET_BYTES = 220 * 1024
+
+
+def decode_config(E: int, D: int, F: int, rows: int, token_rows: int, device_kind: str) -> MoETileConfig:
+    """Tiles of the decode-size layer (`moe_decode.py`): tokens on wgmma's N with block_m =
+    token_rows (every active expert computes all the call's tokens). Block sizes come from the
+    tuned entry for `rows` assignments when it is a decode (swap) entry, else from
+    `default_config`'s decode branch; not re-tuned, only the pipeline depth is cut where the
+    larger token tile would not fit in shared memory."""
+    base = lookup(E, D, F, rows, device_kind)
+    if not base.gate_up.swap:
+        base = default_config(E, D, F, 1)
+
+    def fit(cfg: TileConfig, num_weights: int) -> TileConfig:
+        cfg = dataclasses.replace(cfg, block_m=token_rows)
+        while cfg.stages > 2 and cfg.smem_bytes(num_weights) > SMEM_BUDGET_BYTES:
+            cfg = dataclasses.replace(cfg, stages=cfg.stages - 1)
+        return cfg
+
+    return MoETileConfig(gate_up=fit(base.gate_up, 2), down=fit(base.down, 1))
