@@ -3,6 +3,10 @@
 `backend=None` means: "pallas" when the default JAX device is an NVIDIA Hopper GPU (compute
 capability 9.x), "reference" elsewhere. The environment variable LP_JAX_KERNELS=reference|pallas
 overrides the automatic choice (e.g. to compare both on the GPU).
+
+MoE layers on the Pallas backend take one of two paths by token count: the decode-size layer
+(`moe_decode.py`) up to LP_JAX_MOE_DECODE_MAX_TOKENS tokens (default and most:
+moe_decode.DECODE_MAX_TOKENS = 64; 0 turns it off), the grouped layer (`moe.py`) above.
 """
 
 from __future__ import annotations
@@ -45,24 +49,58 @@ def _moe_impl(D: int, F: int, backend: str | None) -> str:
     return chosen
 
 
+def moe_decode_max_tokens() -> int:
+    """The most tokens a Pallas MoE call sends down the decode-size path (0: never), from
+    LP_JAX_MOE_DECODE_MAX_TOKENS (an integer in [0, moe_decode.DECODE_MAX_TOKENS]; default the
+    maximum). 0 keeps every call on the grouped layer, e.g. where the decode kernels fail."""
+    from pallas_kernels.moe_decode import DECODE_MAX_TOKENS
+    text = os.environ.get("LP_JAX_MOE_DECODE_MAX_TOKENS", "")
+    if not text:
+        return DECODE_MAX_TOKENS
+    if not text.isdigit() or int(text) > DECODE_MAX_TOKENS:
+        raise ValueError(f"LP_JAX_MOE_DECODE_MAX_TOKENS must be an integer in [0, {DECODE_MAX_TOKENS}], "
+                         f"got {text!r}")
+    return int(text)
+
+
+def moe_path(T: int, D: int, F: int, backend: str | None = None, decode_max_tokens: int | None = None) -> str:
+    """Which implementation serves a T-token MoE call: "reference", "decode" (the decode-size
+    Pallas layer, T <= decode_max_tokens, default `moe_decode_max_tokens()`) or "grouped"."""
+    if _moe_impl(D, F, backend) != "pallas":
+        return "reference"
+    limit = moe_decode_max_tokens() if decode_max_tokens is None else decode_max_tokens
+    return "decode" if T <= limit else "grouped"
+
+
 def serving_backends(*, D: int, F: int | None, H: int, N: int, A: int, Z: int, dtype,
                      backend: str | None = None) -> tuple[str | None, str]:
     """(MoE, attention) backends that serve a model of these shapes under `backend` (F None: no
     MoE layers). What a compiled step depends on, so executables are keyed by it rather than by
     the raw option: None means "pallas" or "reference" depending on the device and LP_JAX_KERNELS,
-    and None and "reference" build the same executables on a CPU."""
-    return (None if F is None else _moe_impl(D, F, backend)), _attention_impl(H, N, A, Z, dtype, backend)
+    and None and "reference" build the same executables on a CPU. A Pallas MoE whose decode path
+    is not the default one reads "pallas, decode <= N tokens" (N from LP_JAX_MOE_DECODE_MAX_TOKENS)."""
+    moe = None if F is None else _moe_impl(D, F, backend)
+    if moe == "pallas":
+        from pallas_kernels.moe_decode import DECODE_MAX_TOKENS
+        if (limit := moe_decode_max_tokens()) != DECODE_MAX_TOKENS:
+            moe = f"pallas, decode <= {limit} tokens"
+    return moe, _attention_impl(H, N, A, Z, dtype, backend)
 
 
 def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "swiglu",
-                alpha: float = 1.702, limit: float = 7.0, valid_T=None, layer=None, backend: str | None = None):
+                alpha: float = 1.702, limit: float = 7.0, valid_T=None, layer=None, backend: str | None = None,
+                decode_max_tokens: int | None = None):
     """Routed expert computation of one MoE layer; see `moe_reference.moe_experts_reference`
     (`layer`: index into layer-stacked expert arrays, read in place by the kernels).
 
     Automatic choice (backend None) takes the reference for shapes the kernels do not tile;
-    an explicit backend="pallas" lets the kernel raise instead."""
+    an explicit backend="pallas" lets the kernel raise instead. On the kernels, calls of up to
+    decode_max_tokens tokens (default `moe_decode_max_tokens()`) take the decode-size layer."""
     D, F = experts["w_gate"].shape[-2:]
-    if _moe_impl(D, F, backend) == "pallas":
+    path = moe_path(x_TD.shape[0], D, F, backend, decode_max_tokens)
+    if path == "decode":
+        from pallas_kernels.moe_decode import moe_experts_decode as impl
+    elif path == "grouped":
         from pallas_kernels.moe import moe_experts_pallas as impl
     else:
         from pallas_kernels.moe_reference import moe_experts_reference as impl

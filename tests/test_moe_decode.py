@@ -1,0 +1,161 @@
+"""The decode-size MoE layer (`pallas_kernels/moe_decode.py`) against the float32 reference.
+
+CPU: the plan against numpy; the layer's real Mosaic GPU kernels in GPU interpret mode on small
+shapes (E=6, D=F=128): a single token, ragged sizes with padding tokens, empty experts, every
+token on one expert, no valid token, experts stacked over layers; the dispatch by size. GPU
+(marker `gpu`): the model shapes at decode sizes, against the reference and the grouped layer.
+"""
+
+import functools
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pallas_kernels import dispatch
+from pallas_kernels.grouped_matmul import TileConfig
+from pallas_kernels.interpret import gpu_interpret_mode
+from pallas_kernels.moe import moe_experts_pallas
+from pallas_kernels.moe_decode import decode_plan, moe_experts_decode, token_rows
+from pallas_kernels.moe_reference import moe_experts_reference, random_experts
+from pallas_kernels.moe_tuning import MoETileConfig, decode_config
+from tests.test_moe_kernels import f32, rel_err, routing
+
+
+def tiles(T_pad, wgs=1):
+    return MoETileConfig(gate_up=TileConfig(T_pad, 64 * wgs, stages=2, num_compute_wgs=wgs, swap=True),
+                         down=TileConfig(T_pad, 128, stages=2, num_compute_wgs=wgs, swap=True))
+
+
+def test_token_rows():
+    assert [token_rows(t) for t in (1, 16, 17, 32, 33, 64)] == [16, 16, 32, 32, 64, 64]
+    for bad in (0, 65):
+        with pytest.raises(ValueError, match="1..64 tokens"):
+            token_rows(bad)
+
+
+def test_decode_plan_against_numpy():
+    E, T, K, T_pad = 7, 5, 3, 16
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.choice([0, 2, 3, 6], K, replace=False) for _ in range(T)]).astype(np.int32)
+    ids[4] = [1, 5, 4]  # token 4 alone routes to experts 1, 4, 5 ...
+    w = rng.random((T, K)).astype(np.float32)
+    valid = np.array([True, True, True, True, False])  # ... but it is padding: they stay inactive
+    p = decode_plan(jnp.asarray(w), jnp.asarray(ids), E, T_pad, jnp.asarray(valid))
+    S = min(E, T * K)
+    active = sorted({int(e) for t in range(T) if valid[t] for e in ids[t]})
+    assert int(p["num_active"][0]) == len(active) == 4
+    assert np.asarray(p["expert_S"]).tolist()[:4] == active and p["expert_S"].shape == (S,)
+    scale = np.asarray(p["scale_M"]).reshape(S, T_pad)
+    want = np.zeros((S, T_pad), np.float32)
+    for s, e in enumerate(active):
+        for t in range(T):
+            want[s, t] = w[t][ids[t] == e].sum() if valid[t] else 0.0
+    np.testing.assert_array_equal(scale, want)
+
+
+@pytest.mark.parametrize("activation,bias,kind,T,valid,K,wgs", [
+    ("swiglu", False, "uniform", 1, None, 2, 1),  # a single token
+    ("clamped_swiglu", True, "sparse", 13, 11, 2, 1),  # ragged, padding tokens, empty experts
+    ("swiglu", True, "one", 20, None, 1, 1),  # every token on one expert
+    ("clamped_swiglu", False, "hot", 40, 33, 2, 2),  # 64-token tile, two compute warpgroups
+])
+def test_decode_layer_interpret(activation, bias, kind, T, valid, K, wgs):
+    E, D, F = 6, 128, 128
+    k1, k2, k3 = jax.random.split(jax.random.key(T), 3)
+    ex = random_experts(k1, E, D, F, bias)
+    x = jax.random.normal(k2, (T, D), jnp.bfloat16)
+    if kind == "one":
+        w, ids = jax.random.uniform(k3, (T, K)), jnp.full((T, K), 4, jnp.int32)
+    else:
+        w, ids = routing(k3, T, K, E, kind)
+    valid_T = None if valid is None else jnp.arange(T) < valid
+    with gpu_interpret_mode():
+        out = moe_experts_decode(x, w, ids, ex, activation=activation, valid_T=valid_T,
+                                 config=tiles(token_rows(T), wgs), num_sms=3)
+    ref = moe_experts_reference(f32(x), w, ids, f32(ex), activation=activation, valid_T=valid_T)
+    assert out.shape == (T, D) and out.dtype == x.dtype
+    assert rel_err(out, ref) <= 1e-2
+    if valid is not None:
+        assert np.all(np.asarray(out[valid:], np.float32) == 0.0)
+
+
+def test_decode_layer_no_valid_token_and_stacked_layers():
+    """No valid token: no expert is active, no tile runs, the output is exactly 0. Experts
+    stacked over layers with a traced layer index: the layer's own weights' result exactly."""
+    L, E, K, D, F, T = 2, 6, 2, 128, 128, 3
+    keys = jax.random.split(jax.random.key(9), L + 2)
+    layers = [random_experts(k, E, D, F, True) for k in keys[:L]]
+    stacked = {name: jnp.stack([ex[name] for ex in layers]) for name in layers[0]}
+    x = jax.random.normal(keys[L], (T, D), jnp.bfloat16)
+    w, ids = routing(keys[L + 1], T, K, E, "uniform")
+    run = functools.partial(moe_experts_decode, activation="clamped_swiglu", config=tiles(16), num_sms=2)
+    with gpu_interpret_mode():
+        none = run(x, w, ids, layers[0], valid_T=jnp.zeros((T,), bool))
+        from_stack = jax.jit(lambda l: run(x, w, ids, stacked, layer=l))(1)
+        alone = run(x, w, ids, layers[1])
+    assert np.all(np.asarray(none, np.float32) == 0.0)
+    np.testing.assert_array_equal(np.asarray(from_stack, np.float32), np.asarray(alone, np.float32))
+    ref = moe_experts_reference(f32(x), w, ids, f32(layers[1]), activation="clamped_swiglu")
+    assert rel_err(from_stack, ref) <= 1e-2
+
+
+def test_decode_config_fits_shared_memory():
+    for E, D, F, K in ((128, 2048, 768, 8), (32, 2880, 2880, 4)):
+        for T in (1, 8, 32, 64):
+            cfg = decode_config(E, D, F, T * K, token_rows(T), "NVIDIA H200")
+            for c, nw in ((cfg.gate_up, 2), (cfg.down, 1)):
+                assert c.swap and c.block_m == token_rows(T) and c.smem_bytes(nw) <= 220 * 1024
+                c.validate(D if nw == 2 else F, F if nw == 2 else D)
+
+
+def test_dispatch_picks_the_path_by_size(monkeypatch):
+    monkeypatch.delenv("LP_JAX_MOE_DECODE_MAX_TOKENS", raising=False)
+    assert dispatch.moe_path(64, 128, 128, "pallas") == "decode"
+    assert dispatch.moe_path(65, 128, 128, "pallas") == "grouped"
+    assert dispatch.moe_path(1, 128, 128, "reference") == "reference"
+    assert dispatch.moe_path(8, 128, 128, "pallas", decode_max_tokens=0) == "grouped"
+    kw = dict(D=128, F=128, H=4, N=2, A=64, Z=16, dtype=jnp.float32, backend="pallas")
+    assert dispatch.serving_backends(**kw)[0] == "pallas"
+    monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", "0")  # the grouped layer only: another key
+    assert dispatch.moe_path(1, 128, 128, "pallas") == "grouped"
+    assert dispatch.serving_backends(**kw)[0] == "pallas, decode <= 0 tokens"
+    monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", "65")
+    with pytest.raises(ValueError, match="LP_JAX_MOE_DECODE_MAX_TOKENS"):
+        dispatch.moe_path(1, 128, 128, "pallas")
+
+
+def test_dispatch_runs_the_path_it_picks(monkeypatch):
+    """moe_experts calls the decode layer up to the limit, the grouped layer above (stand-ins
+    record which; the kernels themselves are tested above)."""
+    from pallas_kernels import moe, moe_decode
+    monkeypatch.delenv("LP_JAX_MOE_DECODE_MAX_TOKENS", raising=False)
+    called = []
+    for module, name in ((moe_decode, "moe_experts_decode"), (moe, "moe_experts_pallas")):
+        monkeypatch.setattr(module, name, lambda x, *a, _n=name, **kw: called.append(_n) or x)
+    ex = random_experts(jax.random.key(0), 6, 128, 128, False)
+    for T, limit in ((64, None), (65, None), (3, 0), (3, 2), (2, 2)):
+        x = jnp.ones((T, 128), jnp.bfloat16)
+        dispatch.moe_experts(x, jnp.ones((T, 2)), jnp.zeros((T, 2), jnp.int32), ex, backend="pallas",
+                             decode_max_tokens=limit)
+    assert called == ["moe_experts_decode", "moe_experts_pallas", "moe_experts_pallas",
+                      "moe_experts_pallas", "moe_experts_decode"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["qwen3", "gpt_oss"])
+@pytest.mark.parametrize("T", [1, 8, 33, 64])
+def test_decode_layer_gpu(model, T):
+    E, K, D, F, act, bias = ((128, 8, 2048, 768, "swiglu", False) if model == "qwen3"
+                             else (32, 4, 2880, 2880, "clamped_swiglu", True))
+    k1, k2, k3 = jax.random.split(jax.random.key(T), 3)
+    ex = random_experts(k1, E, D, F, bias)
+    x = jax.random.normal(k2, (T, D), jnp.bfloat16)
+    w, ids = routing(k3, T, K, E, "uniform")
+    valid_T = jnp.arange(T) < max(1, T - 3)
+    out = jax.jit(lambda *a: moe_experts_decode(*a, activation=act, valid_T=valid_T))(x, w, ids, ex)
+    ref = jax.jit(lambda *a: moe_experts_reference(*a, activation=act, valid_T=valid_T))(f32(x), w, ids, f32(ex))
+    grouped = jax.jit(lambda *a: moe_experts_pallas(*a, activation=act, valid_T=valid_T))(x, w, ids, ex)
+    assert rel_err(out, ref) <= 1e-2
+    assert rel_err(out, grouped) <= 1e-2
