@@ -102,7 +102,7 @@ def plan_tiles(expert_A, num_experts: int, block_m: int):
     build = _counts_and_ranks_small if A <= SMALL_PLAN_MAX_ROWS else _counts_and_ranks_sorted
     counts, rank_A = build(expert_A, E)
     tiles = (counts + block_m - 1) // block_m
-    tile_start = exclusive_cumsum(tiles)
+    tile_start = _exclusive_cumsum(tiles)
     tile_end = tile_start + tiles
     e_c = jnp.minimum(expert_A, E - 1)
     slot_A = jnp.where(expert_A < E, tile_start[e_c] * block_m + rank_A, M_pad).astype(jnp.int32)
@@ -114,7 +114,7 @@ def plan_tiles(expert_A, num_experts: int, block_m: int):
     return dict(slot_A=slot_A, tile_expert=tile_expert, num_tiles=num_tiles, M_pad=M_pad)
 
 
-def exclusive_cumsum(v_E):
+def _exclusive_cumsum(v_E):
     """sum_{e' < e} v[e'] as one masked reduction (E is small): fuses, unlike a scan."""
     E = v_E.shape[0]
     below = jnp.arange(E)[None, :] < jnp.arange(E)[:, None]

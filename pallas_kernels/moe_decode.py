@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import moe_tuning
-from pallas_kernels.grouped_matmul import exclusive_cumsum, grouped_matmul
+from pallas_kernels.grouped_matmul import grouped_matmul
 
 # The largest call the decode path takes. From the H200 results (2026-12-02): the grouped layer is
 # 1.45x its bandwidth floor at 64 tokens (0.94x vLLM's fused_moe) and worse below, ~0.13 ms over
@@ -42,10 +42,11 @@ def token_rows(T: int) -> int:
 
 
 def decode_plan(weights_TK, ids_TK, num_experts: int, T_pad: int, valid_T=None):
-    """Active experts and per-slot router weights, from [T, K, E] / [S, E] compare-reductions
-    (no sort, no scatter: XLA fuses them into a few kernels).
+    """Active experts and per-slot router weights: compare-reductions over [T, K, E] and one
+    top_k over E (no prefix sum, no scatter: a few fused kernels).
 
-    Returns dict(expert_S [S] int32: expert of slot s, ascending, slots past num_active hold 0;
+    Returns dict(expert_S [S] int32: expert of slot s, ascending over the first num_active
+    slots (the later ones hold inactive experts: no tile runs for them);
     num_active [1] int32; scale_M [S * T_pad] f32: router weight of token t at slot s (row
     s * T_pad + t), 0 where the token is not routed there, is padding, or valid_T is False).
     """
@@ -57,11 +58,11 @@ def decode_plan(weights_TK, ids_TK, num_experts: int, T_pad: int, valid_T=None):
         hit_TKE = hit_TKE & valid_T[:, None, None]
     weight_TE = jnp.sum(jnp.where(hit_TKE, weights_TK.astype(jnp.float32)[:, :, None], 0.0), axis=1)
     active_E = jnp.any(hit_TKE, axis=(0, 1))
-    slot_E = exclusive_cumsum(active_E.astype(jnp.int32))
-    pick_SE = active_E[None, :] & (slot_E[None, :] == jnp.arange(S, dtype=jnp.int32)[:, None])
-    expert_S = jnp.sum(jnp.where(pick_SE, jnp.arange(E, dtype=jnp.int32)[None, :], 0), axis=1,
-                       dtype=jnp.int32)
-    scale_ST = jnp.sum(jnp.where(pick_SE[:, None, :], weight_TE[None, :, :], 0.0), axis=2)
+    # The active experts in ascending order are the top S of (E - e on active experts, 0 on the
+    # others): one top_k (a sort) instead of a prefix sum and a compare-reduction after it.
+    rank_E = jnp.where(active_E, E - jnp.arange(E, dtype=jnp.int32), 0)
+    expert_S = jax.lax.top_k(rank_E, S)[1].astype(jnp.int32)
+    scale_ST = jnp.take(weight_TE, expert_S, axis=1).T
     scale_M = jnp.pad(scale_ST, ((0, 0), (0, T_pad - T))).reshape(S * T_pad)
     num_active = jnp.sum(active_E, dtype=jnp.int32).reshape(1)
     return dict(expert_S=expert_S, num_active=num_active, scale_M=scale_M)

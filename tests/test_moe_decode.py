@@ -159,3 +159,16 @@ def test_decode_layer_gpu(model, T):
     grouped = jax.jit(lambda *a: moe_experts_pallas(*a, activation=act, valid_T=valid_T))(x, w, ids, ex)
     assert rel_err(out, ref) <= 1e-2
     assert rel_err(out, grouped) <= 1e-2
+
+
+def test_decode_layer_runs_fewer_xla_ops_than_the_grouped_layer():
+    """The compiled layer (CPU, the kernels as stand-ins: scripts/count_moe_ops.py) at model
+    shapes: the decode path runs fewer operations around the same two kernels and no scatter."""
+    from tests.script_loader import load_script
+    count = load_script("count_moe_ops")
+    for model, T in (("qwen3_30b_a3b", 8), ("gpt_oss_20b", 16)):
+        grouped = count.layer_ops("grouped", *count.MODELS[model], T)
+        decode = count.layer_ops("decode", *count.MODELS[model], T)
+        assert decode.get("custom-call") == grouped.get("custom-call") == 2
+        assert "scatter" not in decode
+        assert sum(decode.values()) < sum(grouped.values()), (decode, grouped)

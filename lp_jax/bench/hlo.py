@@ -1,4 +1,5 @@
-"""Reading a compiled step's optimized HLO: are layers of the stacked weights copied?"""
+"""Reading a compiled step's optimized HLO: are layers of the stacked weights copied, and how many
+operations (kernel launches on a GPU) does it run?"""
 
 from __future__ import annotations
 
@@ -31,3 +32,25 @@ def layer_slices(hlo: str) -> dict:
         out[kind][0] += 1
         out[kind][1] += n
     return out
+
+
+# Instructions that launch no work: values passed around, reinterpreted or named.
+FREE_OPCODES = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast"})
+
+
+def entry_ops(hlo: str) -> dict[str, int]:
+    """Operations of the ENTRY computation of optimized HLO text by opcode (fusion, custom-call,
+    sort, copy, ...), FREE_OPCODES left out: after fusion each is one kernel launch on a GPU
+    (a custom-call is a Pallas kernel or a library call)."""
+    counts: dict[str, int] = {}
+    in_entry = False
+    for line in hlo.splitlines():
+        if line.startswith("ENTRY "):
+            in_entry = True
+            continue
+        if in_entry and line.startswith("}"):
+            break
+        m = in_entry and re.match(r"\s*(?:ROOT )?%?[\w.-]+ = (?:\([^=]*?\)|\S+) ([\w-]+)\(", line)
+        if m and m.group(1) not in FREE_OPCODES:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
