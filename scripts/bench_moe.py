@@ -1,7 +1,11 @@
 """Benchmark the MoE expert layer: ours (Pallas Mosaic GPU) against its peers, on one GPU.
 
-Peers, each the same layer (given routing -> sort -> gate/up -> activation -> down -> weighted
-combine), all in this one process, each with its own best configuration:
+Ours is the layer the engine runs (`dispatch.moe_experts` on the kernels: the decode-size layer
+up to LP_JAX_MOE_DECODE_MAX_TOKENS tokens, the grouped layer above). Peers, each the same layer
+(given routing -> sort -> gate/up -> activation -> down -> weighted combine), all in this one
+process, each with its own best configuration:
+  pallas_grouped     our grouped layer (moe.py) where ours takes the decode path (the path it
+                     replaces there; "-" above)
   vllm_fused_moe     vLLM's Triton fused_moe_kernel (from .peers/, `fetch_peers.py`) with our torch
                      routing-align step and a Triton activation (`vllm_moe.py`); vLLM's tuned
                      config file for the shape and device where it ships one, else the fastest of
@@ -50,7 +54,9 @@ from kernel_timing import jax_time_ms, torch_time_ms
 from lp_jax.bench.ceilings import ratio_text
 from pallas_kernels import moe_tuning
 from pallas_kernels.activations import apply_activation
+from pallas_kernels.dispatch import moe_experts, moe_path
 from pallas_kernels.moe import moe_experts_pallas
+from pallas_kernels.moe_decode import token_rows
 from pallas_kernels.moe_reference import moe_experts_reference, random_experts
 
 MODELS = {
@@ -229,7 +235,8 @@ def bench_model(name, tokens, ceil, peers, reps, log, save):
     bgu = jnp.concatenate([ex["b_gate"], ex["b_up"]], axis=-1) if bias else None
     bd = ex.get("b_down")
     expert_bytes = 3 * D * F * 2 + ((2 * F + D) * 2 if bias else 0)
-    ours = jax.jit(functools.partial(moe_experts_pallas, activation=act))
+    ours = jax.jit(functools.partial(moe_experts, activation=act, backend="pallas"))
+    grouped = jax.jit(functools.partial(moe_experts_pallas, activation=act))
     ref = jax.jit(functools.partial(moe_experts_reference, activation=act))
     torch_w, layout = None, None
     broken = {}  # peer -> why its set-up failed (each of its rows says so)
@@ -273,8 +280,12 @@ def bench_model(name, tokens, ceil, peers, reps, log, save):
                    datasheet_matmul_flops=ceil.get("datasheet_matmul_flops"),
                    torch_B_layout=layout)
         tiles = moe_tuning.choose(E, D, F, A, row["device"])
-        row.update(ours_config=str(tiles.config), tiles=tiles.describe())
-        log(f"  {name} T={T}: tiles: {tiles.describe()}")
+        path = moe_path(T, D, F, "pallas")
+        config = (moe_tuning.decode_config(E, D, F, A, token_rows(T), row["device"]) if path == "decode"
+                  else tiles.config)
+        row.update(ours_path=path, ours_config=str(config), tiles=tiles.describe()
+                   + (" (decode path: that entry's block sizes, block_m = the token tile)" if path == "decode" else ""))
+        log(f"  {name} T={T}: path {path}, tiles: {row['tiles']}")
         # Reference on the first (up to) 256 tokens: a token's output depends only on its own
         # routing, and lax.ragged_dot's lowering needs [rows, E * D] memory.
         n_chk = min(T, 256)
@@ -296,6 +307,8 @@ def bench_model(name, tokens, ceil, peers, reps, log, save):
                 f"rel.err vs f32 reference={row.get(label + '_err')} ({time.time() - t0:.1f}s)")
 
         measure("ours", ours, [args(s) for s in sets], check=lambda: ours(*args(sets[0])))
+        if "pallas_grouped" in peers and path == "decode":
+            measure("pallas_grouped", grouped, [args(s) for s in sets], check=lambda: grouped(*args(sets[0])))
         for p, why in broken.items():
             row[f"{p}_ms"], row[f"{p}_error"] = None, why
         live = [p for p in peers if p not in broken]
@@ -342,8 +355,9 @@ def finish_row(row, peers):
     """Our rates, ratio to the floor, speedup over each peer, and the best (fastest) peer."""
     o = row.get("ours_ms")
     timed = {p: row[f"{p}_ms"] for p in peers if row.get(f"{p}_ms")}
-    if timed:
-        best = min(timed, key=timed.get)
+    external = {p: t for p, t in timed.items() if p != "pallas_grouped"}  # the best peer is not ours
+    if external:
+        best = min(external, key=external.get)
         row.update(best_peer=best, best_peer_ms=timed[best])
     if not o:
         return
@@ -352,7 +366,7 @@ def finish_row(row, peers):
     row["ours_over_floor"] = o / row["floor_ms"]
     for p, t in timed.items():
         row[f"speedup_vs_{p}"] = t / o
-    if timed:
+    if external:
         row["speedup_vs_best_peer"] = row["best_peer_ms"] / o
 
 
@@ -362,7 +376,7 @@ def breakdown(name, T, log):
     E, K, D, F, act, bias = MODELS[name]
     ex = random_experts(jax.random.key(7), E, D, F, bias)
     x, w, ids = make_sets(jax.random.key(T), T, D, E, K)[0]
-    fn = jax.jit(functools.partial(moe_experts_pallas, activation=act))
+    fn = jax.jit(functools.partial(moe_experts, activation=act, backend="pallas"))
     jax.block_until_ready(fn(x, w, ids, ex))
     _, kernels = profiler.measure(fn, aggregate=False)(x, w, ids, ex)
     log(f"breakdown {name} T={T}: total {sum(t for _, t in kernels):.4f} ms")
@@ -371,8 +385,9 @@ def breakdown(name, T, log):
     return kernels
 
 
-PEERS = ("vllm_fused_moe", "torch_grouped_mm", "ragged_dot_mgpu", "lax_ragged_dot")
-PEER_NAMES = {"vllm_fused_moe": "vLLM fused_moe (Triton)", "torch_grouped_mm": "torch._grouped_mm (CUDA graph)",
+PEERS = ("vllm_fused_moe", "torch_grouped_mm", "pallas_grouped", "ragged_dot_mgpu", "lax_ragged_dot")
+PEER_NAMES = {"pallas_grouped": "our grouped layer",
+              "vllm_fused_moe": "vLLM fused_moe (Triton)", "torch_grouped_mm": "torch._grouped_mm (CUDA graph)",
               "ragged_dot_mgpu": "ragged_dot_mgpu", "lax_ragged_dot": "lax.ragged_dot"}
 
 
@@ -395,9 +410,9 @@ def markdown(rows, ceil, device, peers=PEERS):
              "Peers run in the same process on the same inputs; each row's JSON has its configuration "
              "and relative error against the float32 reference.", "",
              f"Our tiles: {moe_tuning.TABLE.describe_device(device)} (per row: the JSON's `tiles`).", "",
-             "| model | tokens | ours ms | TFLOP/s | GB/s (experts) | floor ms (kind) | ours/floor | best peer (x) | "
+             "| model | tokens | ours path | ours ms | TFLOP/s | GB/s (experts) | floor ms (kind) | ours/floor | best peer (x) | "
              + " | ".join(f"{PEER_NAMES[p]} ms (x)" for p in peers) + " |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |" + " ---: |" * len(peers)]
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |" + " ---: |" * len(peers)]
     for r in rows:
         def peer(p):
             t = r.get(f"{p}_ms")
@@ -406,7 +421,7 @@ def markdown(rows, ceil, device, peers=PEERS):
         best = (f"{PEER_NAMES[r['best_peer']]} ({f(r.get('speedup_vs_best_peer'), 2)}x)"
                 if r.get("best_peer") else "-")
         lines.append(
-            f"| {r['model']} | {r['tokens']} | {f(r.get('ours_ms'))} | {f(r.get('ours_tflops'), 0)} "
+            f"| {r['model']} | {r['tokens']} | {r.get('ours_path', 'grouped')} | {f(r.get('ours_ms'))} | {f(r.get('ours_tflops'), 0)} "
             f"| {f(r.get('ours_GBps'), 0)} | {f(r['floor_ms'])} ({r['floor_kind']}) "
             f"| {f(r.get('ours_over_floor'), 2)} | {best} | " + " | ".join(peer(p) for p in peers) + " |")
     lines.append("")
@@ -481,7 +496,7 @@ def main(argv=None):
                 E, K, D, F, act, bias = MODELS[name]
                 ex = random_experts(jax.random.key(7), E, D, F, bias)
                 x, w, ids = make_sets(jax.random.key(T), T, D, E, K)[0]
-                fn = jax.jit(functools.partial(moe_experts_pallas, activation=act))
+                fn = jax.jit(functools.partial(moe_experts, activation=act, backend="pallas"))
                 for _ in range(2):
                     jax.block_until_ready(fn(x, w, ids, ex))
         return 0

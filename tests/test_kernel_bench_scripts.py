@@ -150,9 +150,11 @@ def test_bench_moe_dry_run(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_moe, "MODELS", {"qwen3_30b_a3b": (4, 2, 128, 128, "swiglu", False)})
     monkeypatch.setattr(bench_moe, "NSETS", 2)
     monkeypatch.setattr(bench_moe, "moe_experts_pallas", moe_experts_reference)
+    monkeypatch.setattr(bench_moe, "moe_experts", lambda *a, backend, **kw: moe_experts_reference(*a, **kw))
     out = tmp_path / "out"
     assert bench_moe.main(["--tokens", "1,3", "--reps", "1", "--ceilings", fake_ceilings(tmp_path),
-                           "--peers", "vllm_fused_moe,torch_grouped_mm,lax_ragged_dot", "--out-dir", str(out)]) == 0
+                           "--peers", "vllm_fused_moe,torch_grouped_mm,pallas_grouped,lax_ragged_dot",
+                           "--out-dir", str(out)]) == 0
     device = jax.devices()[0].device_kind
     rows = json.loads((out / f"moe_{bench_moe.device_slug(device)}.json").read_text())
     assert [r["tokens"] for r in rows] == [1, 3]
@@ -161,7 +163,8 @@ def test_bench_moe_dry_run(tmp_path, monkeypatch):
         assert r["tiles"].startswith("default_config")  # the CPU has no tuned table
         assert r["vllm_fused_moe_ms"] is None and r["vllm_fused_moe_error"]
         assert r["torch_grouped_mm_ms"] is None and r["torch_grouped_mm_error"]
-        assert r["lax_ragged_dot_ms"] > 0 and r["best_peer"] == "lax_ragged_dot"
+        assert r["ours_path"] == "decode" and r["pallas_grouped_ms"] > 0  # the path it replaces, beside it
+        assert r["lax_ragged_dot_ms"] > 0 and r["best_peer"] == "lax_ragged_dot"  # never our own
         assert r["speedup_vs_best_peer"] == pytest.approx(r["lax_ragged_dot_ms"] / r["ours_ms"])
     md = (out / f"moe_{bench_moe.device_slug(device)}.md").read_text()
     assert "vLLM fused_moe (Triton) ms (x)" in md and "83% of the datasheet's 4.8 TB/s" in md
