@@ -4,9 +4,10 @@
 capability 9.x), "reference" elsewhere. The environment variable LP_JAX_KERNELS=reference|pallas
 overrides the automatic choice (e.g. to compare both on the GPU).
 
-MoE layers on the Pallas backend take one of two paths by token count: the decode-size layer
-(`moe_decode.py`) up to LP_JAX_MOE_DECODE_MAX_TOKENS tokens (default and most:
-moe_decode.DECODE_MAX_TOKENS = 64; 0 turns it off), the grouped layer (`moe.py`) above.
+MoE layers on the Pallas backend run the grouped layer (`moe.py`) at every size by default. The
+decode-size layer (`moe_decode.py`) is opt-in until it is measured on the H200:
+LP_JAX_MOE_DECODE_MAX_TOKENS=N (1 <= N <= moe_decode.DECODE_MAX_TOKENS = 64) sends calls of up to
+N tokens down it; unset or 0 keeps every call on the grouped layer.
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ def _moe_impl(D: int, F: int, backend: str | None) -> str:
 
 
 def moe_decode_max_tokens() -> int:
-    """The most tokens a Pallas MoE call sends down the decode-size path (0: never), from
-    LP_JAX_MOE_DECODE_MAX_TOKENS (an integer in [0, moe_decode.DECODE_MAX_TOKENS]; default the
-    maximum). 0 keeps every call on the grouped layer, e.g. where the decode kernels fail."""
+    """The most tokens a Pallas MoE call sends down the decode-size path, from
+    LP_JAX_MOE_DECODE_MAX_TOKENS (an integer in [0, moe_decode.DECODE_MAX_TOKENS]); unset or 0:
+    never (the grouped layer everywhere, the hardware-verified default)."""
     from pallas_kernels.moe_decode import DECODE_MAX_TOKENS
     text = os.environ.get("LP_JAX_MOE_DECODE_MAX_TOKENS", "")
     if not text:
-        return DECODE_MAX_TOKENS
+        return 0
     if not text.isdigit() or int(text) > DECODE_MAX_TOKENS:
         raise ValueError(f"LP_JAX_MOE_DECODE_MAX_TOKENS must be an integer in [0, {DECODE_MAX_TOKENS}], "
                          f"got {text!r}")
@@ -77,13 +78,12 @@ def serving_backends(*, D: int, F: int | None, H: int, N: int, A: int, Z: int, d
     """(MoE, attention) backends that serve a model of these shapes under `backend` (F None: no
     MoE layers). What a compiled step depends on, so executables are keyed by it rather than by
     the raw option: None means "pallas" or "reference" depending on the device and LP_JAX_KERNELS,
-    and None and "reference" build the same executables on a CPU. A Pallas MoE whose decode path
-    is not the default one reads "pallas, decode <= N tokens" (N from LP_JAX_MOE_DECODE_MAX_TOKENS)."""
+    and None and "reference" build the same executables on a CPU. A Pallas MoE with the decode
+    path on reads "pallas, decode <= N tokens" (N from LP_JAX_MOE_DECODE_MAX_TOKENS), so turning
+    it on or changing N builds other executables; off (unset or 0) reads "pallas"."""
     moe = None if F is None else _moe_impl(D, F, backend)
-    if moe == "pallas":
-        from pallas_kernels.moe_decode import DECODE_MAX_TOKENS
-        if (limit := moe_decode_max_tokens()) != DECODE_MAX_TOKENS:
-            moe = f"pallas, decode <= {limit} tokens"
+    if moe == "pallas" and (limit := moe_decode_max_tokens()):
+        moe = f"pallas, decode <= {limit} tokens"
     return moe, _attention_impl(H, N, A, Z, dtype, backend)
 
 
@@ -95,7 +95,8 @@ def moe_experts(x_TD, weights_TK, ids_TK, experts: dict, *, activation: str = "s
 
     Automatic choice (backend None) takes the reference for shapes the kernels do not tile;
     an explicit backend="pallas" lets the kernel raise instead. On the kernels, calls of up to
-    decode_max_tokens tokens (default `moe_decode_max_tokens()`) take the decode-size layer."""
+    decode_max_tokens tokens (default `moe_decode_max_tokens()`: 0, the grouped layer at every
+    size, unless LP_JAX_MOE_DECODE_MAX_TOKENS is set) take the decode-size layer."""
     D, F = experts["w_gate"].shape[-2:]
     path = moe_path(x_TD.shape[0], D, F, backend, decode_max_tokens)
     if path == "decode":

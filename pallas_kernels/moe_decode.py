@@ -15,6 +15,10 @@ to it (compute the weight stream hides at these sizes) and h / the per-slot outp
 T_pad tokens per expert: extra bytes (F + D) * T_pad * 4 per active expert, against 6 * D * F
 of its weights (Qwen3 at 64 tokens: 8 %; GPT-OSS: 3 %).
 
+Opt-in until measured on the H200 (its kernels have only run in interpret mode): the engine
+takes this path only with LP_JAX_MOE_DECODE_MAX_TOKENS=N set, for calls of up to N tokens
+(`dispatch.moe_experts`); `bash scripts/decode_moe_gpu.sh OUT` is the GPU run that measures it.
+
 Same contract as `moe_reference.moe_experts_reference`; shapes T tokens (T_pad: T rounded up to
 16, 32 or 64), S = min(E, T * K) slots for active experts.
 """
@@ -27,7 +31,7 @@ import jax.numpy as jnp
 from pallas_kernels import moe_tuning
 from pallas_kernels.grouped_matmul import grouped_matmul
 
-# The largest call the decode path takes. From the H200 results (2026-12-02): the grouped layer is
+# The largest call the decode path takes (and the largest LP_JAX_MOE_DECODE_MAX_TOKENS). From the H200 results (2026-12-02): the grouped layer is
 # 1.45x its bandwidth floor at 64 tokens (0.94x vLLM's fused_moe) and worse below, ~0.13 ms over
 # the floor at 64 tokens, far more than the ~8 % extra bytes this path moves there.
 DECODE_MAX_TOKENS = 64

@@ -30,7 +30,8 @@ def test_compiles_each_job_once_on_threads_and_reports_every_job():
 
 def test_executables_are_keyed_by_the_kernels_that_serve_not_the_raw_backend(monkeypatch):
     """backend=None and "reference" build the same executables on a CPU (one key), while
-    LP_JAX_KERNELS=pallas makes None mean the Pallas kernels (another key)."""
+    LP_JAX_KERNELS=pallas makes None mean the Pallas kernels (another key), and the opt-in
+    decode-size MoE path (LP_JAX_MOE_DECODE_MAX_TOKENS) another still."""
     from lp_jax.engine.config import EngineConfig
     from lp_jax.engine.executor import ModelExecutor
     from lp_jax.engine.kv_cache import BlockManager
@@ -44,7 +45,11 @@ def test_executables_are_keyed_by_the_kernels_that_serve_not_the_raw_backend(mon
         return ModelExecutor(cfg, config, params, BlockManager(8, 16), "float32", backend)._kind
 
     monkeypatch.delenv("LP_JAX_KERNELS", raising=False)
+    monkeypatch.delenv("LP_JAX_MOE_DECODE_MAX_TOKENS", raising=False)
     assert kind(None) == kind("reference") and kind(None)[:2] == (cfg, ("reference", "reference"))
     monkeypatch.setenv("LP_JAX_KERNELS", "pallas")
     # float32 pools: the attention kernel tiles bf16/f16 only, so automatic choice keeps the reference there.
     assert kind(None)[:2] == (cfg, ("pallas", "reference")) and kind(None) != kind("reference")
+    # The opt-in decode-size MoE path builds other layer steps: its limit is part of the key.
+    monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", "64")
+    assert kind(None)[:2] == (cfg, ("pallas, decode <= 64 tokens", "reference"))

@@ -2,8 +2,9 @@
 
 CPU: the plan against numpy; the layer's real Mosaic GPU kernels in GPU interpret mode on small
 shapes (E=6, D=F=128): a single token, ragged sizes with padding tokens, empty experts, every
-token on one expert, no valid token, experts stacked over layers; the dispatch by size. GPU
-(marker `gpu`): the model shapes at decode sizes, against the reference and the grouped layer.
+token on one expert, no valid token, experts stacked over layers (called directly: the path is
+opt-in); the dispatch by size under LP_JAX_MOE_DECODE_MAX_TOKENS (off when unset). GPU (marker
+`gpu`): the model shapes at decode sizes, against the reference and the grouped layer.
 """
 
 import functools
@@ -20,7 +21,7 @@ from pallas_kernels.moe import moe_experts_pallas
 from pallas_kernels.moe_decode import decode_plan, moe_experts_decode, token_rows
 from pallas_kernels.moe_reference import moe_experts_reference, random_experts
 from pallas_kernels.moe_tuning import MoETileConfig, decode_config
-from tests.test_moe_kernels import f32, rel_err, routing
+from tests.test_moe_kernels import f32, model_case, rel_err, routing
 
 
 def tiles(T_pad, wgs=1):
@@ -110,49 +111,59 @@ def test_decode_config_fits_shared_memory():
                 c.validate(D if nw == 2 else F, F if nw == 2 else D)
 
 
-def test_dispatch_picks_the_path_by_size(monkeypatch):
-    monkeypatch.delenv("LP_JAX_MOE_DECODE_MAX_TOKENS", raising=False)
-    assert dispatch.moe_path(64, 128, 128, "pallas") == "decode"
-    assert dispatch.moe_path(65, 128, 128, "pallas") == "grouped"
-    assert dispatch.moe_path(1, 128, 128, "reference") == "reference"
-    assert dispatch.moe_path(8, 128, 128, "pallas", decode_max_tokens=0) == "grouped"
+def test_dispatch_is_grouped_unless_the_decode_path_is_turned_on(monkeypatch):
+    """Unset (the default until the H200 run) or 0: the grouped layer at every size, key "pallas";
+    N in [1, 64]: the decode layer up to N tokens, N in the executables' key; else a ValueError."""
     kw = dict(D=128, F=128, H=4, N=2, A=64, Z=16, dtype=jnp.float32, backend="pallas")
-    assert dispatch.serving_backends(**kw)[0] == "pallas"
-    monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", "0")  # the grouped layer only: another key
-    assert dispatch.moe_path(1, 128, 128, "pallas") == "grouped"
-    assert dispatch.serving_backends(**kw)[0] == "pallas, decode <= 0 tokens"
-    monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", "65")
-    with pytest.raises(ValueError, match="LP_JAX_MOE_DECODE_MAX_TOKENS"):
-        dispatch.moe_path(1, 128, 128, "pallas")
+    for env in (None, "0"):
+        if env is None:
+            monkeypatch.delenv("LP_JAX_MOE_DECODE_MAX_TOKENS", raising=False)
+        else:
+            monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", env)
+        assert [dispatch.moe_path(T, 128, 128, "pallas") for T in (1, 64)] == ["grouped", "grouped"]
+        assert dispatch.serving_backends(**kw)[0] == "pallas"
+    assert dispatch.moe_path(1, 128, 128, "reference") == "reference"
+    for limit in ("64", "8"):
+        monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", limit)
+        n = int(limit)
+        assert [dispatch.moe_path(T, 128, 128, "pallas") for T in (1, n, n + 1)] == ["decode", "decode", "grouped"]
+        assert dispatch.moe_path(1, 128, 128, "reference") == "reference"
+        assert dispatch.moe_path(1, 128, 128, "pallas", decode_max_tokens=0) == "grouped"
+        assert dispatch.serving_backends(**kw)[0] == f"pallas, decode <= {n} tokens"
+    assert dispatch.serving_backends(**{**kw, "backend": "reference"})[0] == "reference"
+    for bad in ("65", "-1", "eight", " 8"):
+        monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", bad)
+        with pytest.raises(ValueError, match=r"LP_JAX_MOE_DECODE_MAX_TOKENS must be an integer in \[0, 64\]"):
+            dispatch.moe_path(1, 128, 128, "pallas")
 
 
 def test_dispatch_runs_the_path_it_picks(monkeypatch):
-    """moe_experts calls the decode layer up to the limit, the grouped layer above (stand-ins
-    record which; the kernels themselves are tested above)."""
+    """moe_experts calls the decode layer up to the limit, the grouped layer above and by default
+    (stand-ins record which; the kernels themselves are tested above)."""
     from pallas_kernels import moe, moe_decode
-    monkeypatch.delenv("LP_JAX_MOE_DECODE_MAX_TOKENS", raising=False)
     called = []
     for module, name in ((moe_decode, "moe_experts_decode"), (moe, "moe_experts_pallas")):
         monkeypatch.setattr(module, name, lambda x, *a, _n=name, **kw: called.append(_n) or x)
     ex = random_experts(jax.random.key(0), 6, 128, 128, False)
-    for T, limit in ((64, None), (65, None), (3, 0), (3, 2), (2, 2)):
+
+    def run(T, limit=None):
         x = jnp.ones((T, 128), jnp.bfloat16)
         dispatch.moe_experts(x, jnp.ones((T, 2)), jnp.zeros((T, 2), jnp.int32), ex, backend="pallas",
                              decode_max_tokens=limit)
-    assert called == ["moe_experts_decode", "moe_experts_pallas", "moe_experts_pallas",
-                      "moe_experts_pallas", "moe_experts_decode"]
+        return called.pop()
+
+    monkeypatch.delenv("LP_JAX_MOE_DECODE_MAX_TOKENS", raising=False)
+    assert [run(1), run(64), run(2, 2), run(3, 2)] == ["moe_experts_pallas", "moe_experts_pallas",
+                                                       "moe_experts_decode", "moe_experts_pallas"]
+    monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", "64")
+    assert [run(64), run(65), run(3, 0)] == ["moe_experts_decode", "moe_experts_pallas", "moe_experts_pallas"]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("model", ["qwen3", "gpt_oss"])
 @pytest.mark.parametrize("T", [1, 8, 33, 64])
 def test_decode_layer_gpu(model, T):
-    E, K, D, F, act, bias = ((128, 8, 2048, 768, "swiglu", False) if model == "qwen3"
-                             else (32, 4, 2880, 2880, "clamped_swiglu", True))
-    k1, k2, k3 = jax.random.split(jax.random.key(T), 3)
-    ex = random_experts(k1, E, D, F, bias)
-    x = jax.random.normal(k2, (T, D), jnp.bfloat16)
-    w, ids = routing(k3, T, K, E, "uniform")
+    act, ex, x, w, ids = model_case(model, T)
     valid_T = jnp.arange(T) < max(1, T - 3)
     out = jax.jit(lambda *a: moe_experts_decode(*a, activation=act, valid_T=valid_T))(x, w, ids, ex)
     ref = jax.jit(lambda *a: moe_experts_reference(*a, activation=act, valid_T=valid_T))(f32(x), w, ids, f32(ex))

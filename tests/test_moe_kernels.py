@@ -54,6 +54,16 @@ def f32(tree):
     return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
 
 
+def model_case(model: str, T: int):
+    """(activation, experts, x [T, D] bf16, weights [T, K], ids [T, K]) at a model's MoE shapes
+    (Qwen3-30B-A3B or GPT-OSS-20B) with uniform random routing, for the GPU tests."""
+    E, K, D, F, act, bias = ((128, 8, 2048, 768, "swiglu", False) if model == "qwen3"
+                             else (32, 4, 2880, 2880, "clamped_swiglu", True))
+    k1, k2, k3 = jax.random.split(jax.random.key(T), 3)
+    x = jax.random.normal(k2, (T, D), jnp.bfloat16)
+    return (act, random_experts(k1, E, D, F, bias), x, *routing(k3, T, K, E, "uniform"))
+
+
 def test_plan_tiles_layout():
     E, bm = 5, 8
     expert_A = jnp.array([3, 0, 3, 5, 0, 3, 3, 3, 3, 3, 3, 3, 2], jnp.int32)  # 5 = dropped
@@ -179,12 +189,7 @@ def test_default_config_orientation():
 @pytest.mark.parametrize("model", ["qwen3", "gpt_oss"])
 @pytest.mark.parametrize("T", [1, 64, 2048])
 def test_moe_layer_gpu(model, T):
-    E, K, D, F, act, bias = ((128, 8, 2048, 768, "swiglu", False) if model == "qwen3"
-                             else (32, 4, 2880, 2880, "clamped_swiglu", True))
-    k1, k2, k3 = jax.random.split(jax.random.key(T), 3)
-    ex = random_experts(k1, E, D, F, bias)
-    x = jax.random.normal(k2, (T, D), jnp.bfloat16)
-    w, ids = routing(k3, T, K, E, "uniform")
+    act, ex, x, w, ids = model_case(model, T)
     out = jax.jit(lambda *a: moe_experts_pallas(*a, activation=act))(x, w, ids, ex)
     ref = jax.jit(lambda *a: moe_experts_reference(*a, activation=act))(f32(x), w, ids, f32(ex))
     assert rel_err(out, ref) <= 1e-2
