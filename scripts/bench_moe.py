@@ -1,11 +1,12 @@
 """Benchmark the MoE expert layer: ours (Pallas Mosaic GPU) against its peers, on one GPU.
 
-Ours is the layer the engine runs (`dispatch.moe_experts` on the kernels: the decode-size layer
-up to LP_JAX_MOE_DECODE_MAX_TOKENS tokens, the grouped layer above). Peers, each the same layer
+Ours is the layer the engine runs by default: the grouped layer (`moe.py`) at every size. Our
+decode-size layer (`moe_decode.py`) is opt-in until measured on the H200: with
+LP_JAX_MOE_DECODE_MAX_TOKENS=N set (1-64), it is measured beside ours in its own column
+(`pallas_decode`, "-" above N tokens; its time / ours and / the floor); unset, the table says it
+was not measured. It is ours too, so never the best peer. Peers, each the same layer
 (given routing -> sort -> gate/up -> activation -> down -> weighted combine), all in this one
 process, each with its own best configuration:
-  pallas_grouped     our grouped layer (moe.py) where ours takes the decode path (the path it
-                     replaces there; "-" above)
   vllm_fused_moe     vLLM's Triton fused_moe_kernel (from .peers/, `fetch_peers.py`) with our torch
                      routing-align step and a Triton activation (`vllm_moe.py`); vLLM's tuned
                      config file for the shape and device where it ships one, else the fastest of
@@ -54,9 +55,9 @@ from kernel_timing import jax_time_ms, torch_time_ms
 from lp_jax.bench.ceilings import ratio_text
 from pallas_kernels import moe_tuning
 from pallas_kernels.activations import apply_activation
-from pallas_kernels.dispatch import moe_experts, moe_path
+from pallas_kernels.dispatch import moe_decode_max_tokens, moe_experts, moe_path
 from pallas_kernels.moe import moe_experts_pallas
-from pallas_kernels.moe_decode import token_rows
+from pallas_kernels.moe_decode import moe_experts_decode, token_rows
 from pallas_kernels.moe_reference import moe_experts_reference, random_experts
 
 MODELS = {
@@ -227,16 +228,17 @@ def vllm_layer_for(T, K, E, F, layer_of, sets, reps, device_name, log):
     return best[2], best[1], "our sweep of 4 (vLLM ships no tuned file for this shape and device)"
 
 
-def bench_model(name, tokens, ceil, peers, reps, log, save):
-    """Rows of one model at each token count; save(rows) after each, so a cut-off run keeps them."""
+def bench_model(name, tokens, ceil, peers, reps, log, save, decode_limit=0):
+    """Rows of one model at each token count; save(rows) after each, so a cut-off run keeps them.
+    decode_limit: our decode-size layer is measured beside ours at up to this many tokens."""
     E, K, D, F, act, bias = MODELS[name]
     ex = random_experts(jax.random.key(7), E, D, F, bias)
     wgu = jnp.concatenate([ex["w_gate"], ex["w_up"]], axis=-1)  # peers: one [E, D, 2F] product
     bgu = jnp.concatenate([ex["b_gate"], ex["b_up"]], axis=-1) if bias else None
     bd = ex.get("b_down")
     expert_bytes = 3 * D * F * 2 + ((2 * F + D) * 2 if bias else 0)
-    ours = jax.jit(functools.partial(moe_experts, activation=act, backend="pallas"))
-    grouped = jax.jit(functools.partial(moe_experts_pallas, activation=act))
+    ours = jax.jit(functools.partial(moe_experts_pallas, activation=act))
+    decode = jax.jit(functools.partial(moe_experts_decode, activation=act))
     ref = jax.jit(functools.partial(moe_experts_reference, activation=act))
     torch_w, layout = None, None
     broken = {}  # peer -> why its set-up failed (each of its rows says so)
@@ -280,12 +282,10 @@ def bench_model(name, tokens, ceil, peers, reps, log, save):
                    datasheet_matmul_flops=ceil.get("datasheet_matmul_flops"),
                    torch_B_layout=layout)
         tiles = moe_tuning.choose(E, D, F, A, row["device"])
-        path = moe_path(T, D, F, "pallas")
-        config = (moe_tuning.decode_config(E, D, F, A, token_rows(T), row["device"]) if path == "decode"
-                  else tiles.config)
-        row.update(ours_path=path, ours_config=str(config), tiles=tiles.describe()
-                   + (" (decode path: that entry's block sizes, block_m = the token tile)" if path == "decode" else ""))
-        log(f"  {name} T={T}: path {path}, tiles: {row['tiles']}")
+        row.update(ours_config=str(tiles.config), tiles=tiles.describe())
+        log(f"  {name} T={T}: tiles: {tiles.describe()}")
+        if T <= decode_limit:  # that entry's block sizes, block_m = the token tile
+            row["pallas_decode_config"] = str(moe_tuning.decode_config(E, D, F, A, token_rows(T), row["device"]))
         # Reference on the first (up to) 256 tokens: a token's output depends only on its own
         # routing, and lax.ragged_dot's lowering needs [rows, E * D] memory.
         n_chk = min(T, 256)
@@ -307,8 +307,8 @@ def bench_model(name, tokens, ceil, peers, reps, log, save):
                 f"rel.err vs f32 reference={row.get(label + '_err')} ({time.time() - t0:.1f}s)")
 
         measure("ours", ours, [args(s) for s in sets], check=lambda: ours(*args(sets[0])))
-        if "pallas_grouped" in peers and path == "decode":
-            measure("pallas_grouped", grouped, [args(s) for s in sets], check=lambda: grouped(*args(sets[0])))
+        if T <= decode_limit:
+            measure("pallas_decode", decode, [args(s) for s in sets], check=lambda: decode(*args(sets[0])))
         for p, why in broken.items():
             row[f"{p}_ms"], row[f"{p}_error"] = None, why
         live = [p for p in peers if p not in broken]
@@ -352,26 +352,30 @@ def bench_model(name, tokens, ceil, peers, reps, log, save):
 
 
 def finish_row(row, peers):
-    """Our rates, ratio to the floor, speedup over each peer, and the best (fastest) peer."""
+    """Our rates, ratio to the floor, speedup over each peer and over our decode path (where
+    measured), and the best (fastest) peer."""
     o = row.get("ours_ms")
+    if row.get("pallas_decode_ms"):
+        row["pallas_decode_over_floor"] = row["pallas_decode_ms"] / row["floor_ms"]
     timed = {p: row[f"{p}_ms"] for p in peers if row.get(f"{p}_ms")}
-    external = {p: t for p, t in timed.items() if p != "pallas_grouped"}  # the best peer is not ours
-    if external:
-        best = min(external, key=external.get)
+    if timed:
+        best = min(timed, key=timed.get)
         row.update(best_peer=best, best_peer_ms=timed[best])
     if not o:
         return
     row["ours_tflops"] = row["flops"] / (o / 1e3) / 1e12
     row["ours_GBps"] = row["expert_bytes"] / (o / 1e3) / 1e9
     row["ours_over_floor"] = o / row["floor_ms"]
-    for p, t in timed.items():
-        row[f"speedup_vs_{p}"] = t / o
-    if external:
+    for p, t in [*timed.items(), ("pallas_decode", row.get("pallas_decode_ms"))]:
+        if t:
+            row[f"speedup_vs_{p}"] = t / o
+    if timed:
         row["speedup_vs_best_peer"] = row["best_peer_ms"] / o
 
 
 def breakdown(name, T, log):
-    """Per-kernel GPU time (CUPTI) of one call of our layer, for the notes' profile."""
+    """Per-kernel GPU time (CUPTI) of one call of the layer the engine runs (the grouped layer;
+    the decode-size one up to N tokens with LP_JAX_MOE_DECODE_MAX_TOKENS=N), for the notes' profile."""
     from jax.experimental.mosaic.gpu import profiler
     E, K, D, F, act, bias = MODELS[name]
     ex = random_experts(jax.random.key(7), E, D, F, bias)
@@ -379,15 +383,14 @@ def breakdown(name, T, log):
     fn = jax.jit(functools.partial(moe_experts, activation=act, backend="pallas"))
     jax.block_until_ready(fn(x, w, ids, ex))
     _, kernels = profiler.measure(fn, aggregate=False)(x, w, ids, ex)
-    log(f"breakdown {name} T={T}: total {sum(t for _, t in kernels):.4f} ms")
+    log(f"breakdown {name} T={T} ({moe_path(T, D, F, 'pallas')} path): total {sum(t for _, t in kernels):.4f} ms")
     for k, t in kernels:
         log(f"    {t:9.4f} ms  {k[:110]}")
     return kernels
 
 
-PEERS = ("vllm_fused_moe", "torch_grouped_mm", "pallas_grouped", "ragged_dot_mgpu", "lax_ragged_dot")
-PEER_NAMES = {"pallas_grouped": "our grouped layer",
-              "vllm_fused_moe": "vLLM fused_moe (Triton)", "torch_grouped_mm": "torch._grouped_mm (CUDA graph)",
+PEERS = ("vllm_fused_moe", "torch_grouped_mm", "ragged_dot_mgpu", "lax_ragged_dot")
+PEER_NAMES = {"vllm_fused_moe": "vLLM fused_moe (Triton)", "torch_grouped_mm": "torch._grouped_mm (CUDA graph)",
               "ragged_dot_mgpu": "ragged_dot_mgpu", "lax_ragged_dot": "lax.ragged_dot"}
 
 
@@ -400,30 +403,46 @@ def ceilings_line(ceil) -> str:
             f"{ratio_text(ceil, 'matmul_flops')}).")
 
 
-def markdown(rows, ceil, device, peers=PEERS):
+def decode_path_line(decode_limit: int) -> str:
+    """What a table says about our opt-in decode-size layer: measured up to which size, or not."""
+    if decode_limit:
+        return (f"Our decode path (`moe_decode.py`, opt-in: LP_JAX_MOE_DECODE_MAX_TOKENS={decode_limit}): measured "
+                f"beside ours up to {decode_limit} tokens ('-' above); x = its time / ours (<1: the decode path "
+                "is faster), /floor = its time / the floor. The engine runs it only with that variable set.")
+    return ("Our decode path (`moe_decode.py`, opt-in): not measured in this run (LP_JAX_MOE_DECODE_MAX_TOKENS "
+            "unset or 0, as the engine runs by default); set it to N in [1, 64] to measure it beside ours up to "
+            "N tokens.")
+
+
+def markdown(rows, ceil, device, peers=PEERS, decode_limit=0):
     def f(v, nd=3):
         return "-" if v is None else f"{v:.{nd}f}"
 
+    decode_head, decode_rule = ("our decode path ms (x, /floor) | ", " ---: |") if decode_limit else ("", "")
     lines = [f"# MoE layer, {device}, {rows[0]['date'] if rows else ''}", "",
              ceilings_line(ceil) + " Times: ms per layer call, device-synchronised, median. "
+             "Ours: the grouped layer (`moe.py`), what the engine runs by default. "
              "x = that peer's time / ours (>1: ours faster). GB/s = active-expert weight bytes / our time. "
              "Peers run in the same process on the same inputs; each row's JSON has its configuration "
              "and relative error against the float32 reference.", "",
+             decode_path_line(decode_limit), "",
              f"Our tiles: {moe_tuning.TABLE.describe_device(device)} (per row: the JSON's `tiles`).", "",
-             "| model | tokens | ours path | ours ms | TFLOP/s | GB/s (experts) | floor ms (kind) | ours/floor | best peer (x) | "
-             + " | ".join(f"{PEER_NAMES[p]} ms (x)" for p in peers) + " |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |" + " ---: |" * len(peers)]
+             "| model | tokens | ours ms | TFLOP/s | GB/s (experts) | floor ms (kind) | ours/floor | "
+             + decode_head + "best peer (x) | " + " | ".join(f"{PEER_NAMES[p]} ms (x)" for p in peers) + " |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + decode_rule + " --- |" + " ---: |" * len(peers)]
     for r in rows:
-        def peer(p):
+        def peer(p, extra=""):
             t = r.get(f"{p}_ms")
             s = r.get(f"speedup_vs_{p}")
-            return ("null" if f"{p}_error" in r else "-") if t is None else f"{t:.3f} ({f(s, 2)}x)"
+            return ("null" if f"{p}_error" in r else "-") if t is None else f"{t:.3f} ({f(s, 2)}x{extra})"
         best = (f"{PEER_NAMES[r['best_peer']]} ({f(r.get('speedup_vs_best_peer'), 2)}x)"
                 if r.get("best_peer") else "-")
+        decode = (peer("pallas_decode", f", {f(r.get('pallas_decode_over_floor'), 2)}") + " | "
+                  if decode_limit else "")
         lines.append(
-            f"| {r['model']} | {r['tokens']} | {r.get('ours_path', 'grouped')} | {f(r.get('ours_ms'))} | {f(r.get('ours_tflops'), 0)} "
+            f"| {r['model']} | {r['tokens']} | {f(r.get('ours_ms'))} | {f(r.get('ours_tflops'), 0)} "
             f"| {f(r.get('ours_GBps'), 0)} | {f(r['floor_ms'])} ({r['floor_kind']}) "
-            f"| {f(r.get('ours_over_floor'), 2)} | {best} | " + " | ".join(peer(p) for p in peers) + " |")
+            f"| {f(r.get('ours_over_floor'), 2)} | {decode}{best} | " + " | ".join(peer(p) for p in peers) + " |")
     lines.append("")
     lines.append("null = the peer failed (the JSON says why). tokamax: not installed on the GPU machine, "
                  "not measured.")
@@ -463,10 +482,14 @@ def parse_args(argv=None):
     ap.add_argument("--breakdown", action="store_true",
                     help="only print the per-kernel time of our layer for --models x --tokens")
     ap.add_argument("--once", action="store_true",
-                    help="only run our layer twice per --models x --tokens (a target for ncu)")
+                    help="only run the layer the engine runs (as --breakdown) twice per --models x --tokens (a target for ncu)")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error(f"--reps must be >= 1, got {args.reps}")
+    try:
+        args.decode_limit = moe_decode_max_tokens()
+    except ValueError as e:
+        ap.error(str(e))
     return args
 
 
@@ -509,8 +532,8 @@ def main(argv=None):
         with open(os.path.join(args.out_dir, f"moe_{slug}.json"), "w") as fh:
             json.dump(rows + model_rows, fh, indent=1)
     for name in args.models:
-        rows += bench_model(name, args.tokens, ceil, args.peers, args.reps, log, save)
-    md = markdown(rows, ceil, device, args.peers)
+        rows += bench_model(name, args.tokens, ceil, args.peers, args.reps, log, save, args.decode_limit)
+    md = markdown(rows, ceil, device, args.peers, args.decode_limit)
     with open(os.path.join(args.out_dir, f"moe_{slug}.md"), "w") as fh:
         fh.write(md)
     print(md)

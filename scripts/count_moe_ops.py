@@ -72,7 +72,7 @@ def markdown(rows) -> str:
     lines = ["# XLA operations per MoE layer call (compiled HLO on the CPU, kernels as stand-ins)", "",
              "Operations of the ENTRY computation (each a kernel launch on a GPU), the two Pallas "
              "kernels counted as 2 custom-calls. grouped = moe.py (tile-padded rows), decode = "
-             "moe_decode.py (served up to 64 tokens). CPU fusion: an estimate of the GPU's count.", "",
+             "moe_decode.py (opt-in, up to 64 tokens). CPU fusion: an estimate of the GPU's count.", "",
              "| model | tokens | grouped ops | decode ops | grouped by opcode | decode by opcode |",
              "| --- | ---: | ---: | ---: | --- | --- |"]
     by = {(r["model"], r["tokens"], r["path"]): r for r in rows}

@@ -143,18 +143,20 @@ def fake_ceilings(tmp_path):
 
 
 def test_bench_moe_dry_run(tmp_path, monkeypatch):
-    """bench_moe end to end on the CPU: a tiny model, ours = the reference (no Mosaic GPU here), every
-    peer asked for; the GPU-only peers must come back as null with their error, not stop the run."""
+    """bench_moe end to end on the CPU: a tiny model, ours and our decode path = the reference (no
+    Mosaic GPU here), every peer asked for; the GPU-only peers must come back as null with their
+    error, not stop the run. The decode path (opt-in, LP_JAX_MOE_DECODE_MAX_TOKENS=2) is its own
+    column up to 2 tokens, never the best peer; unset, the table says it was not measured."""
     bench_moe = load_script("bench_moe")
     from pallas_kernels.moe_reference import moe_experts_reference
     monkeypatch.setattr(bench_moe, "MODELS", {"qwen3_30b_a3b": (4, 2, 128, 128, "swiglu", False)})
     monkeypatch.setattr(bench_moe, "NSETS", 2)
     monkeypatch.setattr(bench_moe, "moe_experts_pallas", moe_experts_reference)
-    monkeypatch.setattr(bench_moe, "moe_experts", lambda *a, backend, **kw: moe_experts_reference(*a, **kw))
+    monkeypatch.setattr(bench_moe, "moe_experts_decode", moe_experts_reference)
+    monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", "2")
     out = tmp_path / "out"
     assert bench_moe.main(["--tokens", "1,3", "--reps", "1", "--ceilings", fake_ceilings(tmp_path),
-                           "--peers", "vllm_fused_moe,torch_grouped_mm,pallas_grouped,lax_ragged_dot",
-                           "--out-dir", str(out)]) == 0
+                           "--peers", "vllm_fused_moe,torch_grouped_mm,lax_ragged_dot", "--out-dir", str(out)]) == 0
     device = jax.devices()[0].device_kind
     rows = json.loads((out / f"moe_{bench_moe.device_slug(device)}.json").read_text())
     assert [r["tokens"] for r in rows] == [1, 3]
@@ -163,11 +165,22 @@ def test_bench_moe_dry_run(tmp_path, monkeypatch):
         assert r["tiles"].startswith("default_config")  # the CPU has no tuned table
         assert r["vllm_fused_moe_ms"] is None and r["vllm_fused_moe_error"]
         assert r["torch_grouped_mm_ms"] is None and r["torch_grouped_mm_error"]
-        assert r["ours_path"] == "decode" and r["pallas_grouped_ms"] > 0  # the path it replaces, beside it
         assert r["lax_ragged_dot_ms"] > 0 and r["best_peer"] == "lax_ragged_dot"  # never our own
         assert r["speedup_vs_best_peer"] == pytest.approx(r["lax_ragged_dot_ms"] / r["ours_ms"])
+    one, three = rows
+    assert one["pallas_decode_ms"] > 0 and one["pallas_decode_err"] < 1e-2 and "pallas_decode_config" in one
+    assert one["speedup_vs_pallas_decode"] == pytest.approx(one["pallas_decode_ms"] / one["ours_ms"])
+    assert one["pallas_decode_over_floor"] == pytest.approx(one["pallas_decode_ms"] / one["floor_ms"])
+    assert "pallas_decode_ms" not in three  # above the limit: not measured
     md = (out / f"moe_{bench_moe.device_slug(device)}.md").read_text()
     assert "vLLM fused_moe (Triton) ms (x)" in md and "83% of the datasheet's 4.8 TB/s" in md
+    assert "our decode path ms (x, /floor)" in md and "LP_JAX_MOE_DECODE_MAX_TOKENS=2" in md
+    ceil = json.loads(open(fake_ceilings(tmp_path)).read())
+    off = bench_moe.markdown(rows, ceil, device, ["lax_ragged_dot"])
+    assert "our decode path ms" not in off and "not measured in this run" in off
+    monkeypatch.setenv("LP_JAX_MOE_DECODE_MAX_TOKENS", "65")
+    with pytest.raises(SystemExit):
+        bench_moe.parse_args([])
 
 
 def test_bench_attention_dry_run(tmp_path, monkeypatch):
