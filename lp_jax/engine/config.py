@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from lp_jax.model.config import ModelConfig, ceil_div
 from lp_jax.model.routing import UNIFORM, get_profile
+from lp_jax.parallel.layout import check_parallel
 
 SCHEDULES = ("prefill_first", "chunked", "layered")
 GROUP_RULES = ("linear", "pow2")
@@ -62,6 +63,10 @@ class EngineConfig:
         drawn per request, layer and position while the router's logits still weight them.
     compiler_options: XLA options the step functions are compiled with, as (name, value) pairs
         (e.g. (("xla_gpu_enable_dynamic_slice_fusion", True),)); part of the executables' key.
+    tp / ep: tensor parallelism (attention heads, KV pools and each expert's hidden dim split over
+        tp devices) and expert parallelism (experts spread over ep devices); tp x ep must equal
+        the devices JAX sees, over all processes (see lp_jax.parallel), and divide the model's
+        heads, KV heads, expert hidden size and experts.
     """
 
     schedule: str = "layered"
@@ -82,6 +87,8 @@ class EngineConfig:
     routing: str = UNIFORM
     kv_memory_fraction: float = 0.9
     compiler_options: tuple[tuple[str, bool | int | float | str], ...] = ()
+    tp: int = 1
+    ep: int = 1
 
     def __new__(cls, *args, **kwargs):
         # A removed option is refused by name, with what replaced it, rather than with the
@@ -105,6 +112,8 @@ class EngineConfig:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), low, why + " or None")
         _check_int("seed", self.seed, 0)
+        for name in ("tp", "ep"):
+            _check_int(name, getattr(self, name), 1, " (devices)")
         if self.dtype is not None and _dtype_name(self.dtype) not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)} or None (bfloat16 "
                              "on a GPU, float32 elsewhere)")
@@ -138,7 +147,8 @@ class EngineConfig:
     def check_model(self, model: ModelConfig) -> None:
         """ValueError for options this model cannot take: num_groups above its layer count (a
         group holds at least one layer), max_model_len beyond its position embeddings, a calibrated
-        routing profile on a dense model (it has no experts to choose)."""
+        routing profile on a dense model (it has no experts to choose), a tp x ep
+        that does not divide its heads or experts or does not match the devices."""
         if not model.is_moe and not get_profile(self.routing).uses_router:
             raise ValueError(f"routing={self.routing!r} chooses experts, but {model.name} is a dense model "
                              f"(no experts); use routing={UNIFORM!r}")
@@ -148,6 +158,7 @@ class EngineConfig:
         if self.max_model_len is not None and self.max_model_len > model.max_position_embeddings:
             raise ValueError(f"max_model_len must be in [1, {model.max_position_embeddings}] ({model.name}'s "
                              f"position embeddings), got {self.max_model_len}")
+        check_parallel(model, self.tp, self.ep)
 
     def for_model(self, model: ModelConfig) -> "EngineConfig":
         """These options with the model's defaults resolved (max_lone_prompt_tokens)."""

@@ -48,8 +48,10 @@ from lp_jax.model.config import ModelConfig
 from lp_jax.model.forward import decoder_layer, unembed
 from lp_jax.model.layers import EXPERT_WEIGHTS, expert_traffic
 from lp_jax.model.routing import RoutingProfile, RowRouting, get_profile, log_popularity
+from lp_jax.parallel.kernels import sharded_moe_experts, sharded_write_and_attend
+from lp_jax.parallel.layout import POOL_AXES, Layout, head_axes, make_layout, place, stacked_layer_axes
 from pallas_kernels.attention_reference import FULL_WINDOW
-from pallas_kernels.dispatch import attention_plan, moe_block_m, paged_attention, serving_backends
+from pallas_kernels.dispatch import attention_plan, moe_block_m, serving_backends
 
 
 def stack_layers(layers: list[dict] | dict) -> dict:
@@ -79,12 +81,13 @@ def range_lengths(num_layers: int) -> list[int]:
     return [1 << i for i in range((num_layers - 1).bit_length())]
 
 
-def run_layers(model: ModelConfig, backend, routing: RoutingProfile, num_run: int, stacked, embed_VD, sampled_S,
-               hidden_RD, k_pool, v_pool, batch: RowBatch, layer_lo=0):
+def run_layers(model: ModelConfig, backend, routing: RoutingProfile, layout: Layout, num_run: int, stacked, embed_VD,
+               sampled_S, hidden_RD, k_pool, v_pool, batch: RowBatch, layer_lo=0):
     """Run the batch's rows through layers [layer_lo, layer_lo + num_run): num_run is static (the
     loop's trip count), layer_lo an int or a traced int32. sampled_S [max_num_seqs] int32: the
     previous iteration's sampled tokens (rows with prev_T >= 0 read theirs there). routing: the
     routing profile (a calibrated one draws each row's experts from its routing seed and position).
+    layout: the tensor / expert split (attention and experts run per shard; one device: as they are).
 
     Returns (hidden buffer with the rows' outputs written, K pool, V pool, expert traffic [2, L]
     int32: per layer the distinct experts that received a row and the row tiles the grouped
@@ -106,9 +109,12 @@ def run_layers(model: ModelConfig, backend, routing: RoutingProfile, num_run: in
     windows_L = jnp.asarray(layer_windows, jnp.int32)
     windows = sorted(set(layer_windows))
     window_index_L = jnp.asarray([windows.index(w) for w in layer_windows], jnp.int32)
-    plan = attention_plan(batch.seq_T, batch.pos_T, H=model.num_heads, N=model.num_kv_heads, A=model.head_dim,
+    # Planned for one shard's heads (the kernel runs per shard; the plan is the same on each).
+    plan = attention_plan(batch.seq_T, batch.pos_T, H=model.num_heads // layout.tp, N=model.num_kv_heads // layout.tp,
+                          A=model.head_dim,
                           Z=k_pool.shape[2], num_seqs=batch.block_tables_BM.shape[0], dtype=k_pool.dtype,
                           windows=windows, backend=backend)
+    experts_fn = functools.partial(sharded_moe_experts, layout, model)
 
     def body(i, carry):
         x, k_pool, v_pool, counts = carry
@@ -120,20 +126,19 @@ def run_layers(model: ModelConfig, backend, routing: RoutingProfile, num_run: in
         pools = {}
 
         def attend(q, k, v):
-            # Write this call's K/V first; attention then reads only pages.
-            kp = k_pool.at[layer, batch.page_T, batch.offset_T].set(k.astype(k_pool.dtype))
-            vp = v_pool.at[layer, batch.page_T, batch.offset_T].set(v.astype(v_pool.dtype))
-            pools.update(k=kp, v=vp)
-            # The stacked sinks and every layer's window index go whole: the kernel reads them at
-            # `layer`, so no per-layer slice runs in XLA (the reference slices them itself).
-            return paged_attention(q, kp, vp, layer, batch.block_tables_BM, batch.seq_T, batch.pos_T,
-                                   window=windows_L[layer], sinks_H=stacked.get("sinks"), backend=backend, plan=plan,
-                                   window_index=window_index_L if len(windows) > 1 else 0)
+            # Write this call's K/V first; attention then reads only pages. The stacked sinks and
+            # every layer's window index go whole: the kernel reads them at `layer`, so no
+            # per-layer slice runs in XLA (the reference slices them itself).
+            o, pools["k"], pools["v"] = sharded_write_and_attend(
+                layout, q, k, v, k_pool, v_pool, layer, batch.page_T, batch.offset_T, batch.block_tables_BM,
+                batch.seq_T, batch.pos_T, window=windows_L[layer], sinks_H=stacked.get("sinks"), backend=backend,
+                plan=plan, window_index=window_index_L if len(windows) > 1 else 0)
+            return o
 
         rows = (RowRouting(routing, log_pop_LE[layer], batch.routing_seed_T, batch.pos_T, layer)
                 if calibrated else None)
         x, ids = decoder_layer(model, lp, x, batch.pos_T, attend, batch.valid_T, backend,
-                               layer if model.is_moe else None, rows)
+                               layer if model.is_moe else None, rows, experts_fn)
         if ids is not None:
             counts = counts.at[:, layer].set(expert_traffic(ids, model.num_experts, block_m, batch.valid_T))
         return x, pools["k"], pools["v"], counts
@@ -203,15 +208,18 @@ class ModelExecutor:
         self.model, self.config, self.blocks = model, config, blocks
         self.dtype = jnp.dtype(dtype)
         self.record_rows = record_rows
-        cast = functools.partial(jax.tree.map, lambda w: jnp.asarray(w, self.dtype))
-        self.stacked = cast(stack_layers(params["layers"]))
-        self.head = cast({k: params[k] for k in ("embed", "final_norm", "lm_head") if k in params})
-        self.k_pool, self.v_pool = allocate_pools(model, blocks.num_pages, blocks.page_size, self.dtype)
+        self.layout = layout = make_layout(model, config.tp, config.ep)
+        stacked = stack_layers(params["layers"])
+        self.stacked = self._place(stacked, stacked_layer_axes(model))
+        self.head = self._place({k: params[k] for k in ("embed", "final_norm", "lm_head") if k in params},
+                                head_axes(model))
+        pools = layout.sharding(POOL_AXES) if layout.sharded else None
+        self.k_pool, self.v_pool = allocate_pools(model, blocks.num_pages, blocks.page_size, self.dtype, pools)
         self.prefill_base = config.max_num_seqs
         num_rows = config.hidden_rows()
         self.trash_row = num_rows - 1
-        self.hidden_RD = jnp.zeros((num_rows, model.hidden_size), self.dtype)
-        self.sampled_S = jnp.zeros((config.max_num_seqs,), jnp.int32)
+        self.hidden_RD = self._replicate(jnp.zeros((num_rows, model.hidden_size), self.dtype))
+        self.sampled_S = self._replicate(jnp.zeros((config.max_num_seqs,), jnp.int32))
         self.slot_of: dict[int, int] = {}  # request id -> slot of its token in sampled_S (last sampling call)
         self.pages_per_seq = config.pages_per_seq(model)
         self.buckets = config.buckets()
@@ -220,18 +228,43 @@ class ModelExecutor:
         # take a traced first layer (layered only).
         lengths = [model.num_layers] + (range_lengths(model.num_layers) if self.uses_ranges else [])
         routing = get_profile(config.routing)
-        self._step_fns = {n: jax.jit(functools.partial(run_layers, model, backend, routing, n), donate_argnums=(3, 4, 5))
+        # Under a mesh the results keep the layout the next call takes (the pools their heads' split,
+        # the rest replicated), so donation reuses the buffers.
+        step_out = (self._replicated, pools, pools, self._replicated) if layout.sharded else None
+        sample_out = (self._replicated, self._replicated) if layout.sharded else None
+        self._step_fns = {n: jax.jit(functools.partial(run_layers, model, backend, routing, layout, n),
+                                     donate_argnums=(3, 4, 5), out_shardings=step_out)
                           for n in lengths}
-        self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,), donate_argnums=(3,))
+        self._sample_fn = jax.jit(functools.partial(head_and_sample, model), static_argnums=(0,), donate_argnums=(3,),
+                                  out_shardings=sample_out)
         kernels = serving_backends(D=model.hidden_size, F=model.moe_intermediate_size if model.is_moe else None,
                                    H=model.num_heads, N=model.num_kv_heads, A=model.head_dim, Z=blocks.page_size,
                                    dtype=self.dtype, backend=backend)
         # What the executables depend on besides their argument shapes: the kernels that serve (not the
-        # raw option, see serving_backends) and the routing profile (it changes the layer steps only,
-        # but one key for both is simpler and costs no compilation).
-        self._kind = (model, kernels, routing)
+        # raw option, see serving_backends), the routing profile (it changes the layer steps only,
+        # but one key for both is simpler and costs no compilation) and the tp x ep split.
+        self._kind = (model, kernels, routing, (layout.tp, layout.ep))
         self._step_exe: dict[tuple[int, int], object] = {}  # (layer count, row bucket) -> step
         self._sample_exe: dict[tuple[int, bool], object] = {}
+
+    # --- placement --------------------------------------------------------------------------
+    @property
+    def _replicated(self):
+        return self.layout.replicated() if self.layout.sharded else None
+
+    def _place(self, weights: dict, axes: dict) -> dict:
+        """Weights cast to the engine's dtype and, under a mesh, split by their logical axes."""
+        cast = {name: jnp.asarray(w, self.dtype) for name, w in weights.items()}
+        if not self.layout.sharded:
+            return cast
+        return {name: place(w, self.layout.sharding(axes[name])) for name, w in cast.items()}
+
+    def _replicate(self, array):
+        return place(array, self.layout.replicated()) if self.layout.sharded else array
+
+    def _struct(self, shape, dtype, sharding=None) -> jax.ShapeDtypeStruct:
+        """An abstract argument; under a mesh host inputs (row batches, scalars) are replicated."""
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding or self._replicated)
 
     # --- compilation ------------------------------------------------------------------------
     @property
@@ -256,8 +289,8 @@ class ModelExecutor:
         return () if n == self.model.num_layers else (first,)
 
     def _batch_struct(self, T: int) -> RowBatch:
-        i32, b = jax.ShapeDtypeStruct((T,), jnp.int32), jax.ShapeDtypeStruct((T,), jnp.bool_)
-        tables = jax.ShapeDtypeStruct((self.config.max_num_seqs + 1, self.pages_per_seq), jnp.int32)
+        i32, b = self._struct((T,), jnp.int32), self._struct((T,), jnp.bool_)
+        tables = self._struct((self.config.max_num_seqs + 1, self.pages_per_seq), jnp.int32)
         return RowBatch(tokens_T=i32, prev_T=i32, from_embed_T=b, src_T=i32, dst_T=i32, pos_T=i32, seq_T=i32,
                         page_T=i32, offset_T=i32, valid_T=b, routing_seed_T=i32, block_tables_BM=tables)
 
@@ -269,8 +302,8 @@ class ModelExecutor:
         candidate kernels for each new matmul shape, and compiles side by side would time them
         against each other. Range steps repeat the whole step's shapes (its autotuning results
         are cached), so they compile on COMPILE_THREADS threads."""
-        shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
-        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        shape = lambda a: self._struct(a.shape, a.dtype, a.sharding if self.layout.sharded else None)  # noqa: E731
+        scalar = self._struct((), jnp.int32)
         state = jax.tree.map(shape, self.step_state())
         options, L = self.config.compiler_options, self.model.num_layers
         steps = {(n, T): CompileJob(("layers", n) + self._kind, fn,
@@ -278,7 +311,7 @@ class ModelExecutor:
                  for T in self.buckets for n, fn in self._step_fns.items()}
         heads = {}
         for B in self.seq_buckets:
-            i32, f32 = jax.ShapeDtypeStruct((B,), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.float32)
+            i32, f32 = self._struct((B,), jnp.int32), self._struct((B,), jnp.float32)
             for greedy_only in (True, False):
                 heads[B, greedy_only] = CompileJob(
                     ("sample",) + self._kind, self._sample_fn,

@@ -100,9 +100,10 @@ def kv_bytes_per_page(model: ModelConfig, page_size: int, dtype) -> int:
     return 2 * model.num_layers * page_size * model.num_kv_heads * model.head_dim * jnp.dtype(dtype).itemsize
 
 
-
-def allocate_pools(model: ModelConfig, num_pages: int, page_size: int, dtype):
-    """Zeroed K and V pools, each [L, P, Z, N, A], on the default device."""
+def allocate_pools(model: ModelConfig, num_pages: int, page_size: int, dtype, sharding=None):
+    """Zeroed K and V pools, each [L, P, Z, N, A], on the default device, or made directly in
+    `sharding`'s layout (each device allocates only its KV heads)."""
     shape = (model.num_layers, num_pages, page_size, model.num_kv_heads, model.head_dim)
-    make = jax.jit(lambda: (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)))
+    make = jax.jit(lambda: (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)),
+                   out_shardings=None if sharding is None else (sharding, sharding))
     return make()

@@ -16,6 +16,7 @@ from lp_jax.engine.config import EngineConfig
 from lp_jax.engine.kv_cache import kv_bytes_per_page
 from lp_jax.model.config import ModelConfig
 from lp_jax.model.spec import layer_spec
+from lp_jax.parallel.layout import shard_bytes
 
 GIB = 2**30
 
@@ -74,13 +75,16 @@ def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: i
     """
     config = config.for_model(model)
     available = device_memory_bytes() if available is None else available
-    w, ws = weight_bytes(model, dtype), workspace_bytes(model, config, dtype)
-    per_page = kv_bytes_per_page(model, config.page_size, dtype)
+    # Per device: its shards of the weights and of every page (the pools are split by KV heads).
+    w = shard_bytes(model, config.tp, config.ep, np.dtype(dtype).itemsize)
+    ws = workspace_bytes(model, config, dtype)
+    per_page = kv_bytes_per_page(model, config.page_size, dtype) // config.tp
     min_pages = config.pages_per_seq(model) + 1
     left = available - w - ws
+    per_device = f" per device (tp={config.tp}, ep={config.ep})" if config.tp * config.ep > 1 else ""
     if left < min_pages * per_page:
         raise ValueError(
-            f"{model.name} does not fit: weights {w / GIB:.1f} GiB + workspace {ws / GIB:.1f} GiB + one "
+            f"{model.name} does not fit: weights {w / GIB:.1f} GiB{per_device} + workspace {ws / GIB:.1f} GiB + one "
             f"{config.model_len(model)}-token sequence of KV ({min_pages * per_page / GIB:.2f} GiB) > "
             f"{available / GIB:.1f} GiB available; use a smaller dtype, max_model_len, max_prefill_tokens, "
             f"max_cohort_tokens or max_lone_prompt_tokens (now {config.lone_prompt_tokens}: a lone layered prompt's "
@@ -90,8 +94,9 @@ def plan_num_pages(model: ModelConfig, config: EngineConfig, dtype, available: i
     load = load_peak_bytes(model, dtype)
     if load > available:  # the load's transient is gone before the workspace and the pool exist
         raise ValueError(f"{model.name} does not fit while its weights are made or loaded: {load / GIB:.1f} GiB "
-                         f"(weights {w / GIB:.1f} GiB + one layer's weight in transit) > {available / GIB:.1f} GiB "
-                         "available; use a smaller dtype")
+                         f"(weights {weight_bytes(model, dtype) / GIB:.1f} GiB + one layer's weight in transit, made on "
+                         f"the first device before they are split) > {available / GIB:.1f} GiB available; use a "
+                         "smaller dtype")
     if config.num_pages is not None:
         if config.num_pages * per_page > left:
             raise ValueError(f"num_pages={config.num_pages} needs {config.num_pages * per_page / GIB:.1f} GiB of KV; "

@@ -15,16 +15,19 @@ from lp_jax.model.config import ModelConfig
 from lp_jax.model.layers import attention_out, feed_forward, qkv, rms_norm
 from lp_jax.model.routing import RoutingProfile, RowRouting, log_popularity
 from pallas_kernels.attention_reference import FULL_WINDOW, dense_attention
+from pallas_kernels.dispatch import moe_experts
 
 # attend(q [T, H, A], k [T, N, A], v [T, N, A]) -> [T, H, A]
 Attend = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def decoder_layer(config: ModelConfig, lp: dict, x_TD, positions_T, attend: Attend, valid_T=None,
-                  backend: str | None = None, expert_layer=None, routing: RowRouting | None = None):
+                  backend: str | None = None, expert_layer=None, routing: RowRouting | None = None,
+                  experts_fn=moe_experts):
     """Pre-norm attention block then pre-norm feed-forward block, both residual.
 
-    expert_layer: see `feed_forward` (expert weights passed as whole layer stacks).
+    expert_layer, experts_fn: see `feed_forward` (expert weights passed as whole layer stacks;
+    the routed experts' implementation).
     routing: see `route` (None: the router's own top-k).
     Returns (x [T, D], routing ids [T, K] or None).
     """
@@ -32,7 +35,7 @@ def decoder_layer(config: ModelConfig, lp: dict, x_TD, positions_T, attend: Atte
     q, k, v = qkv(config, lp, h, positions_T)
     x_TD = x_TD + attention_out(lp, attend(q, k, v))
     h = rms_norm(x_TD, lp["post_norm"], config.rms_norm_eps)
-    y, ids = feed_forward(config, lp, h, valid_T, backend, expert_layer, routing)
+    y, ids = feed_forward(config, lp, h, valid_T, backend, expert_layer, routing, experts_fn)
     return x_TD + y, ids
 
 

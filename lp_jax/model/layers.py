@@ -153,12 +153,14 @@ EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")
 
 
 def feed_forward(config: ModelConfig, lp: dict, h_TD, valid_T=None, backend: str | None = None,
-                 expert_layer=None, routing: RowRouting | None = None):
+                 expert_layer=None, routing: RowRouting | None = None, experts_fn=moe_experts):
     """(output [T, D], routing ids [T, K] or None for dense models).
 
     expert_layer: None, or a (traced) layer index when lp's expert weights (EXPERT_WEIGHTS of
     an MoE layer) are the whole [L, E, ...] stacks, which the kernels then index in place.
     routing: see `route` (None: the router's own top-k).
+    experts_fn: what computes the routed experts, with `moe_experts`' signature (the engine
+    passes the per-shard version under tensor / expert parallelism).
     """
     if not config.is_moe:
         gate = jnp.einsum("td,df->tf", h_TD, lp["w_gate"], preferred_element_type=jnp.float32)
@@ -168,7 +170,7 @@ def feed_forward(config: ModelConfig, lp: dict, h_TD, valid_T=None, backend: str
         return y.astype(h_TD.dtype), None
     weights, ids = route(config, lp, h_TD, routing)
     experts = {k: lp[k] for k in EXPERT_WEIGHTS if k in lp}
-    y = moe_experts(h_TD, weights, ids, experts, activation=config.activation,
-                    alpha=config.swiglu_alpha, limit=config.swiglu_limit, valid_T=valid_T,
-                    layer=expert_layer, backend=backend)
+    y = experts_fn(h_TD, weights, ids, experts, activation=config.activation,
+                   alpha=config.swiglu_alpha, limit=config.swiglu_limit, valid_T=valid_T,
+                   layer=expert_layer, backend=backend)
     return y, ids
