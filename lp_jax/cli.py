@@ -16,9 +16,14 @@ def _fmt_params(n: int) -> str:
 
 
 def cmd_info(args) -> int:
-    """Architecture, parameter counts and bytes per expert / per layer of a preset."""
+    """Architecture, parameter counts and bytes per expert / per layer of a preset (and per
+    device under --tp / --ep)."""
+    from lp_jax.parallel.layout import check_parallel, shard_bytes
+
     try:
         cfg = get_preset(args.model)
+        tp, ep = args.tp or 1, args.ep or 1
+        check_parallel(cfg, tp, ep, num_devices=tp * ep)  # the split, not this machine's devices
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -52,6 +57,10 @@ def cmd_info(args) -> int:
         lines.append(f"  bytes per expert (bf16): {cfg.expert_params() * b / 2**20:,.2f} MiB; all experts of one "
                      f"layer {cfg.num_experts * cfg.expert_params() * b / 2**20:,.1f} MiB")
     lines.append(f"  whole model (bf16): {cfg.total_params() * b / 2**30:,.1f} GiB")
+    if tp * ep > 1:
+        lines.append(f"  per device at tp={tp}, ep={ep} (bf16): {shard_bytes(cfg, tp, ep, b) / 2**30:,.2f} GiB "
+                     "(heads and expert hidden dims split over tp, experts over ep; embedding, norms, router and "
+                     "LM head on every device)")
     print("\n".join(lines))
     return 0
 
@@ -80,18 +89,30 @@ def cmd_generate(args) -> int:
                        for n in rng.integers(1, args.max_prompt + 1, args.num_prompts)]
         llm = lp_jax.LLM(args.model if os.path.isdir(args.model) else cfg, args.schedule,
                          max_model_len=max(map(len, prompts)) + args.max_tokens, seed=args.seed,
-                         max_num_seqs=max(8, len(prompts)))
+                         max_num_seqs=max(8, len(prompts)), **_parallel_options(args))
         outputs = llm.generate(prompts, max_tokens=args.max_tokens)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for i, out in enumerate(outputs):
+        if not _is_first_process():  # every process of a multi-process run computes the same tokens
+            continue
         if tokenizer is None:
             print(f"request {out.request_id}: prompt {len(out.prompt_token_ids)} tokens -> {out.token_ids}")
         else:
             print(f"--- prompt {i} ({len(out.prompt_token_ids)} tokens): {args.prompt[i]!r}\n"
                   f"{args.prompt[i]}{tokenizer.decode(out.token_ids)}")
     return 0
+
+
+def _parallel_options(args) -> dict:
+    """The engine options --tp / --ep give (those left out keep the -o value or the default)."""
+    return {name: getattr(args, name) for name in ("tp", "ep") if getattr(args, name) is not None}
+
+
+def _is_first_process() -> bool:
+    import jax
+    return jax.process_index() == 0
 
 
 # --- bench and compare ------------------------------------------------------------------------
@@ -115,6 +136,7 @@ def _resolve(args, command: str):
     common.update(parse_option(o) for o in args.engine_option)
     if args.routing is not None:
         common["routing"] = args.routing
+    common.update(_parallel_options(args))
     given = args.schedule if command == "compare" else [args.schedule] if args.schedule else None
     specs = given or (list(d.configs) if command == "compare" else [d.configs[0]])
     configs = [parse_config(spec, common) for spec in specs]
@@ -135,6 +157,9 @@ def _resolve(args, command: str):
                     seed=args.seed, length_scale=args.length_scale, context_policy=args.context_policy)
     make_workload(rate=rates[0], **workload)  # fail now on a bad trace or argument, not after start-up
     out = args.out or os.path.join("lp-jax-results", f"{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not _is_first_process():  # the same run seen from another host: its own files, beside process 0's
+        import jax
+        out = os.path.join(out, f"process-{jax.process_index()}")
     return configs, rates, workload, prepare_out_dir(out)
 
 
@@ -409,6 +434,24 @@ def _add_bench_options(p: argparse.ArgumentParser, command: str) -> None:
                         "h100, h200, b200, cpu, ...) or 'sim:PATH.json' a table file; simulated results are stamped "
                         "with their table (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_parallel_options(p)
+
+
+def _add_parallel_options(p: argparse.ArgumentParser, multihost: bool = True) -> None:
+    """--tp / --ep (the engine options tp and ep) and the multi-process start's flags."""
+    p.add_argument("--tp", type=int, metavar="N",
+                   help="tensor parallelism: attention heads, KV pools and each expert's hidden dim split over N "
+                        "devices (engine option tp; default 1)")
+    p.add_argument("--ep", type=int, metavar="M",
+                   help="expert parallelism: the experts spread over M devices (engine option ep; default 1); "
+                        "N x M must equal the devices JAX sees, over all processes")
+    if not multihost:
+        return
+    p.add_argument("--coordinator-address", metavar="HOST:PORT",
+                   help="multi-process start (jax.distributed.initialize): the address of process 0, which serves "
+                        "the coordinator; every process runs the same command with its own --process-id")
+    p.add_argument("--num-processes", type=int, metavar="P", help="processes in a multi-process start")
+    p.add_argument("--process-id", type=int, metavar="I", help="this process's index in [0, P)")
 
 
 def cmd_calibrate(args) -> int:
@@ -433,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="architecture and parameter counts of a model preset")
     p.add_argument("--model", default="qwen3-30b-a3b", help=f"preset name: {', '.join(PRESETS)}")
+    _add_parallel_options(p, multihost=False)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="greedy generation from text prompts (a checkpoint folder with a "
@@ -447,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt", type=int, default=64, help="longest prompt, tokens")
     p.add_argument("--max-tokens", type=int, default=16, help="tokens to generate per prompt")
     p.add_argument("--seed", type=int, default=0)
+    _add_parallel_options(p)
     p.set_defaults(func=cmd_generate)
 
     engine_doc = ("engine options (-o KEY=VALUE, or KEY=VALUE in a configuration):\n" + (EngineConfig.__doc__ or "")
@@ -561,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
 # both demos (--out, --seed, --slo-target and --no-progress may still be given).
 WHAT_IS_COMPARED = ("model", "schedule", "rates", "workload", "num_requests", "arrival", "cv", "length_scale",
                     "context_policy", "engine_option", "routing", "slo_ttft_s", "slo_tbt_s", "warmup", "executor",
-                    "repeats", "order", "order_seed")
+                    "repeats", "order", "order_seed", "tp", "ep")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -570,12 +615,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         defaults = parser.parse_args(["compare"])
         args.bare = all(getattr(args, k) == getattr(defaults, k) for k in WHAT_IS_COMPARED)
-    if args.command in ("bench", "compare", "study", "routing", "calibrate", "serve"):
-        try:
+    try:
+        if hasattr(args, "coordinator_address"):  # the commands that run an engine
+            from lp_jax.parallel import start_distributed
+            start_distributed(args.coordinator_address, args.num_processes, args.process_id)
+        if args.command in ("bench", "compare", "study", "routing", "calibrate", "serve", "generate"):
             return args.func(args)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -1,7 +1,7 @@
 """The import rule of the house (README, Layout): every module of lp_jax/ and pallas_kernels/ sits on a
 floor, and no module imports from a higher floor or from another room of its own floor.
 
-    pallas_kernels < lp_jax.model < lp_jax.checkpoint < lp_jax.engine < lp_jax.sim < lp_jax.llm
+    pallas_kernels < lp_jax.model < lp_jax.checkpoint < lp_jax.parallel < lp_jax.engine < lp_jax.sim < lp_jax.llm
         < lp_jax (the public API in lp_jax/__init__.py) < lp_jax.bench, lp_jax.serve < lp_jax.cli
 
 Read with `ast` (module-level and function-level imports alike), so nothing is imported and the test
@@ -21,13 +21,14 @@ FLOORS = {
     "pallas_kernels": 0,
     "lp_jax.model": 1,
     "lp_jax.checkpoint": 2,
-    "lp_jax.engine": 3,
-    "lp_jax.sim": 4,
-    "lp_jax.llm": 5,
-    "lp_jax": 6,
-    "lp_jax.bench": 7,
-    "lp_jax.serve": 7,
-    "lp_jax.cli": 8,
+    "lp_jax.parallel": 3,
+    "lp_jax.engine": 4,
+    "lp_jax.sim": 5,
+    "lp_jax.llm": 6,
+    "lp_jax": 7,
+    "lp_jax.bench": 8,
+    "lp_jax.serve": 8,
+    "lp_jax.cli": 9,
 }
 
 
