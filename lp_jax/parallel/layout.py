@@ -7,7 +7,10 @@ the logical axes their declarations name (`lp_jax.model.spec`), through one rule
     heads, kv_heads -> tensor      attention split by heads; the KV pools with their KV heads
     experts         -> expert      each device holds E / ep whole experts (expert parallelism)
     mlp             -> tensor      each expert's (or the dense MLP's) hidden dim split, as the paper
-    anything else   -> replicated  (embedding, norms, router, LM head)
+    anything else   -> replicated  (embedding, norms, LM head)
+
+except the router (and its bias), replicated although it has an experts axis: every device
+routes every token, as the paper, so the top-k needs no gather across devices.
 
 With tp = ep = 1 there is no mesh and nothing changes. Collectives are left to XLA: the sharded
 weights make its SPMD partitioner insert the all-reduce after the head-sharded output projection
@@ -28,6 +31,7 @@ from lp_jax.model.spec import ParamSpec, layer_spec, model_spec
 
 TENSOR, EXPERT = "tensor", "expert"
 RULES = {"heads": TENSOR, "kv_heads": TENSOR, "experts": EXPERT, "mlp": TENSOR}
+REPLICATED_WEIGHTS = ("router", "router_bias")
 
 
 def check_parallel(model: ModelConfig, tp: int, ep: int, num_devices: int | None = None) -> None:
@@ -96,9 +100,15 @@ def make_layout(model: ModelConfig, tp: int = 1, ep: int = 1) -> Layout:
 POOL_AXES = (None, None, None, "kv_heads", None)
 
 
+def layer_axes(model: ModelConfig) -> dict[str, tuple]:
+    """The logical axes a layer's weights are placed by: as declared, the router's unnamed."""
+    return {name: (None,) * len(s.axes) if name in REPLICATED_WEIGHTS else s.axes
+            for name, s in layer_spec(model).items()}
+
+
 def stacked_layer_axes(model: ModelConfig) -> dict[str, tuple]:
     """Logical axes of the engine's layer stacks ([L, ...] per weight: the layer axis unsplit)."""
-    return {name: (None, *s.axes) for name, s in layer_spec(model).items()}
+    return {name: (None, *axes) for name, axes in layer_axes(model).items()}
 
 
 def head_axes(model: ModelConfig) -> dict[str, tuple]:
@@ -119,9 +129,11 @@ def shard_bytes(model: ModelConfig, tp: int, ep: int, dtype_bytes: int) -> int:
     layout = Layout(tp, ep)
     split = {TENSOR: tp, EXPERT: ep}
 
-    def per_device(s: ParamSpec) -> int:
-        parts = math.prod(split[m] for m in layout.spec(s.axes) if m is not None)
+    def per_device(s: ParamSpec, axes: tuple) -> int:
+        parts = math.prod(split[m] for m in layout.spec(axes) if m is not None)
         return math.prod(s.shape) // parts
 
-    layers = sum(per_device(s) for s in layer_spec(model).values()) * model.num_layers
-    return dtype_bytes * (layers + sum(per_device(s) for s in model_spec(model).values() if isinstance(s, ParamSpec)))
+    axes = layer_axes(model)
+    layers = sum(per_device(s, axes[name]) for name, s in layer_spec(model).items()) * model.num_layers
+    return dtype_bytes * (layers + sum(per_device(s, s.axes) for s in model_spec(model).values()
+                                       if isinstance(s, ParamSpec)))
