@@ -7,6 +7,9 @@ paged reads does not depend on their values), and times decode iterations of the
 (distinct-expert bytes + attention and head weights + KV bytes read) / copy bandwidth.
 
     PYTHONPATH=. python3 scripts/probe_decode.py --model qwen3-30b-a3b --batch 64 --context 2048
+
+With --tp / --ep the executor splits the model over tp x ep GPUs (all that JAX sees); the floor
+stays the one-device floor, so its ratio to a --tp 1 run's shows what the split bought.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--tp", type=int, default=1, help="tensor parallelism (engine option tp)")
+    ap.add_argument("--ep", type=int, default=1, help="expert parallelism (engine option ep)")
     ap.add_argument("--profile", action="store_true",
                     help="also time every kernel of 3 iterations (CUPTI) and print the busiest")
     args = ap.parse_args()
@@ -59,7 +64,8 @@ def main() -> None:
     cfg = get_preset(args.model)
     B, C = args.batch, args.context
     engine = EngineConfig(schedule="prefill_first", max_num_seqs=B, max_prefill_tokens=1, max_cohort_tokens=1,
-                          max_model_len=C + 64, row_buckets=(B + 1,))
+                          max_model_len=C + 64, row_buckets=(B + 1,), tp=args.tp, ep=args.ep)
+    engine.check_model(cfg)
     bw = copy_bandwidth()  # before the model takes the memory
     num_pages = plan_num_pages(cfg, engine, args.dtype)
     t = time.perf_counter()
@@ -97,7 +103,8 @@ def main() -> None:
     kv = B * C * kv_bytes_per_page(cfg, 1, args.dtype)
     floor = (expert_bytes + other + kv) / bw
     med = statistics.median(times)
-    out = dict(device=jax.devices()[0].device_kind, model=cfg.name, batch=B, context=C,
+    out = dict(device=jax.devices()[0].device_kind, devices=jax.device_count(), tp=args.tp, ep=args.ep,
+               model=cfg.name, batch=B, context=C,
                iteration_ms_median=med * 1e3, floor_ms=floor * 1e3, ratio=med / floor, copy_TBps=bw / 1e12,
                expert_GB=expert_bytes / 1e9, other_weights_GB=other / 1e9, kv_GB=kv / 1e9,
                distinct_experts_per_layer=statistics.mean(counts) / max(cfg.num_layers, 1))

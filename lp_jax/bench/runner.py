@@ -31,6 +31,7 @@ from lp_jax.bench.energy import IDLE_WINDOW_S, EnergyMeter, SimulatedEnergy, ene
 from lp_jax.bench.metrics import RequestRecord, serving_metrics
 from lp_jax.bench.vllm_result import vllm_result_of_run
 from lp_jax.bench.workload import Workload
+from lp_jax.parallel.multihost import agreed_elapsed
 
 
 @dataclass
@@ -107,7 +108,7 @@ def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: floa
     arrivals = t0 + workload.arrival_s
     next_i, shown = 0, -1
     while next_i < n or llm.has_unfinished():
-        now = clock()
+        now = t0 + agreed_elapsed(clock() - t0)  # several processes admit by process 0's clock
         while next_i < n and arrivals[next_i] <= now:
             rec = submit(llm, next_i, prompts[next_i], int(workload.output_tokens[next_i]), float(arrivals[next_i]))
             records[rec.id] = rec

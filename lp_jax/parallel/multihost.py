@@ -3,12 +3,14 @@
 Every process runs the same command with the same options and seed; after the start JAX sees
 the devices of all processes (`jax.devices()`), the mesh spans them, and XLA's collectives
 (NCCL on GPUs, gloo on CPUs) carry the all-reduces. The host work (scheduling, row batches) runs
-in every process identically, so each feeds the same inputs to the same SPMD program.
+in every process identically, so each feeds the same inputs to the same SPMD program; where a
+decision reads the clock (the bench's arrivals), process 0's reading is shared (`agreed_elapsed`).
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 
 def check_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> bool:
@@ -41,3 +43,17 @@ def start_distributed(coordinator_address: str | None = None, num_processes: int
         return False
     jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s)
     return True
+
+
+def agreed_elapsed(elapsed_s: float) -> float:
+    """Process 0's value of a duration (seconds since a start each process took itself), on every
+    process; the value itself in a single-process run. A real-time loop that admits requests by
+    the clock decides with it, so that every process admits the same requests at the same
+    iteration and feeds the SPMD program the same batches (each process's clock alone would
+    drift apart). A collective: every process must call it equally often. Durations travel
+    rather than clock readings, which start anywhere, and in float32 (JAX's default) a duration
+    keeps microseconds for hours."""
+    if jax.process_count() == 1:
+        return elapsed_s
+    from jax.experimental import multihost_utils
+    return float(multihost_utils.broadcast_one_to_all(np.float32(elapsed_s)))
