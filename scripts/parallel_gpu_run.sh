@@ -4,7 +4,8 @@
 #      (done when TP2 <= 0.6 x TP1), each in its own process (TP1 uses GPU 0 only);
 #   2. the paper's README workload (arXiv, 100 prompts at 1.5 requests/s) at TP2 with layered and
 #      chunked prefill, mean TTFT / TPOT / E2E beside the paper's (2xH100, TP2: layered 713 ms /
-#      15.1 ms / 3.53 s; vLLM chunked 1019 ms / 19.7 ms / 4.90 s).
+#      15.1 ms / 3.53 s; vLLM chunked 1019 ms / 19.7 ms / 4.90 s);
+#   and first the all-reduce latency and bus bandwidth between the two GPUs (collectives.json).
 # Usage: bash scripts/parallel_gpu_run.sh OUT_DIR    (about 30-40 min; writes everything to OUT_DIR)
 set -euo pipefail
 out=${1:?usage: bash scripts/parallel_gpu_run.sh OUT_DIR}
@@ -13,6 +14,7 @@ export PYTHONPATH=. XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/nvidia-smi.csv"
 git rev-parse HEAD > "$out/commit.txt"
 
+python3 scripts/measure_collectives.py --out "$out/collectives.json"   # the simulator's all-reduce term
 CUDA_VISIBLE_DEVICES=0 python3 scripts/probe_decode.py --model qwen3-30b-a3b --batch 64 --context 2048 \
     --tp 1 | tee "$out/decode_tp1.log"
 python3 scripts/probe_decode.py --model qwen3-30b-a3b --batch 64 --context 2048 --tp 2 | tee "$out/decode_tp2.log"

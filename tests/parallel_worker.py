@@ -4,7 +4,7 @@ count before JAX starts; the test sets it), or one process of a multi-process ru
 
     python -m tests.parallel_worker CASES_JSON
         CASES_JSON: [[model, schedule, tp, ep], ...]; prints one JSON line
-        {"devices": n, "process": i, "outputs": {"model/schedule/tp/ep": [[token, ...] per prompt]},
+        {"devices": n, "process": i, "agreed_elapsed": s, "all_reduce": fitted cost, "outputs": {"model/schedule/tp/ep": [[token, ...] per prompt]},
          "shards": {"model/schedule/tp/ep": {array: one device's shard shape}}}, with the
         single-device outputs of every (model, schedule) under tp = ep = 1 too.
     python -m tests.parallel_worker CASES_JSON COORDINATOR NUM_PROCESSES PROCESS_ID
@@ -68,8 +68,16 @@ def main(argv: list[str]) -> None:
         cases = sorted({(m, s, 1, 1) for m, s, _, _ in cases} | set(cases))
     import jax
 
+    from lp_jax.parallel.multihost import agreed_elapsed
+
     result = {f"{m}/{s}/{tp}/{ep}": outputs(m, s, tp, ep) for m, s, tp, ep in cases}
+    cost = None
+    if len(argv) == 1 and jax.device_count() > 1:  # the simulator's collective term, measured here
+        from lp_jax.parallel.collectives import time_all_reduce
+        cost = time_all_reduce(sizes=(1 << 12, 1 << 22, 1 << 24), reps=5).to_json()
     print(json.dumps({"devices": jax.device_count(), "process": jax.process_index(),
+                      "agreed_elapsed": agreed_elapsed(0.25 + jax.process_index()),  # process 0's: 0.25
+                      "all_reduce": cost,
                       "outputs": {k: v[0] for k, v in result.items()},
                       "shards": {k: v[1] for k, v in result.items()}}), flush=True)
 

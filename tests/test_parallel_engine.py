@@ -115,5 +115,13 @@ def test_two_processes_on_loopback_give_the_single_device_outputs():
     for i in range(2):
         got = result(f"process-{i}")
         assert (got["devices"], got["process"]) == (2, i)
+        assert got["agreed_elapsed"] == 0.25  # process 0's clock reading, which the bench admits by
         assert got["outputs"][_key(*MULTI_PROCESS_CASE)] == single
         assert got["shards"][_key(*MULTI_PROCESS_CASE)]["w_gate"][1] == 8 // 2  # 4 of tiny's 8 experts here
+
+
+@pytest.mark.parametrize("devices", sorted(CASES))
+def test_all_reduce_cost_is_measured_over_the_devices(devices):
+    cost = result(devices)["all_reduce"]
+    assert cost["devices"] == devices and cost["bus_Bps"] > 0 and cost["latency_s"] >= 0
+    assert [b for b, _ in cost["samples"]] == [1 << 12, 1 << 22, 1 << 24]

@@ -12,6 +12,7 @@ from lp_jax import cli
 from lp_jax.engine.config import EngineConfig
 from lp_jax.engine.memory import weight_bytes
 from lp_jax.model.config import QWEN3_30B_A3B, TINY_GPT_OSS, TINY_QWEN3, TINY_QWEN3_MOE
+from lp_jax.parallel.collectives import AllReduceCost, fit_all_reduce
 from lp_jax.parallel.layout import POOL_AXES, Layout, check_parallel, make_layout, shard_bytes, stacked_layer_axes
 from lp_jax.parallel.multihost import check_distributed
 
@@ -95,3 +96,17 @@ def test_cli_takes_tp_and_ep_on_every_command(capsys):
     assert "JAX sees 1" in capsys.readouterr().err
     assert cli.main(["generate", "--coordinator-address", "x:1"]) == 2
     assert "missing: --num-processes, --process-id" in capsys.readouterr().err
+
+
+def test_all_reduce_fit_recovers_latency_and_bus_bandwidth():
+    """Ring all-reduce over 4 devices: 2 (n-1)/n x bytes cross each link."""
+    truth = AllReduceCost(4, latency_s=20e-6, bus_Bps=100e9)
+    samples = [(b, truth.seconds(b)) for b in (1 << 12, 1 << 20, 1 << 26)]
+    fit = fit_all_reduce(4, samples)
+    assert fit.latency_s == pytest.approx(20e-6, rel=1e-6) and fit.bus_Bps == pytest.approx(100e9, rel=1e-6)
+    assert truth.seconds(1 << 26) == pytest.approx(20e-6 + 1.5 * (1 << 26) / 100e9)
+    assert AllReduceCost(1, 1.0, 1.0).seconds(1 << 30) == 0.0  # one device: no collective
+    with pytest.raises(ValueError, match="at least two sizes"):
+        fit_all_reduce(4, samples[:1])
+    with pytest.raises(ValueError, match="do not grow with size"):
+        fit_all_reduce(4, [(1 << 12, 1e-3), (1 << 20, 1e-4)])
