@@ -112,9 +112,11 @@ class LLM:
         dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
         # Decided (or refused) before anything is allocated, and not again once weights take memory.
         num_pages = plan_num_pages(self.model_config, self.engine_config, dtype)
-        if params is None:
+        made = params is None
+        if made:
             params = load_weights(model, self.model_config, self.engine_config.seed, dtype)
-        self.engine = Engine(self.model_config, self.engine_config, model_executor(params, backend), dtype,
+        # Weights made here are freed as they are split over several devices (tp x ep > 1).
+        self.engine = Engine(self.model_config, self.engine_config, model_executor(params, backend, made), dtype,
                              trace=trace, progress=progress, num_pages=num_pages)
 
     @property

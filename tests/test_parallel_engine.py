@@ -124,4 +124,4 @@ def test_two_processes_on_loopback_give_the_single_device_outputs():
 def test_all_reduce_cost_is_measured_over_the_devices(devices):
     cost = result(devices)["all_reduce"]
     assert cost["devices"] == devices and cost["bus_Bps"] > 0 and cost["latency_s"] >= 0
-    assert [b for b, _ in cost["samples"]] == [1 << 12, 1 << 22, 1 << 24]
+    assert [b for b, _ in cost["samples"]] == [1 << 12, 1 << 20, 1 << 22]

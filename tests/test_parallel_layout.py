@@ -12,7 +12,7 @@ from lp_jax import cli
 from lp_jax.engine.config import EngineConfig
 from lp_jax.engine.memory import weight_bytes
 from lp_jax.model.config import QWEN3_30B_A3B, TINY_GPT_OSS, TINY_QWEN3, TINY_QWEN3_MOE
-from lp_jax.parallel.collectives import AllReduceCost, fit_all_reduce
+from lp_jax.parallel.collectives import AllReduceCost, fit_all_reduce, layer_all_reduce_s
 from lp_jax.parallel.layout import POOL_AXES, Layout, check_parallel, make_layout, shard_bytes, stacked_layer_axes
 from lp_jax.parallel.multihost import check_distributed
 
@@ -110,3 +110,14 @@ def test_all_reduce_fit_recovers_latency_and_bus_bandwidth():
         fit_all_reduce(4, samples[:1])
     with pytest.raises(ValueError, match="do not grow with size"):
         fit_all_reduce(4, [(1 << 12, 1e-3), (1 << 20, 1e-4)])
+
+
+def test_a_layer_all_reduces_after_attention_over_tp_and_after_the_moe_over_all_devices():
+    cost = AllReduceCost(4, latency_s=10e-6, bus_Bps=100e9)
+    rows, D, b = 64, TINY_QWEN3_MOE.hidden_size, 2
+    nbytes = rows * D * b
+    assert layer_all_reduce_s(cost, TINY_QWEN3_MOE, 2, 2, rows, b) == pytest.approx(
+        (10e-6 + 1.0 * nbytes / 100e9) + (10e-6 + 1.5 * nbytes / 100e9))
+    assert layer_all_reduce_s(cost, TINY_QWEN3_MOE, 1, 4, rows, b) == pytest.approx(10e-6 + 1.5 * nbytes / 100e9)
+    assert layer_all_reduce_s(cost, TINY_QWEN3, 2, 1, rows, b) == pytest.approx(2 * (10e-6 + nbytes / 100e9))
+    assert layer_all_reduce_s(cost, TINY_QWEN3_MOE, 1, 1, rows, b) == 0.0

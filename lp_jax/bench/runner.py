@@ -99,7 +99,7 @@ def run_bench(llm, workload: Workload, *, ttft_bound_s: float, tbt_bound_s: floa
 
     n = len(workload)
     records: dict[int, RequestRecord] = {}
-    meter = SimulatedEnergy() if simulated else EnergyMeter(jax.devices()[:1])
+    meter = SimulatedEnergy() if simulated else EnergyMeter(jax.local_devices()[:1])  # this host's GPU
     meter.measure_idle(idle_s)  # the engine is idle now (warm-up done): its power at rest, this run
     before = (engine.total_expert_bytes, engine.total_expert_streamed_bytes, engine.state.iteration)
     bar = tqdm(total=n, desc=label or engine.config.schedule, unit="req", disable=not progress, leave=False)

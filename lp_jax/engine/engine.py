@@ -58,10 +58,12 @@ class IterationRecord:
 ExecutorFactory = Callable[[ModelConfig, EngineConfig, BlockManager, np.dtype, bool], object]
 
 
-def model_executor(params: dict, backend: str | None = None) -> ExecutorFactory:
-    """The factory of the real executor over these weights (`backend`: kernel choice)."""
+def model_executor(params: dict, backend: str | None = None, free_params: bool = False) -> ExecutorFactory:
+    """The factory of the real executor over these weights (`backend`: kernel choice; free_params:
+    the weights are the engine's to free as they are split, see ModelExecutor)."""
     def make(model, config, blocks, dtype, record_rows):
-        return ModelExecutor(model, config, params, blocks, dtype, backend, record_rows=record_rows)
+        return ModelExecutor(model, config, params, blocks, dtype, backend, record_rows=record_rows,
+                             free_params=free_params)
     return make
 
 

@@ -22,6 +22,10 @@ compiled step functions and returns the sampled tokens.
   sampled tokens (and expert counts and tiles) back in one transfer. The sampled tokens also stay in a
   device buffer [max_num_seqs], from which the next iteration's decode rows take their input
   tokens, so iteration i+1 can be dispatched before iteration i's tokens reach the host.
+- Under tp x ep > 1 (EngineConfig) the weights are split over a device mesh by their logical
+  axes and the KV pools by their KV heads (`lp_jax.parallel`); attention and the MoE run per
+  shard under shard_map; everything the host feeds in (row batches, sampling arrays) and the
+  hidden and sampled-token buffers are replicated, so the rest of this file is unchanged.
 - Every executable (each row bucket; each sampled-row bucket, greedy or not) is compiled at
   start-up, once per process (`compile_cache`); `compile_counter` checks that serving compiles
   nothing more.
@@ -204,15 +208,13 @@ class ModelExecutor:
     compiled executables."""
 
     def __init__(self, model: ModelConfig, config: EngineConfig, params: dict, blocks: BlockManager,
-                 dtype, backend: str | None = None, record_rows: bool = False):
+                 dtype, backend: str | None = None, record_rows: bool = False, free_params: bool = False):
         self.model, self.config, self.blocks = model, config, blocks
         self.dtype = jnp.dtype(dtype)
         self.record_rows = record_rows
         self.layout = layout = make_layout(model, config.tp, config.ep)
-        stacked = stack_layers(params["layers"])
-        self.stacked = self._place(stacked, stacked_layer_axes(model))
-        self.head = self._place({k: params[k] for k in ("embed", "final_norm", "lm_head") if k in params},
-                                head_axes(model))
+        self.stacked = self._place(stack_layers(params["layers"]), stacked_layer_axes(model), free_params)
+        self.head = self._place(params, {k: a for k, a in head_axes(model).items() if k in params}, free_params)
         pools = layout.sharding(POOL_AXES) if layout.sharded else None
         self.k_pool, self.v_pool = allocate_pools(model, blocks.num_pages, blocks.page_size, self.dtype, pools)
         self.prefill_base = config.max_num_seqs
@@ -252,12 +254,17 @@ class ModelExecutor:
     def _replicated(self):
         return self.layout.replicated() if self.layout.sharded else None
 
-    def _place(self, weights: dict, axes: dict) -> dict:
-        """Weights cast to the engine's dtype and, under a mesh, split by their logical axes."""
-        cast = {name: jnp.asarray(w, self.dtype) for name, w in weights.items()}
-        if not self.layout.sharded:
-            return cast
-        return {name: place(w, self.layout.sharding(axes[name])) for name, w in cast.items()}
+    def _place(self, weights: dict, axes: dict, free: bool) -> dict:
+        """The weights named in `axes`, cast to the engine's dtype and, under a mesh, split by their
+        logical axes. free: take each out of `weights` as it is placed (the engine made them), so
+        that the whole weight is freed once split, not when the caller lets go of the dict: the
+        first device's memory plan counts only its shards."""
+        out = {}
+        for name in axes:
+            out[name] = jnp.asarray(weights.pop(name) if free and self.layout.sharded else weights[name], self.dtype)
+            if self.layout.sharded:
+                out[name] = place(out[name], self.layout.sharding(axes[name]))
+        return out
 
     def _replicate(self, array):
         return place(array, self.layout.replicated()) if self.layout.sharded else array

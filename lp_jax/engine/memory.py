@@ -24,7 +24,7 @@ GIB = 2**30
 def device_memory_bytes(device=None) -> int:
     """Memory JAX may use on the device (GPU: the allocator's limit; CPU: the host's available
     memory from /proc/meminfo, or 8 GiB where that is unreadable)."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]  # this process's (another host's cannot be asked)
     stats = device.memory_stats() if device.platform == "gpu" else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"])

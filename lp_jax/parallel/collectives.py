@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lp_jax.model.config import ModelConfig
+
 # The sizes an engine all-reduces: one row's hidden state (a few KiB) to a large prefill's
 # (8192 rows x 2880 x 2 bytes = 45 MiB).
 DEFAULT_SIZES = tuple(1 << k for k in range(12, 27, 2))  # 4 KiB .. 64 MiB
@@ -34,11 +36,13 @@ class AllReduceCost:
     bus_Bps: float
     samples: tuple[tuple[int, float], ...] = ()
 
-    def seconds(self, nbytes: float) -> float:
-        """Seconds of one all-reduce of `nbytes` bytes (each device's buffer) over the devices."""
-        if self.devices == 1:
+    def seconds(self, nbytes: float, group: int | None = None) -> float:
+        """Seconds of one all-reduce of `nbytes` bytes (each device's buffer) over `group` of the
+        devices (default all; a subgroup is taken to see the same links, latency and bandwidth)."""
+        n = self.devices if group is None else group
+        if n == 1:
             return 0.0
-        return self.latency_s + 2 * (self.devices - 1) / self.devices * nbytes / self.bus_Bps
+        return self.latency_s + 2 * (n - 1) / n * nbytes / self.bus_Bps
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -81,3 +85,12 @@ def time_all_reduce(devices=None, sizes=DEFAULT_SIZES, reps: int = 10, dtype=jnp
             times.append(time.perf_counter() - t)
         samples.append((x.shape[1] * item, statistics.median(times)))
     return fit_all_reduce(n, samples)
+
+
+def layer_all_reduce_s(cost: AllReduceCost, model: ModelConfig, tp: int, ep: int, rows: int, dtype_bytes: int) -> float:
+    """Seconds of the all-reduces one layer of a tp x ep engine runs on `rows` padded rows: after
+    the head-split output projection over the tp devices of a tensor group, and after the MoE over
+    all tp x ep devices (a dense MLP: over the tp devices); each carries rows x D values."""
+    nbytes = rows * model.hidden_size * dtype_bytes
+    ffn_group = tp * ep if model.is_moe else tp
+    return cost.seconds(nbytes, tp) + cost.seconds(nbytes, ffn_group)
