@@ -23,7 +23,7 @@ def cmd_info(args) -> int:
     try:
         cfg = get_preset(args.model)
         tp, ep = args.tp or 1, args.ep or 1
-        check_parallel(cfg, tp, ep, num_devices=tp * ep)  # the split, not this machine's devices
+        check_parallel(cfg, tp, ep)  # the split, not this machine's devices
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

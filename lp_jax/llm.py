@@ -15,6 +15,7 @@ from lp_jax.engine.request import RequestOutput, SamplingParams
 from lp_jax.model.config import ModelConfig, get_preset
 from lp_jax.model.init import init_params
 from lp_jax.model.routing import UNIFORM, get_profile
+from lp_jax.parallel.layout import check_devices
 from lp_jax.sim import Simulation
 
 
@@ -110,6 +111,7 @@ class LLM:
             return
         self.simulation = None
         dtype = jnp.dtype(self.engine_config.dtype or default_dtype())
+        check_devices(self.engine_config.tp, self.engine_config.ep)  # the real executor's, before any weight
         # Decided (or refused) before anything is allocated, and not again once weights take memory.
         num_pages = plan_num_pages(self.model_config, self.engine_config, dtype)
         made = params is None

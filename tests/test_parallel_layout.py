@@ -13,7 +13,8 @@ from lp_jax.engine.config import EngineConfig
 from lp_jax.engine.memory import weight_bytes
 from lp_jax.model.config import QWEN3_30B_A3B, TINY_GPT_OSS, TINY_QWEN3, TINY_QWEN3_MOE
 from lp_jax.parallel.collectives import AllReduceCost, fit_all_reduce, layer_all_reduce_s
-from lp_jax.parallel.layout import POOL_AXES, Layout, check_parallel, make_layout, shard_bytes, stacked_layer_axes
+from lp_jax.parallel.layout import (POOL_AXES, Layout, check_devices, check_parallel, make_layout, shard_bytes,
+                                    stacked_layer_axes)
 from lp_jax.parallel.multihost import check_distributed
 
 
@@ -44,24 +45,34 @@ def test_bytes_per_device():
     assert shard_bytes(QWEN3_30B_A3B, 1, 2, b) > half  # EP splits only the experts
 
 
-@pytest.mark.parametrize("model,tp,ep,devices,words", [
-    (TINY_QWEN3_MOE, 4, 1, 4, "tp=4 does not divide tiny-qwen3-moe's 2 KV heads; tp must be one of [1, 2]"),
-    (TINY_QWEN3_MOE, 1, 3, 3, "ep=3 does not divide tiny-qwen3-moe's 8 experts"),
-    (TINY_QWEN3, 1, 2, 2, "tiny-qwen3 is dense"),
-    (TINY_QWEN3_MOE, 2, 2, 2, "tp x ep = 2 x 2 = 4 devices, but JAX sees 2"),
-    (TINY_QWEN3_MOE, 0, 1, 1, "tp must be an integer >= 1"),
+@pytest.mark.parametrize("model,tp,ep,words", [
+    (TINY_QWEN3_MOE, 4, 1, "tp=4 does not divide tiny-qwen3-moe's 2 KV heads; tp must be one of [1, 2]"),
+    (TINY_QWEN3_MOE, 1, 3, "ep=3 does not divide tiny-qwen3-moe's 8 experts"),
+    (TINY_QWEN3, 1, 2, "tiny-qwen3 is dense"),
+    (TINY_QWEN3_MOE, 0, 1, "tp must be an integer >= 1"),
 ])
-def test_impossible_splits_are_refused_by_name(model, tp, ep, devices, words):
+def test_impossible_splits_are_refused_by_name(model, tp, ep, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
-        check_parallel(model, tp, ep, num_devices=devices)
+        check_parallel(model, tp, ep)
 
 
-def test_engine_config_refuses_a_split_before_anything_is_built():
+def test_a_split_must_match_the_devices():
+    with pytest.raises(ValueError, match="tp x ep = 2 x 2 = 4 devices, but JAX sees 2"):
+        check_devices(2, 2, num_devices=2)
+    check_devices(2, 2, num_devices=4)
+    check_devices(1, 1, num_devices=8)  # one device of many: no mesh
+
+
+def test_a_split_is_refused_before_anything_is_built():
+    import lp_jax
+
     with pytest.raises(ValueError, match="tp must be an integer >= 1"):
         EngineConfig(tp=0)
-    # This process has one device: tp=2 does not match it.
+    with pytest.raises(ValueError, match="tp=4 does not divide"):
+        EngineConfig(tp=4).check_model(TINY_QWEN3_MOE)
+    # This process has one device: tp=2 does not match it (refused before weights are made).
     with pytest.raises(ValueError, match="JAX sees 1"):
-        EngineConfig(tp=2).check_model(TINY_QWEN3_MOE)
+        lp_jax.LLM(TINY_QWEN3_MOE, tp=2, max_model_len=64)
     assert make_layout(TINY_QWEN3_MOE).mesh is None  # tp = ep = 1: no mesh, nothing changes
 
 

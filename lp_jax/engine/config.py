@@ -148,7 +148,8 @@ class EngineConfig:
         """ValueError for options this model cannot take: num_groups above its layer count (a
         group holds at least one layer), max_model_len beyond its position embeddings, a calibrated
         routing profile on a dense model (it has no experts to choose), a tp x ep
-        that does not divide its heads or experts or does not match the devices."""
+        that does not divide its heads or experts (whether it matches the devices is the real
+        executor's question, `lp_jax.parallel.check_devices`; a simulated engine has none)."""
         if not model.is_moe and not get_profile(self.routing).uses_router:
             raise ValueError(f"routing={self.routing!r} chooses experts, but {model.name} is a dense model "
                              f"(no experts); use routing={UNIFORM!r}")

@@ -34,12 +34,16 @@ RULES = {"heads": TENSOR, "kv_heads": TENSOR, "experts": EXPERT, "mlp": TENSOR}
 REPLICATED_WEIGHTS = ("router", "router_bias")
 
 
-def check_parallel(model: ModelConfig, tp: int, ep: int, num_devices: int | None = None) -> None:
-    """ValueError naming the field and what it must divide, for a tp x ep that this model or these
-    devices (default: every device of every process) cannot take."""
+def _check_sizes(tp, ep) -> None:
     for name, value in (("tp", tp), ("ep", ep)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_parallel(model: ModelConfig, tp: int, ep: int) -> None:
+    """ValueError naming the field and what it must divide, for a tp x ep this model cannot take
+    (the devices are `check_devices`' question: a simulated engine has none)."""
+    _check_sizes(tp, ep)
     for what, size in (("query heads", model.num_heads), ("KV heads", model.num_kv_heads),
                        ("expert hidden size" if model.is_moe else "MLP hidden size", model.ffn_size)):
         if size % tp:
@@ -50,6 +54,11 @@ def check_parallel(model: ModelConfig, tp: int, ep: int, num_devices: int | None
     if model.is_moe and model.num_experts % ep:
         raise ValueError(f"ep={ep} does not divide {model.name}'s {model.num_experts} experts; ep must be one of "
                          f"{_divisors(model.num_experts)}")
+
+
+def check_devices(tp: int, ep: int, num_devices: int | None = None) -> None:
+    """ValueError unless tp x ep is 1 or the device count (default: every device of every process)."""
+    _check_sizes(tp, ep)
     num_devices = jax.device_count() if num_devices is None else num_devices
     if tp * ep > 1 and tp * ep != num_devices:
         raise ValueError(f"tp x ep = {tp} x {ep} = {tp * ep} devices, but JAX sees {num_devices} "
@@ -90,6 +99,7 @@ class Layout:
 def make_layout(model: ModelConfig, tp: int = 1, ep: int = 1) -> Layout:
     """The layout of tp x ep over every device JAX sees (all processes'), checked first."""
     check_parallel(model, tp, ep)
+    check_devices(tp, ep)
     if tp * ep == 1:
         return Layout()
     devices = np.asarray(jax.devices()).reshape(ep, tp)
