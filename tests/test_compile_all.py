@@ -46,7 +46,9 @@ def test_executables_are_keyed_by_the_kernels_that_serve_not_the_raw_backend(mon
 
     monkeypatch.delenv("LP_JAX_KERNELS", raising=False)
     monkeypatch.delenv("LP_JAX_MOE_DECODE_MAX_TOKENS", raising=False)
+    # (model, kernels, routing profile, tp x ep)
     assert kind(None) == kind("reference") and kind(None)[:2] == (cfg, ("reference", "reference"))
+    assert kind(None)[3] == (1, 1)
     monkeypatch.setenv("LP_JAX_KERNELS", "pallas")
     # float32 pools: the attention kernel tiles bf16/f16 only, so automatic choice keeps the reference there.
     assert kind(None)[:2] == (cfg, ("pallas", "reference")) and kind(None) != kind("reference")
