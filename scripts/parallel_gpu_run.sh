@@ -14,7 +14,9 @@ export PYTHONPATH=. XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/nvidia-smi.csv"
 git rev-parse HEAD > "$out/commit.txt"
 
-python3 scripts/measure_collectives.py --out "$out/collectives.json"   # the simulator's all-reduce term
+# The simulator's all-reduce term, stored in the H200 cost tables where they exist (commit them).
+tables=$(for t in lp_jax/sim/tables/h200_*.json; do [ -e "$t" ] && echo "--add-to-table $t"; done || true)
+python3 scripts/measure_collectives.py --out "$out/collectives.json" $tables
 CUDA_VISIBLE_DEVICES=0 python3 scripts/probe_decode.py --model qwen3-30b-a3b --batch 64 --context 2048 \
     --tp 1 | tee "$out/decode_tp1.log"
 python3 scripts/probe_decode.py --model qwen3-30b-a3b --batch 64 --context 2048 --tp 2 | tee "$out/decode_tp2.log"
