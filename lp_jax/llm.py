@@ -69,7 +69,7 @@ class LLM:
     directory, or a GGUF checkpoint (path, packaged name such as "smollm2-135m-instruct", or an
     opened lp_jax.checkpoint.gguf.GGUFCheckpoint, so the file is parsed once). Engine options are the fields of `EngineConfig` (page_size, num_pages,
     max_num_seqs, max_prefill_tokens, max_cohort_tokens, token_budget, group_tokens, group_rule, num_groups,
-    max_model_len, seed, dtype, row_buckets, routing, kv_memory_fraction, compiler_options). Extra
+    max_model_len, seed, dtype, row_buckets, routing, kv_memory_fraction, compiler_options, tp, ep). Extra
     keywords: params (weights to use), backend ("pallas" / "reference"), trace (keep
     per-iteration records), progress (callback(done, total), told before the first and after
     each start-up compilation), executor: "model" (the real forward pass, default) or the
