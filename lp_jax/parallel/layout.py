@@ -20,6 +20,7 @@ and after the expert-sharded MoE (see `lp_jax.parallel.kernels` for the per-shar
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import jax
@@ -36,7 +37,7 @@ REPLICATED_WEIGHTS = ("router", "router_bias")
 
 def _check_sizes(tp, ep) -> None:
     for name, value in (("tp", tp), ("ep", ep)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
