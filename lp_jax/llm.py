@@ -19,7 +19,6 @@ from lp_jax.parallel.layout import check_devices
 from lp_jax.sim import Simulation
 
 
-
 def is_checkpoint(model) -> bool:
     """Whether `model` is a checkpoint (a directory, a GGUF file or packaged name, an opened
     GGUFCheckpoint), not a preset or a ModelConfig."""

@@ -128,6 +128,10 @@ class CostTable:
     date: str
     commit: str
     kernel_tiles_device: str | None = None  # device whose MoE tile table gives block_m (pallas)
+    # A measured all-reduce between this device's kind (lp_jax.parallel.collectives.AllReduceCost
+    # as JSON: devices, latency_s, bus_Bps, samples); what a split (tp x ep > 1) engine pays after
+    # attention and after the MoE of every layer. None: only tp = ep = 1 can be simulated.
+    all_reduce: dict | None = None
     fit: dict = field(default_factory=dict)
     samples: list = field(default_factory=list)
     name: str = ""
@@ -148,6 +152,19 @@ class CostTable:
     def label(self) -> str:
         """What reports are stamped with: "simulated, cost table DEVICE/MODEL (provenance)"."""
         return f"simulated, cost table {self.name} ({self.provenance})"
+
+    def all_reduce_cost(self, devices: int):
+        """The table's measured all-reduce (an AllReduceCost); ValueError saying how to measure one
+        when the table has none."""
+        from lp_jax.parallel.collectives import AllReduceCost
+
+        if not self.all_reduce:
+            raise ValueError(f"cost table {self.name} has no measured all-reduce, so a tp x ep = {devices} engine "
+                             "cannot be simulated on it: run scripts/measure_collectives.py --add-to-table TABLE "
+                             "on that many devices of that kind")
+        a = self.all_reduce
+        return AllReduceCost(int(a["devices"]), float(a["latency_s"]), float(a["bus_Bps"]),
+                             tuple(tuple(x) for x in a.get("samples", ())))
 
     # --- evaluation -------------------------------------------------------------------------
     def roof(self, memory_s: float, compute_s: float) -> float:

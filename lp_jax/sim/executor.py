@@ -34,6 +34,7 @@ from lp_jax.engine.executor import ExecutionResult, SegmentRecord, layer_pieces
 from lp_jax.engine.kv_cache import BlockManager
 from lp_jax.engine.request import Request
 from lp_jax.engine.scheduler.base import IterationPlan
+from lp_jax.parallel.collectives import layer_all_reduce_s
 from lp_jax.sim.clock import VirtualClock
 from lp_jax.sim.cost_model import CostTable
 from lp_jax.sim.expert_load import ExpertLoad, expert_load
@@ -70,7 +71,12 @@ class SimulatedExecutor:
         self.buckets, self.seq_buckets = config.buckets(), config.seq_buckets()
         self.work = WorkModel(model, np.dtype(table.dtype).itemsize, table.backend,
                               config.pages_per_seq(model) * config.page_size, self.load,
-                              kernel_block_m(model, table.kernel_tiles_device or table.device_kind))
+                              kernel_block_m(model, table.kernel_tiles_device or table.device_kind),
+                              tp=config.tp, ep=config.ep)
+        # Under tp x ep every layer also all-reduces its rows twice, at the table's measured cost.
+        devices = config.tp * config.ep
+        self._all_reduce = table.all_reduce_cost(devices) if devices > 1 else None
+        self._collective_s: dict[int, float] = {}  # row bucket -> seconds of one layer's all-reduces
         self._pending: list[SimFlight] = []  # dispatched, not yet fetched
         self.device_free_s = 0.0  # when the device finishes everything launched so far
         self.device_busy_s = 0.0  # total device time of the calls simulated
@@ -90,6 +96,15 @@ class SimulatedExecutor:
             self._pieces[key] = [(c["full"], c["sliding"], n != L) for lo, n in layer_pieces(layer_lo, layer_hi, L)
                                  for c in [self.work.layer_counts(lo, n)]]
         return self._pieces[key]
+
+    def collective_s(self, rows: int) -> float:
+        """Seconds of one layer's all-reduces over `rows` padded rows (0 on one device)."""
+        if self._all_reduce is None:
+            return 0.0
+        if rows not in self._collective_s:
+            self._collective_s[rows] = layer_all_reduce_s(self._all_reduce, self.model, self.config.tp,
+                                                          self.config.ep, rows, self.work.dtype_bytes)
+        return self._collective_s[rows]
 
     # --- one iteration ----------------------------------------------------------------------
     def _host_work(self, start_s: float, seconds: float) -> None:
@@ -121,8 +136,9 @@ class SimulatedExecutor:
             distinct = self.load.expected_distinct(len(ctx), seg_tokens) if self.load else 0.0
             tiles = self.work.row_tiles(len(ctx), seg_tokens) if self.load else 0.0
             layer = self.work.layer_works(rows, ctx, seg_prefills, expected=distinct)
-            full = table.layer_s(layer["full"]) if "full" in layer else 0.0
-            sliding = table.layer_s(layer["sliding"]) if "sliding" in layer else 0.0
+            comm = self.collective_s(rows)
+            full = table.layer_s(layer["full"]) + comm if "full" in layer else 0.0
+            sliding = table.layer_s(layer["sliding"]) + comm if "sliding" in layer else 0.0
             for n_full, n_sliding, ranged in self.pieces(seg.layer_lo, seg.layer_hi):
                 seconds = call_s + n_full * full + n_sliding * sliding + (range_row_s * rows if ranged else 0.0)
                 now += launch  # the device starts a call once it is launched and the last one is done

@@ -65,22 +65,25 @@ class WorkModel:
     """
 
     def __init__(self, model: ModelConfig, dtype_bytes: int, backend: str, page_slots: int,
-                 expert_load: ExpertLoad | None = None, block_m=None):
+                 expert_load: ExpertLoad | None = None, block_m=None, tp: int = 1, ep: int = 1):
         if backend not in ("pallas", "reference"):
             raise ValueError(f"backend must be pallas or reference, got {backend!r}")
         if model.is_moe and expert_load is None:
             raise ValueError(f"{model.name} is a MoE model: an expert load (routing model) is needed")
         self.model, self.backend, self.page_slots = model, backend, page_slots
         self.expert_load, self.block_m = expert_load, block_m
-        b = dtype_bytes
+        self.dtype_bytes = b = dtype_bytes
         H, N, A = model.num_heads, model.num_kv_heads, model.head_dim
-        dense = model.attention_params_per_layer() + (model.router_params() if model.is_moe
-                                                      else model.ffn_params_per_layer())
+        # One device's share under tp x ep (lp_jax.parallel): attention, its KV and each expert's
+        # hidden dim split over tp, the experts over ep, the router whole on every device.
+        self.tp, self.ep = tp, ep
+        dense = model.attention_params_per_layer() / tp + (model.router_params() if model.is_moe
+                                                           else model.ffn_params_per_layer() / tp)
         self.dense_bytes, self.dense_flops_per_row = dense * b, 2.0 * dense
-        self.kv_bytes_per_key = 2.0 * N * A * b
-        self.flops_per_pair = 4.0 * H * A
-        self.expert_bytes_each = model.expert_params() * b if model.is_moe else 0
-        self.expert_flops_per_row = 2.0 * model.expert_params()
+        self.kv_bytes_per_key = 2.0 * N * A * b / tp
+        self.flops_per_pair = 4.0 * H * A / tp
+        self.expert_bytes_each = model.expert_params() * b / tp if model.is_moe else 0
+        self.expert_flops_per_row = 2.0 * model.expert_params() / tp
         self.windows = {"full": None, "sliding": model.sliding_window}
         self.types = tuple(t for t in LAYER_TYPES if t in model.layer_types)
         # sliding_before[i]: sliding layers among layers [0, i).
@@ -103,7 +106,7 @@ class WorkModel:
             return 0.0, 0.0
         K, E = self.model.num_experts_per_tok, self.model.num_experts
         if self.backend == "reference":
-            return E * self.expert_bytes_each, rows * K * E * self.expert_flops_per_row
+            return E / self.ep * self.expert_bytes_each, rows * K * E / self.ep * self.expert_flops_per_row
         bm = self.block_m(valid_rows * K)
         if expected is None:
             expected = self.expert_load.expected_distinct(num_decodes, prefill_tokens)
@@ -116,7 +119,9 @@ class WorkModel:
         # HBM serves each loaded expert once (its later tiles hit L2: on the H100 an 8192-token
         # layer takes less time than re-reading weights per tile would); a tile computes block_m
         # rows whether or not its expert has that many.
-        return distinct * self.expert_bytes_each, tiles * bm * self.expert_flops_per_row
+        # Under ep each device holds E / ep of the experts: on average that share of the loaded
+        # experts and of their tiles.
+        return distinct / self.ep * self.expert_bytes_each, tiles / self.ep * bm * self.expert_flops_per_row
 
     def row_tiles(self, num_decodes: int, prefill_tokens: tuple[int, ...]) -> float:
         """Expected row tiles one MoE layer's grouped matmul streams for these rows, at the
