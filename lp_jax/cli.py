@@ -333,6 +333,7 @@ def cmd_serve(args) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
     options = dict(parse_option(o) for o in args.engine_option)
+    options.update(_parallel_options(args))
     state = make_state(args.model, args.schedule, options, tokenizer_dir=args.tokenizer, max_waiting=args.max_waiting,
                        request_log=args.request_log, served_model_name=args.served_model_name,
                        progress=not args.no_progress)
@@ -598,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="append one JSON line per ended request: engine timestamps of every token, finish reason")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-progress", action="store_true", help="no compilation progress bar")
+    # One process only: requests arrive at one host, so processes elsewhere would not see them.
+    _add_parallel_options(p, multihost=False)
     p.set_defaults(func=cmd_serve)
     return parser
 

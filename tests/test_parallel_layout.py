@@ -92,6 +92,7 @@ def test_no_flags_means_one_process():
 
 
 def test_cli_takes_tp_and_ep_on_every_command(capsys):
+    assert (cli.build_parser().parse_args(["serve", "--tp", "2"]).tp) == 2
     for command in ("generate", "bench", "compare"):
         args = cli.build_parser().parse_args([command, "--tp", "2", "--ep", "4", "--coordinator-address",
                                               "10.0.0.1:1234", "--num-processes", "2", "--process-id", "1"])
