@@ -63,3 +63,17 @@ def run_with_arrivals(llm, prompts, arrival_steps, **request_kwargs):
             done[ids[out.request_id]] = out
         step += 1
     return [done[i] for i in range(len(prompts))]
+
+
+def drain_and_check_aborted(llm, aborted: set, ids: list, expected) -> None:
+    """Step `llm` until nothing is left; no request in `aborted` may finish, every other request
+    ids[i] must give the tokens expected(i), and every KV page must be free afterwards."""
+    done = {}
+    while llm.has_unfinished():
+        for out in llm.step():
+            done[out.request_id] = out
+    assert aborted.isdisjoint(done)
+    for i, rid in enumerate(ids):
+        if rid not in aborted:
+            assert done[rid].token_ids == expected(i), rid
+    assert llm.engine.blocks.all_free()

@@ -9,7 +9,7 @@ import pytest
 
 import lp_jax
 from lp_jax.model.config import get_preset
-from tests.engine_helpers import preset_model, reference_greedy, run_with_arrivals
+from tests.engine_helpers import drain_and_check_aborted, preset_model, reference_greedy, run_with_arrivals
 
 CONTEXT = 256
 ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=8, max_prefill_tokens=128, max_cohort_tokens=128, token_budget=64,
@@ -119,15 +119,7 @@ def test_abort_in_every_state_frees_pages_and_spares_the_rest(schedule):
     assert llm.abort(decoding.request_id)
     assert not llm.abort(decoding.request_id)  # already ended: nothing to do
     aborted = {waiting.request_id, mid_prefill.request_id, decoding.request_id}
-    done = {}
-    while llm.has_unfinished():
-        for out in llm.step():
-            done[out.request_id] = out
-    assert aborted.isdisjoint(done)
-    for i, rid in enumerate(ids):
-        if rid not in aborted:
-            assert done[rid].token_ids == reference_greedy(cfg, params, prompts[i], 8, CONTEXT)
-    assert eng.blocks.all_free()
+    drain_and_check_aborted(llm, aborted, ids, lambda i: reference_greedy(cfg, params, prompts[i], 8, CONTEXT))
 
 
 @pytest.mark.parametrize("schedule", ["prefill_first", "chunked", "layered"])

@@ -13,7 +13,7 @@ import pytest
 
 import lp_jax
 from lp_jax.engine.config import EngineConfig
-from tests.engine_helpers import reference_greedy, run_with_arrivals
+from tests.engine_helpers import drain_and_check_aborted, reference_greedy, run_with_arrivals
 from tests.test_engine_api import CONTEXT as API_CONTEXT
 from tests.test_engine_api import make_llm, prompts_of, tiny
 from tests.test_engine_schedules import CAP, CONTEXT, ENGINE, MAX_TOKENS, MODELS, model
@@ -231,15 +231,7 @@ def test_abort_mid_flight_spares_the_rest(variant):
         decoding = next((r for r in eng.state.running if r.status.value == "decoding"), None)
     assert llm.abort(decoding.request_id)
     aborted = {mid_prefill.request_id, decoding.request_id}
-    done = {}
-    while llm.has_unfinished():
-        for out in llm.step():
-            done[out.request_id] = out
-    assert aborted.isdisjoint(done)
-    for i, rid in enumerate(ids):
-        if rid not in aborted:
-            assert done[rid].token_ids == reference_greedy(cfg, params, prompts[i], 8, API_CONTEXT), rid
-    assert eng.blocks.all_free()
+    drain_and_check_aborted(llm, aborted, ids, lambda i: reference_greedy(cfg, params, prompts[i], 8, API_CONTEXT))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
