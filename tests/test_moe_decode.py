@@ -21,7 +21,7 @@ from pallas_kernels.moe import moe_experts_pallas
 from pallas_kernels.moe_decode import decode_plan, moe_experts_decode, token_rows
 from pallas_kernels.moe_reference import moe_experts_reference, random_experts
 from pallas_kernels.moe_tuning import MoETileConfig, decode_config
-from tests.test_moe_kernels import f32, model_case, rel_err, routing
+from tests.test_moe_kernels import f32, model_case, rel_err, routing, stacked_layers_case
 
 
 def tiles(T_pad, wgs=1):
@@ -85,12 +85,8 @@ def test_decode_layer_interpret(activation, bias, kind, T, valid, K, wgs):
 def test_decode_layer_no_valid_token_and_stacked_layers():
     """No valid token: no expert is active, no tile runs, the output is exactly 0. Experts
     stacked over layers with a traced layer index: the layer's own weights' result exactly."""
-    L, E, K, D, F, T = 2, 6, 2, 128, 128, 3
-    keys = jax.random.split(jax.random.key(9), L + 2)
-    layers = [random_experts(k, E, D, F, True) for k in keys[:L]]
-    stacked = {name: jnp.stack([ex[name] for ex in layers]) for name in layers[0]}
-    x = jax.random.normal(keys[L], (T, D), jnp.bfloat16)
-    w, ids = routing(keys[L + 1], T, K, E, "uniform")
+    L, E, T = 2, 6, 3
+    layers, stacked, x, w, ids = stacked_layers_case(9, L, E, K=2, D=128, F=128, T=T)
     run = functools.partial(moe_experts_decode, activation="clamped_swiglu", config=tiles(16), num_sms=2)
     with gpu_interpret_mode():
         none = run(x, w, ids, layers[0], valid_T=jnp.zeros((T,), bool))

@@ -160,16 +160,23 @@ def test_moe_layer_interpret(cfg, activation, bias, kind, T, valid):
         assert np.all(np.asarray(out[valid:], np.float32) == 0.0)
 
 
-@pytest.mark.parametrize("cfg", [PREFILL, DECODE])
-def test_moe_layer_reads_a_layer_of_stacked_weights_in_place(cfg):
-    """Experts stacked over 3 layers with a traced layer index give exactly what the layer's own
-    weights give (the engine passes whole stacks so no slice of them is copied)."""
-    L, E, K, D, F, T = 3, 8, 2, 128, 128, 40
-    keys = jax.random.split(jax.random.key(5), L + 2)
+def stacked_layers_case(seed: int, L: int, E: int, K: int, D: int, F: int, T: int):
+    """A layer-stacked MoE case: L layers' experts ([E, ...] each, with biases), the same stacked
+    [L, E, ...], bf16 tokens x [T, D], uniform routing weights and ids [T, K]."""
+    keys = jax.random.split(jax.random.key(seed), L + 2)
     layers = [random_experts(k, E, D, F, True) for k in keys[:L]]
     stacked = {name: jnp.stack([ex[name] for ex in layers]) for name in layers[0]}
     x = jax.random.normal(keys[L], (T, D), jnp.bfloat16)
     w, ids = routing(keys[L + 1], T, K, E, "uniform")
+    return layers, stacked, x, w, ids
+
+
+@pytest.mark.parametrize("cfg", [PREFILL, DECODE])
+def test_moe_layer_reads_a_layer_of_stacked_weights_in_place(cfg):
+    """Experts stacked over 3 layers with a traced layer index give exactly what the layer's own
+    weights give (the engine passes whole stacks so no slice of them is copied)."""
+    L = 3
+    layers, stacked, x, w, ids = stacked_layers_case(5, L, E=8, K=2, D=128, F=128, T=40)
     run = functools.partial(moe_experts_pallas, activation="clamped_swiglu", config=cfg, num_sms=4)
     with gpu_interpret_mode():
         from_stack = jax.jit(lambda l: run(x, w, ids, stacked, layer=l))(1)
