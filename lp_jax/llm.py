@@ -16,7 +16,8 @@ from lp_jax.model.config import ModelConfig, get_preset
 from lp_jax.model.init import init_params
 from lp_jax.model.routing import UNIFORM, get_profile
 from lp_jax.parallel.layout import check_devices
-from lp_jax.sim import Simulation
+from lp_jax.sim import Simulation, cost_predictor
+from lp_jax.sim.cost_model import device_slug
 
 
 def is_checkpoint(model) -> bool:
@@ -117,8 +118,14 @@ class LLM:
         if made:
             params = load_weights(model, self.model_config, self.engine_config.seed, dtype)
         # Weights made here are freed as they are split over several devices (tp x ep > 1).
+        # The adaptive layered schedule sizes groups by a cost model: this device's committed table
+        # of the model, else the model's preferred one (None without one: adaptive is then refused).
+        device = jax.devices()[0]
+        predict_s = cost_predictor(self.model_config, self.engine_config,
+                                   device_slug(device.device_kind, device.platform)) \
+            or cost_predictor(self.model_config, self.engine_config)
         self.engine = Engine(self.model_config, self.engine_config, model_executor(params, backend, made), dtype,
-                             trace=trace, progress=progress, num_pages=num_pages)
+                             trace=trace, progress=progress, num_pages=num_pages, predict_s=predict_s)
 
     @property
     def executor_label(self) -> str:

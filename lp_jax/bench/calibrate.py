@@ -38,22 +38,13 @@ from lp_jax.engine.executor import layer_pieces, range_lengths
 from lp_jax.engine.memory import device_memory_bytes
 from lp_jax.engine.request import SamplingParams, Status
 from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork
-from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, source_commit, table_file
+from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, device_slug, source_commit, table_file
 from lp_jax.sim.expert_load import UniformExpertLoad
 from lp_jax.sim.fit import fit_table
 from lp_jax.sim.work import WorkModel, kernel_block_m
 
 TARGET_S = 0.3  # timing budget per grid point (at least BLOCKS x MIN_REPS calls)
 BLOCKS, MIN_REPS, MAX_REPS = 3, 2, 20
-
-
-def device_slug(kind: str) -> str:
-    """Short device name of a JAX device kind ("NVIDIA H200" -> "h200"; CPUs -> "cpu")."""
-    k = kind.lower()
-    for name in ("h200", "h100", "b200", "a100"):
-        if name in k:
-            return name
-    return "cpu" if jax.devices()[0].platform == "cpu" else "".join(c for c in k if c.isalnum())[:16]
 
 
 def ceilings(mib: int, s: int, reps: int = 10) -> Peaks:
@@ -312,7 +303,7 @@ def calibrate_with(cal: Calibrator, *, quick: bool = False, progress: bool = Tru
     kind = jax.devices()[0].device_kind
     llm, cfg = cal.llm, cal.config
     base = CostTable(
-        model=llm.model_config.name, device=device_slug(kind), device_kind=kind, provenance="measured",
+        model=llm.model_config.name, device=device_slug(kind, jax.devices()[0].platform), device_kind=kind, provenance="measured",
         backend=cal.backend, dtype=str(llm.engine.dtype), memory_bytes=device_memory_bytes(), peaks=peaks,
         device_params=DeviceParams(), host=HostParams(),
         source=f"lp-jax calibrate on {kind} ({os.cpu_count()} host CPUs, load average {os.getloadavg()[0]:.1f}): "

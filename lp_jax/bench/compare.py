@@ -97,6 +97,10 @@ def parse_option(text: str) -> tuple[str, object]:
     kind, raw = ENGINE_OPTIONS[key], raw.strip()
     if "None" in kind and raw.lower() == "none":
         return key, None
+    if kind == "bool":
+        if raw.lower() not in ("true", "false"):
+            raise ValueError(f"engine option {key}: expected true or false, got {raw!r}")
+        return key, raw.lower() == "true"
     try:
         if kind.startswith("tuple"):
             return key, tuple(int(x) for x in raw.split(",") if x.strip())

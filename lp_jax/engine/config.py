@@ -14,7 +14,7 @@ from lp_jax.model.routing import UNIFORM, get_profile
 from lp_jax.parallel.layout import check_parallel
 
 SCHEDULES = ("prefill_first", "chunked", "layered")
-GROUP_RULES = ("linear", "pow2")
+GROUP_RULES = ("linear", "pow2", "adaptive")
 DTYPES = ("float32", "bfloat16", "float16")  # what the weights, activations and KV pools may be
 # Options that no longer exist -> what replaced them.
 REMOVED_OPTIONS = {
@@ -56,6 +56,19 @@ class EngineConfig:
     group_tokens / group_rule: layered's G = max(1, ceil(cohort tokens / group_tokens))
         ("linear") or the power-of-two table <=512:1, <=1024:2, <=2048:4, <=4096:8, else 16
         ("pow2"); num_groups fixes G (tests use it to force several groups on short prompts).
+        "adaptive": no fixed G; each iteration a cohort runs through as many layers from where it
+        stands as keep the cost model's predicted time of the iteration (its decodes included)
+        within iteration_target_s, at least one (uneven groups, sized at run time). Needs a cost
+        model: the simulator's, or for the real executor the model's committed cost table.
+    iteration_target_s: adaptive's bound on an iteration's predicted device time, seconds (set it
+        below the TBT SLO: the host's work and the model's error come on top).
+    pipelined: layered only: a new cohort may enter the first layers while earlier ones are still
+        in later groups (each keeps the layer-once property); the oldest cohort always advances,
+        later ones and a new one only within the iteration's budget (adaptive: the predicted time
+        within iteration_target_s; otherwise pipeline_budget).
+    pipeline_budget: pipelined layered with a fixed G rule: prompt-token x layer products the
+        prefill rows of one iteration may take (the oldest cohort's group always runs); None =
+        2 x group_tokens x layers (twice what one full linear-rule group takes).
     row_buckets: the ladder token rows are padded to (None = derived from the limits).
     routing: how an MoE layer chooses its experts (`lp_jax.model.routing`): "uniform", the
         model's own router (near uniform with random weights; checkpoints always route so), or a
@@ -81,6 +94,9 @@ class EngineConfig:
     group_tokens: int = 512
     group_rule: str = "linear"
     num_groups: int | None = None
+    iteration_target_s: float = 0.1
+    pipelined: bool = False
+    pipeline_budget: int | None = None
     seed: int = 0
     dtype: str | None = None
     row_buckets: tuple[int, ...] | None = None
@@ -108,12 +124,21 @@ class EngineConfig:
                      "group_tokens"):
             _check_int(name, getattr(self, name), 1)
         for name, low, why in (("num_pages", 2, " (one is the reserved trash page)"), ("max_model_len", 1, ""),
-                               ("num_groups", 1, "")):
+                               ("num_groups", 1, ""), ("pipeline_budget", 1, "")):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), low, why + " or None")
         _check_int("seed", self.seed, 0)
         for name in ("tp", "ep"):
             _check_int(name, getattr(self, name), 1, " (devices)")
+        if not isinstance(self.pipelined, bool):
+            raise ValueError(f"pipelined must be True or False, got {self.pipelined!r}")
+        if isinstance(self.iteration_target_s, bool) or not isinstance(self.iteration_target_s, numbers.Real) \
+                or not self.iteration_target_s > 0:
+            raise ValueError(f"iteration_target_s must be a number of seconds > 0, got {self.iteration_target_s!r}")
+        if self.schedule != "layered" and (self.pipelined or self.group_rule == "adaptive"):
+            raise ValueError(f"pipelined and group_rule='adaptive' are layered's; schedule is {self.schedule!r}")
+        if self.group_rule == "adaptive" and self.num_groups is not None:
+            raise ValueError("num_groups fixes G; group_rule='adaptive' sizes groups at run time: give one of them")
         if self.dtype is not None and _dtype_name(self.dtype) not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)} or None (bfloat16 "
                              "on a GPU, float32 elsewhere)")
@@ -174,6 +199,10 @@ class EngineConfig:
     def lone_prompt_tokens(self) -> int:
         """max_lone_prompt_tokens, or max_cohort_tokens where it is unresolved (see for_model)."""
         return self.max_lone_prompt_tokens or self.max_cohort_tokens
+
+    def pipeline_token_layers(self, num_layers: int) -> int:
+        """pipeline_budget resolved: prompt-token x layer products one iteration's prefill may take."""
+        return self.pipeline_budget or 2 * self.group_tokens * num_layers
 
     def pages_per_seq(self, model: ModelConfig) -> int:
         return ceil_div(self.model_len(model), self.page_size)
@@ -238,7 +267,10 @@ class EngineConfig:
         return tuple(ladder + [self.max_num_seqs])
 
     def num_groups_for(self, cohort_tokens: int, num_layers: int) -> int:
-        """G for a layered cohort of `cohort_tokens` prompt tokens (at most the layer count)."""
+        """G for a layered cohort of `cohort_tokens` prompt tokens (at most the layer count); the
+        fixed rules only (adaptive sizes each group at run time)."""
+        if self.group_rule == "adaptive":
+            raise ValueError("group_rule='adaptive' has no G per cohort: its groups are sized at run time")
         if self.num_groups is not None:
             g = self.num_groups
         elif self.group_rule == "linear":
@@ -251,7 +283,8 @@ class EngineConfig:
 # The options that only steer a schedule (the host's scheduler): engines whose options differ in
 # these alone can serve on one executor (one set of weights, KV pool and executables).
 SCHEDULE_OPTIONS = ("schedule", "max_prefill_tokens", "max_cohort_tokens", "max_lone_prompt_tokens", "token_budget",
-                    "group_tokens", "group_rule", "num_groups", "row_buckets")
+                    "group_tokens", "group_rule", "num_groups", "iteration_target_s", "pipelined", "pipeline_budget",
+                    "row_buckets")
 
 
 def shared_executor_config(configs: list[EngineConfig]) -> EngineConfig:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -47,11 +47,12 @@ class IterationRecord:
     end_s: float
     decode_ids: list[int]
     prefill: list[tuple[int, int, int]]  # (request id, start, end)
-    prefill_layers: tuple[int, int]
+    prefill_layers: tuple[int, int]  # the prefills' layer range (pipelined cohorts: their span)
     preempted_ids: list[int]
     expert_bytes: float  # distinct experts x bytes per expert, summed over its calls and layers
     expert_streamed_bytes: float  # row tiles x bytes per expert (what the grouped matmuls stream)
     segments: list  # executor SegmentRecords
+    prefill_ranges: list[tuple[int, int]] = field(default_factory=list)  # layer range of each prefill entry
 
 
 # (model, engine config, block manager, dtype, record rows) -> an executor.
@@ -67,19 +68,31 @@ def model_executor(params: dict, backend: str | None = None, free_params: bool =
     return make
 
 
+def check_predictor(config: EngineConfig, predict_s) -> None:
+    """ValueError for the adaptive layered schedule without a cost model to size groups by."""
+    if config.group_rule == "adaptive" and predict_s is None:
+        raise ValueError("group_rule='adaptive' needs a cost model to predict iteration times: run on the simulator "
+                         "(executor='sim[:DEVICE]') or give the engine predict_s (lp_jax.LLM builds it from the "
+                         "model's committed cost table, lp_jax/sim/tables/)")
+
+
 class Engine:
     def __init__(self, model: ModelConfig, config: EngineConfig, executor: ExecutorFactory, dtype,
                  clock: Callable[[], float] = time.perf_counter, trace: bool = False, progress=None,
-                 num_pages: int | None = None):
+                 num_pages: int | None = None, predict_s: Callable[[IterationPlan], float] | None = None):
         config.check_model(model)
         config = config.for_model(model)
         self.model, self.config, self.clock, self.trace = model, config, clock, trace
         self.dtype = np.dtype(dtype)
         num_pages = num_pages or plan_num_pages(model, config, dtype)
         self.blocks = BlockManager(num_pages, config.page_size)
-        self.state = SchedulerState(config, model.num_layers, self.blocks)
-        self.scheduler = make_scheduler(config.schedule)
         self.executor = executor(model, config, self.blocks, self.dtype, trace)
+        # The cost model the adaptive layered schedule sizes groups by: the one given, else the
+        # executor's own (the simulator's).
+        self.predict_s = predict_s or getattr(self.executor, "predict_s", None)
+        check_predictor(config, self.predict_s)
+        self.state = SchedulerState(config, model.num_layers, self.blocks, self.predict_s)
+        self.scheduler = make_scheduler(config.schedule)
         self.executor.precompile(progress)
         self.compiles_after_startup = compile_counter.count()
         self.expert_bytes_each = expert_bytes(model, self.dtype.itemsize) if model.is_moe else 0
@@ -166,8 +179,9 @@ class Engine:
             raise ValueError("cannot change the schedule while requests are in flight")
         check_shares_executor(self.executor.config, config)
         config.check_model(self.model)
+        check_predictor(config, self.predict_s)
         self.config = config
-        self.state = SchedulerState(config, self.model.num_layers, self.blocks)
+        self.state = SchedulerState(config, self.model.num_layers, self.blocks, self.predict_s)
         self.scheduler = make_scheduler(config.schedule)
 
     def has_unfinished(self) -> bool:
@@ -224,13 +238,12 @@ class Engine:
         for req in plan.decodes:
             req.num_computed += 1
             self._token_in_flight(req)
-        if plan.prefill_finishes_layers:
-            for w in plan.prefills:
-                req = w.request
-                req.num_computed = w.end
-                if w.completes_prompt:
-                    req.status = Status.DECODING
-                    self._token_in_flight(req)
+        for w in plan.finishing():
+            req = w.request
+            req.num_computed = w.end
+            if w.completes_prompt:
+                req.status = Status.DECODING
+                self._token_in_flight(req)
 
     def _token_in_flight(self, req: Request) -> None:
         req.num_pending += 1
@@ -252,7 +265,8 @@ class Engine:
             self.records.append(IterationRecord(
                 iteration, start, now, [r.request_id for r in plan.decodes],
                 [(w.request.request_id, w.start, w.end) for w in plan.prefills], plan.prefill_layers,
-                [r.request_id for r in plan.preempted], spent, streamed, result.segments))
+                [r.request_id for r in plan.preempted], spent, streamed, result.segments,
+                [plan.layers_of(w) for w in plan.prefills]))
         return finished
 
     def _emit(self, req: Request, token: int, now: float) -> bool:

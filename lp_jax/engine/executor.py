@@ -347,7 +347,7 @@ class ModelExecutor:
             builder.add_decodes(plan.decodes, prev)
             rows.update((r.request_id, 1) for r in plan.decodes)
         if seg.prefill:
-            for w in plan.prefills:
+            for w in plan.segment_prefills(seg):
                 builder.add_prefill(w.request, w.start, w.end, self.prefill_base + w.offset)
                 rows[w.request.request_id] = rows.get(w.request.request_id, 0) + w.num_tokens
         row_tokens = builder.row_tokens() if self.record_rows else []
@@ -367,11 +367,10 @@ class ModelExecutor:
             calls.append((seg, self._pieces(seg, batch), rows, row_tokens))
         sampled: list[Request] = list(plan.decodes)
         hidden_rows = list(range(len(plan.decodes)))
-        if plan.prefill_finishes_layers:
-            for w in plan.prefills:
-                if w.completes_prompt:
-                    sampled.append(w.request)
-                    hidden_rows.append(self.prefill_base + w.offset + w.num_tokens - 1)
+        for w in plan.finishing():
+            if w.completes_prompt:
+                sampled.append(w.request)
+                hidden_rows.append(self.prefill_base + w.offset + w.num_tokens - 1)
         return Prepared(calls, sampled, len(plan.decodes), self._sample_args(sampled, hidden_rows) if sampled else None)
 
     def launch(self, prep: Prepared) -> InFlight:

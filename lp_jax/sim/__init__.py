@@ -63,6 +63,17 @@ class Simulation:
         return make
 
 
+def cost_predictor(model: ModelConfig, config: EngineConfig, spec: str = ""):
+    """`predict_s(plan) -> seconds` from a committed cost table of the model (`spec`: as
+    load_table's, "" = the preferred device), for a real engine's adaptive layered schedule;
+    None when the model has no table that can serve this configuration."""
+    load = expert_load(model.num_experts, model.num_experts_per_tok, config.routing) if model.is_moe else None
+    try:  # no table of the model, or (tp x ep > 1) none with the all-reduce measured
+        return SimulatedExecutor(model, config, None, load_table(spec, model.name), VirtualClock(), load).predict_s
+    except ValueError:
+        return None
+
+
 def _dtype(name: str) -> np.dtype:
     """numpy dtype of a table's dtype name (bfloat16 through ml_dtypes, which jax ships)."""
     import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
@@ -70,4 +81,4 @@ def _dtype(name: str) -> np.dtype:
     return np.dtype(getattr(ml_dtypes, name) if name == "bfloat16" else name)
 
 
-__all__ = ["Simulation", "SimulatedExecutor", "VirtualClock", "CostTable", "load_table", "parse_executor"]
+__all__ = ["Simulation", "cost_predictor", "SimulatedExecutor", "VirtualClock", "CostTable", "load_table", "parse_executor"]

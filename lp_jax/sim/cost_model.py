@@ -236,6 +236,16 @@ def source_commit() -> str:
         return "unknown"
 
 
+def device_slug(kind: str, platform: str) -> str:
+    """Short device name of a JAX device kind and platform ("NVIDIA H200" -> "h200"; CPUs -> "cpu"):
+    the DEVICE of the tables' file names."""
+    k = kind.lower()
+    for name in ("h200", "h100", "b200", "a100"):
+        if name in k:
+            return name
+    return "cpu" if platform == "cpu" else "".join(c for c in k if c.isalnum())[:16]
+
+
 def table_file(device: str, model: str) -> str:
     return os.path.join(TABLES_DIR, f"{device}_{model}.json")
 

@@ -119,36 +119,20 @@ class SimulatedExecutor:
                     flight.ready_s += lost
 
     def dispatch(self, plan: IterationPlan) -> SimFlight:
-        host, table, clock = self.table.host, self.table, self.clock
+        host, clock = self.table.host, self.clock
         decodes, works = plan.decodes, plan.prefills
         start = clock()
         now = clock.advance(host.step_s + host.decode_s * len(decodes) + host.prefill_s * len(works))
-        launch, call_s, range_row_s = host.launch_s, table.device_params.call_s, table.device_params.range_row_s
+        launch = host.launch_s
         device, busy = self.device_free_s, 0.0
-        contexts = [r.num_computed + 1 for r in decodes]
-        prefills = [(w.start, w.end) for w in works]
-        tokens = tuple(e - s for s, e in prefills)
         segments = []
-        for seg in plan.segments():
-            ctx = contexts if seg.decode else []
-            seg_prefills, seg_tokens = (prefills, tokens) if seg.prefill else ([], ())
-            rows = bucket_for(len(ctx) + sum(seg_tokens), self.buckets)
-            distinct = self.load.expected_distinct(len(ctx), seg_tokens) if self.load else 0.0
-            tiles = self.work.row_tiles(len(ctx), seg_tokens) if self.load else 0.0
-            layer = self.work.layer_works(rows, ctx, seg_prefills, expected=distinct)
-            comm = self.collective_s(rows)
-            full = table.layer_s(layer["full"]) + comm if "full" in layer else 0.0
-            sliding = table.layer_s(layer["sliding"]) + comm if "sliding" in layer else 0.0
-            for n_full, n_sliding, ranged in self.pieces(seg.layer_lo, seg.layer_hi):
-                seconds = call_s + n_full * full + n_sliding * sliding + (range_row_s * rows if ranged else 0.0)
+        for seg, call_seconds, info in self._calls(plan):
+            for seconds in call_seconds:
                 now += launch  # the device starts a call once it is launched and the last one is done
                 device = (device if device > now else now) + seconds
                 busy += seconds
-            segments.append((seg, len(ctx), [(w.request.request_id, w.num_tokens) for w in works] if seg.prefill else [],
-                             distinct, tiles))
-        sampled = list(decodes)
-        if plan.prefill_finishes_layers:
-            sampled += [w.request for w in works if w.completes_prompt]
+            segments.append((seg, *info))
+        sampled = list(decodes) + [w.request for w in plan.finishing() if w.completes_prompt]
         if sampled:
             seconds = self._head_s[bucket_for(len(sampled), self.seq_buckets)]
             now += launch
@@ -161,6 +145,35 @@ class SimulatedExecutor:
         self._pending.append(flight)
         self._host_work(start, now - start)
         return flight
+
+    def _calls(self, plan: IterationPlan):
+        """Per plan segment: (segment, device seconds of each of its calls, (decode rows, [(request
+        id, prefill rows)], expected distinct experts and row tiles per layer))."""
+        table = self.table
+        call_s, range_row_s = table.device_params.call_s, table.device_params.range_row_s
+        contexts = [r.num_computed + 1 for r in plan.decodes]
+        for seg in plan.segments():
+            ctx = contexts if seg.decode else []
+            works = plan.segment_prefills(seg)
+            seg_prefills = [(w.start, w.end) for w in works]
+            seg_tokens = tuple(e - s for s, e in seg_prefills)
+            rows = bucket_for(len(ctx) + sum(seg_tokens), self.buckets)
+            distinct = self.load.expected_distinct(len(ctx), seg_tokens) if self.load else 0.0
+            tiles = self.work.row_tiles(len(ctx), seg_tokens) if self.load else 0.0
+            layer = self.work.layer_works(rows, ctx, seg_prefills, expected=distinct)
+            comm = self.collective_s(rows)
+            full = table.layer_s(layer["full"]) + comm if "full" in layer else 0.0
+            sliding = table.layer_s(layer["sliding"]) + comm if "sliding" in layer else 0.0
+            seconds = [call_s + n_full * full + n_sliding * sliding + (range_row_s * rows if ranged else 0.0)
+                       for n_full, n_sliding, ranged in self.pieces(seg.layer_lo, seg.layer_hi)]
+            yield seg, seconds, (len(ctx), [(w.request.request_id, w.num_tokens) for w in works], distinct, tiles)
+
+    def predict_s(self, plan: IterationPlan) -> float:
+        """Device seconds the cost model gives one iteration of this plan (its layer calls and its
+        sampling call), without running it: what the adaptive layered schedule sizes groups by."""
+        seconds = sum(sum(call_seconds) for _, call_seconds, _ in self._calls(plan))
+        sampled = len(plan.decodes) + sum(w.completes_prompt for w in plan.finishing())
+        return seconds + (self._head_s[bucket_for(sampled, self.seq_buckets)] if sampled else 0.0)
 
     def fetch(self, flight: SimFlight) -> ExecutionResult:
         """Wait (on the virtual clock) for the iteration's tokens and read them back."""

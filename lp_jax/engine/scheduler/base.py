@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from lp_jax.engine.config import EngineConfig
 from lp_jax.engine.kv_cache import BlockManager
@@ -18,12 +19,16 @@ from lp_jax.engine.request import Request, Status
 @dataclass
 class PrefillWork:
     """Prefill of tokens[start:end] of one request. `offset` is the first row of its hidden
-    states in the executor's prefill region (stable while a layered cohort is in flight)."""
+    states in the executor's prefill region (stable while a layered cohort is in flight).
+    `layers`: the layer range [lo, hi) it runs through this iteration, where it differs from the
+    plan's `prefill_layers` (pipelined layered: cohorts in different groups at once); None = the
+    plan's."""
 
     request: Request
     start: int
     end: int
     offset: int = 0
+    layers: tuple[int, int] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -37,12 +42,14 @@ class PrefillWork:
 
 @dataclass(frozen=True)
 class Segment:
-    """One layer-range call: layers [layer_lo, layer_hi) over decode rows and/or prefill rows."""
+    """One layer-range call: layers [layer_lo, layer_hi) over decode rows and/or prefill rows;
+    `members`: the indices in the plan's prefills whose rows it carries."""
 
     layer_lo: int
     layer_hi: int
     decode: bool
     prefill: bool
+    members: tuple[int, ...] = ()
 
 
 @dataclass
@@ -64,31 +71,51 @@ class IterationPlan:
     def prefill_tokens(self) -> int:
         return sum(w.num_tokens for w in self.prefills)
 
+    def layers_of(self, work: PrefillWork) -> tuple[int, int]:
+        """The layer range [lo, hi) a prefill work runs through this iteration."""
+        return work.layers or self.prefill_layers
+
+    def finishing(self) -> list[PrefillWork]:
+        """The prefill works whose rows leave the last layer this iteration."""
+        return [w for w in self.prefills if self.layers_of(w)[1] == self.num_layers]
+
     @property
     def prefill_finishes_layers(self) -> bool:
-        """The prefill rows leave the last layer this iteration."""
-        return bool(self.prefills) and self.prefill_layers[1] == self.num_layers
+        """Some prefill rows leave the last layer this iteration."""
+        return bool(self.finishing())
+
+    def segment_prefills(self, seg: Segment) -> list[PrefillWork]:
+        """The prefill works whose rows a segment carries."""
+        return [self.prefills[i] for i in seg.members]
 
     def segments(self) -> list[Segment]:
-        """Decode-only below the prefill range, mixed inside it, decode-only above it."""
+        """The layers cut at every prefill range's ends: each piece carries the decodes and the
+        prefills whose range covers it (one range: decode-only below it, mixed inside, decode-only
+        above; pipelined cohorts in different groups: a mixed piece per range, or per overlap)."""
         L = self.num_layers
         if not self.prefills:
             return [Segment(0, L, True, False)] if self.decodes else []
-        lo, hi = self.prefill_layers
+        ranges = [self.layers_of(w) for w in self.prefills]
+        bounds = sorted({0, L}.union(*ranges))
         dec = bool(self.decodes)
-        segs = [Segment(0, lo, True, False)] if dec and lo > 0 else []
-        segs.append(Segment(lo, hi, dec, True))
-        if dec and hi < L:
-            segs.append(Segment(hi, L, True, False))
+        segs = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            members = tuple(i for i, (a, b) in enumerate(ranges) if a <= lo and hi <= b)
+            if members or dec:
+                segs.append(Segment(lo, hi, dec, bool(members), members))
         return segs
 
 
 class SchedulerState:
     """The queues: `waiting` (FCFS; preempted requests go back to its front) and `running`
-    (admitted, prefilling or decoding, in admission order), plus the page allocator."""
+    (admitted, prefilling or decoding, in admission order), plus the page allocator and, where one
+    is known, `predict_s(plan) -> seconds`: the cost model's device time of a plan (the adaptive
+    layered schedule sizes its groups by it)."""
 
-    def __init__(self, config: EngineConfig, num_layers: int, blocks: BlockManager):
+    def __init__(self, config: EngineConfig, num_layers: int, blocks: BlockManager,
+                 predict_s: Callable[["IterationPlan"], float] | None = None):
         self.config = config
+        self.predict_s = predict_s
         self.num_layers = num_layers
         self.blocks = blocks
         self.waiting: deque[Request] = deque()

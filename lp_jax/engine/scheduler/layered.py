@@ -11,9 +11,25 @@ max_lone_prompt_tokens tokens (L x group_tokens by default: G = ceil(tokens / gr
 groups, so each iteration's group computes about what a group_tokens chunk through every layer
 would, and every layer sees the whole prompt once); a prompt longer still is prefilled in chunks
 of that size, each of which traverses all groups (layered + chunked).
+
+Beyond the paper (issue 19), two options:
+- group_rule="adaptive": no G is fixed. Each iteration a cohort runs from the layer it stands at
+  through as many layers as keep the cost model's predicted time of the whole iteration (its
+  decodes included) within iteration_target_s, at least one: groups are sized at run time from
+  the current decode batch, unevenly, and a cohort finishes in as few iterations as that bound
+  allows (the predicted time grows with the layers, so the most that fit is a bisection).
+- pipelined=True: a new cohort may enter the first layers while earlier cohorts are still in
+  later ones. The oldest cohort always advances; each later one, then a new one, only if the
+  iteration stays within its budget (adaptive: the predicted time; a fixed rule:
+  pipeline_budget prompt-token x layer products). Cohorts hold disjoint rows of the executor's
+  prefill region, so a new cohort is as large as the free rows allow, and one never holds a
+  request still in flight in another (a prompt prefilled in chunks enters chunk by chunk).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 from lp_jax.engine.request import Request, Status
 from lp_jax.engine.scheduler.base import (IterationPlan, PrefillWork, SchedulerState, reserve_decode_slots,
@@ -21,43 +37,179 @@ from lp_jax.engine.scheduler.base import (IterationPlan, PrefillWork, SchedulerS
 from lp_jax.model.config import even_split
 
 
+@dataclass
+class Cohort:
+    """Prompts prefilled together, layer by layer. groups: the fixed groups (a fixed G rule), or
+    None (adaptive: each iteration's range is sized then). next_layer: where it runs next."""
+
+    works: list[PrefillWork]
+    groups: list[tuple[int, int]] | None
+    next_layer: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(w.num_tokens for w in self.works)
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        """Its rows [first, end) in the executor's prefill region."""
+        return self.works[0].offset, self.works[-1].offset + self.works[-1].num_tokens
+
+    def fixed_range(self) -> tuple[int, int]:
+        return next(g for g in self.groups if g[0] == self.next_layer)
+
+
+class IterationBudget:
+    """Whether an iteration's prefill passes [(works, lo, hi)] fit beside its decodes: the cost
+    model's predicted device time within iteration_target_s (adaptive), or the prompt-token x layer
+    products within pipeline_budget (a fixed rule)."""
+
+    def __init__(self, state: SchedulerState, decodes: list[Request]):
+        cfg = state.config
+        self.adaptive = cfg.group_rule == "adaptive"
+        if self.adaptive and state.predict_s is None:
+            raise ValueError("group_rule='adaptive' needs a cost model (the simulator's, or a committed cost table "
+                             "of the model for the real executor) to predict iteration times")
+        self.state, self.decodes = state, decodes
+        self.target_s = cfg.iteration_target_s
+        self.token_layers = cfg.pipeline_token_layers(state.num_layers)
+
+    def fits(self, passes: list[tuple[list[PrefillWork], int, int]]) -> bool:
+        if not self.adaptive:
+            return sum(sum(w.num_tokens for w in works) * (hi - lo) for works, lo, hi in passes) <= self.token_layers
+        return self.state.predict_s(plan_of(self.state.num_layers, self.decodes, passes)) <= self.target_s
+
+    def most_layers(self, passes, works: list[PrefillWork], lo: int) -> int:
+        """The highest hi in (lo, L] with passes + (works, lo, hi) fitting; lo if none does."""
+        good, bad = lo, self.state.num_layers + 1
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            if self.fits(passes + [(works, lo, mid)]):
+                good = mid
+            else:
+                bad = mid
+        return good
+
+
+def plan_of(num_layers: int, decodes: list[Request], passes, preempted=()) -> IterationPlan:
+    """The plan of decodes and prefill passes [(works, lo, hi)]: one pass sets the plan's
+    prefill_layers; several give each work its own range (and the plan their span)."""
+    if not passes:
+        return IterationPlan(num_layers, decodes=decodes, preempted=list(preempted))
+    if len(passes) == 1:
+        works, lo, hi = passes[0]
+        return IterationPlan(num_layers, decodes=decodes, prefills=list(works), prefill_layers=(lo, hi),
+                             preempted=list(preempted))
+    prefills = [dataclasses.replace(w, layers=(lo, hi)) for works, lo, hi in passes for w in works]
+    span = (min(lo for _, lo, _ in passes), max(hi for _, _, hi in passes))
+    return IterationPlan(num_layers, decodes=decodes, prefills=prefills, prefill_layers=span,
+                         preempted=list(preempted))
+
+
 class LayeredScheduler:
     name = "layered"
 
     def __init__(self):
-        self.cohort: list[PrefillWork] = []
-        self.groups: list[tuple[int, int]] = []
-        self.group = 0  # index of the group the cohort runs through next
+        self.cohorts: list[Cohort] = []  # in flight, oldest first
 
     def schedule(self, state: SchedulerState) -> IterationPlan:
         L = state.num_layers
-        # Members cancelled mid-flight leave; the rest keep their rows (offsets are stable).
-        self.cohort = [w for w in self.cohort if w.request.status == Status.PREFILLING]
-        if self.cohort and self.group >= len(self.groups):
-            self.cohort = []
+        for c in self.cohorts:
+            # Members cancelled or preempted mid-flight leave; the rest keep their rows (offsets are stable).
+            c.works = [w for w in c.works if w.request.status == Status.PREFILLING]
+        self.cohorts = [c for c in self.cohorts if c.works and c.next_layer < L]
         decodes, preempted = reserve_decode_slots(state)
-        if not self.cohort:
-            self._admit_cohort(state)
-        if not self.cohort:
-            return IterationPlan(L, decodes=decodes, preempted=preempted)
-        layers = self.groups[self.group]
-        self.group += 1
-        return IterationPlan(L, decodes=decodes, prefills=list(self.cohort), prefill_layers=layers,
-                             preempted=preempted)
+        budget = IterationBudget(state, decodes)
+        passes: list[tuple[list[PrefillWork], int, int]] = []
+        advanced: list[tuple[Cohort, int]] = []
+        for c in self.cohorts:
+            hi = self._next_hi(c, passes, budget, oldest=not passes)
+            if hi > c.next_layer:
+                passes.append((c.works, c.next_layer, hi))
+                advanced.append((c, hi))
+        if not self.cohorts or state.config.pipelined:
+            new = self._admit_cohort(state, passes, budget)
+            if new is not None:
+                hi = self._next_hi(new, passes, budget, oldest=not passes)
+                passes.append((new.works, 0, hi))
+                advanced.append((new, hi))
+                self.cohorts.append(new)
+        for c, hi in advanced:
+            c.next_layer = hi
+        return plan_of(L, decodes, passes, preempted)
 
-    def _admit_cohort(self, state: SchedulerState) -> None:
+    @staticmethod
+    def _next_hi(c: Cohort, passes, budget: IterationBudget, oldest: bool) -> int:
+        """Where cohort c's range this iteration ends (c.next_layer: it waits). The oldest cohort
+        always advances: its fixed group, or at least one layer."""
+        if c.groups is not None:
+            hi = c.fixed_range()[1]
+            return hi if oldest or budget.fits(passes + [(c.works, c.next_layer, hi)]) else c.next_layer
+        hi = budget.most_layers(passes, c.works, c.next_layer)
+        return max(hi, c.next_layer + 1) if oldest else hi
+
+    def _admit_cohort(self, state: SchedulerState, passes, budget: IterationBudget) -> Cohort | None:
         cfg = state.config
-        queue = state.prefilling() + list(state.waiting)
-        head = queue[0] if queue else None
-        if head is not None and _prefill_left(head) > cfg.max_cohort_tokens:
-            self.cohort = take_prefill_chunks(state, cfg.lone_prompt_tokens, whole_prompts=True, candidates=[head])
-        else:
-            self.cohort = take_prefill_chunks(state, cfg.max_cohort_tokens, whole_prompts=True)
-        if self.cohort:
-            tokens = sum(w.num_tokens for w in self.cohort)
-            G = state.config.num_groups_for(tokens, state.num_layers)
-            self.groups = even_split(state.num_layers, G)
-            self.group = 0
+        in_flight = {w.request.request_id for c in self.cohorts for w in c.works}
+        queue = [r for r in state.prefilling() + list(state.waiting) if r.request_id not in in_flight]
+        if not queue:
+            return None
+        if not self.cohorts:
+            if _prefill_left(queue[0]) > cfg.max_cohort_tokens:
+                works = take_prefill_chunks(state, cfg.lone_prompt_tokens, whole_prompts=True, candidates=queue[:1])
+            else:
+                works = take_prefill_chunks(state, cfg.max_cohort_tokens, whole_prompts=True, candidates=queue)
+            return self._cohort(state, works, 0)
+        base, rows = self._free_rows(cfg)
+        tokens = self._joining_tokens(state, queue, min(rows, cfg.max_cohort_tokens), passes, budget, base)
+        if not tokens:
+            return None
+        works = take_prefill_chunks(state, tokens, whole_prompts=True, candidates=queue)
+        return self._cohort(state, works, base)
+
+    def _cohort(self, state: SchedulerState, works: list[PrefillWork], base: int) -> Cohort | None:
+        if not works:
+            return None
+        works = [dataclasses.replace(w, offset=w.offset + base) for w in works] if base else works
+        if state.config.group_rule == "adaptive":
+            return Cohort(works, None)
+        tokens = sum(w.num_tokens for w in works)
+        return Cohort(works, even_split(state.num_layers, state.config.num_groups_for(tokens, state.num_layers)))
+
+    def _free_rows(self, cfg) -> tuple[int, int]:
+        """(first row, row count) of the largest free stretch of the prefill region. The region is
+        taken as lone_prompt_tokens rows (it is at least that): then no call carries more prefill
+        rows than a lone prompt's, which the row buckets hold beside the decodes."""
+        size = min(cfg.hidden_rows() - cfg.max_num_seqs - 1, cfg.lone_prompt_tokens)
+        taken = sorted(c.rows for c in self.cohorts)
+        best, start = (0, 0), 0
+        for lo, hi in taken + [(size, size)]:
+            if lo - start > best[1]:
+                best = (start, lo - start)
+            start = max(start, hi)
+        return best
+
+    def _joining_tokens(self, state: SchedulerState, queue: list[Request], cap: int, passes,
+                        budget: IterationBudget, base: int) -> int:
+        """Prompt tokens of the longest FCFS run of whole prompts (within `cap` and the running
+        slots) that can enter beside the cohorts in flight this iteration: its first range (the
+        first fixed group, or one layer if adaptive) within the budget; 0 if none can."""
+        slots = state.config.max_num_seqs - len(state.running)
+        works, total = [], 0
+        for req in queue[:max(slots, 0)]:
+            n = _prefill_left(req)
+            if total + n > cap:
+                break
+            works.append(PrefillWork(req, req.num_computed, req.num_computed + n, base + total))
+            total += n
+        L, adaptive = state.num_layers, state.config.group_rule == "adaptive"
+        while works:
+            tokens = sum(w.num_tokens for w in works)
+            hi = 1 if adaptive else even_split(L, state.config.num_groups_for(tokens, L))[0][1]
+            if budget.fits(passes + [(works, 0, hi)]):
+                return tokens
+            works.pop()
+        return 0
 
 
 def _prefill_left(req: Request) -> int:

@@ -1,0 +1,210 @@
+"""Layered prefill beyond the paper (issue 19): pipelined cohorts and adaptive groups, on the tiny
+models, with the same checks as the other schedules (greedy outputs equal the reference decoder,
+every prompt token through every layer once, stall-free decodes, no page leaks, nothing compiled
+while serving, aborts, preemption) and the invariants of their own (cohorts really overlap, the
+iteration budget holds, groups follow the cost model)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import lp_jax
+from lp_jax.engine.config import EngineConfig
+from tests.engine_helpers import drain_and_check_aborted, reference_greedy, run_with_arrivals
+from tests.test_engine_api import CONTEXT as API_CONTEXT
+from tests.test_engine_api import make_llm, prompts_of, tiny
+from tests.test_engine_schedules import ENGINE, MAX_TOKENS, MODELS, expected, model, workload
+
+# A cost model that is linear in the rows and layers of a plan: an iteration's predicted seconds
+# = 1 ms + 2 us per decode row x layer + 1 us per prompt row x layer. With TARGET_S a cohort of
+# n prompt tokens beside d decodes gets floor((TARGET_S - 1 ms - 2 us x d x L) / (1 us x n))
+# layers (on these 4-layer models: a 256-token cohort 1 or 2, a 100-token one all 4), so tests
+# can say which groups adaptive must choose.
+TARGET_S = 0.0016
+DECODE_S, PROMPT_S = 2e-6, 1e-6
+
+
+def linear_predict_s(plan) -> float:
+    L = plan.num_layers
+    return 1e-3 + DECODE_S * len(plan.decodes) * L + PROMPT_S * sum(
+        w.num_tokens * (plan.layers_of(w)[1] - plan.layers_of(w)[0]) for w in plan.prefills)
+
+
+VARIANTS = {
+    "pipelined": dict(num_groups=3, pipelined=True),
+    "adaptive": dict(group_rule="adaptive", iteration_target_s=TARGET_S),
+    "adaptive_pipelined": dict(group_rule="adaptive", iteration_target_s=TARGET_S, pipelined=True),
+}
+
+
+def with_linear_cost(llm):
+    """Size adaptive groups by linear_predict_s instead of the committed CPU table (whose times
+    would make the groups depend on a fit)."""
+    llm.engine.predict_s = llm.engine.state.predict_s = linear_predict_s
+    return llm
+
+
+@functools.cache
+def served(name, variant):
+    cfg, params = model(name)
+    prompts, arrivals = workload(cfg.vocab_size)
+    llm = with_linear_cost(lp_jax.LLM(cfg, "layered", params=params, **VARIANTS[variant], **ENGINE))
+    outs = run_with_arrivals(llm, prompts, arrivals, max_tokens=MAX_TOKENS)
+    llm.compiles_while_serving = llm.engine.compiles_since_startup()
+    return llm, outs
+
+
+def passes_of(llm) -> dict[tuple[int, int], np.ndarray]:
+    """(request id, position) -> how many times that prompt row ran through each layer."""
+    L = llm.model_config.num_layers
+    passes: dict[tuple[int, int], np.ndarray] = {}
+    for rec in llm.engine.records:
+        for (rid, start, end), (lo, hi) in zip(rec.prefill, rec.prefill_ranges):
+            for p in range(start, end):
+                passes.setdefault((rid, p), np.zeros(L, int))[lo:hi] += 1
+    return passes
+
+
+# Every variant on the MoE model; the combined one also on the sliding-window MoE and the dense model
+# (each reference decoding costs seconds on two cores).
+GREEDY_CASES = [("tiny-qwen3-moe", v) for v in VARIANTS] + [(m, "adaptive_pipelined") for m in MODELS[1:]]
+
+
+@pytest.mark.parametrize("name,variant", GREEDY_CASES)
+def test_greedy_outputs_equal_reference_decoder(name, variant):
+    _, outs = served(name, variant)
+    mismatched = [i for i, (o, w) in enumerate(zip(outs, expected(name))) if o.token_ids != w]
+    assert not mismatched, f"{variant}: requests {mismatched} differ from the reference decoder"
+    assert all(o.status == "finished" for o in outs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_prompt_token_passes_every_layer_once(variant):
+    llm, outs = served("tiny-qwen3-moe", variant)
+    passes = passes_of(llm)
+    for o in outs:
+        for p in range(len(o.prompt_token_ids)):
+            counts = passes.get((o.request_id, p))
+            assert counts is not None and (counts == 1).all(), f"request {o.request_id} token {p}: {counts}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_stall_free_no_leaks_nothing_compiled(variant):
+    llm, outs = served("tiny-gpt-oss", variant)
+    it = {rec.end_s: rec.iteration for rec in llm.engine.records}
+    for o in outs:
+        steps = [it[t] for t in o.token_times_s]
+        assert steps == list(range(steps[0], steps[0] + len(steps))), f"request {o.request_id} stalled: {steps}"
+    assert llm.engine.blocks.all_free()
+    assert llm.compiles_while_serving == 0
+
+
+@pytest.mark.parametrize("variant", ["pipelined", "adaptive_pipelined"])
+def test_cohorts_overlap_and_hold_disjoint_rows(variant):
+    """Some iteration runs two cohorts in different layer ranges, and no two requests in flight
+    at once share a row of the prefill region."""
+    llm, _ = served("tiny-qwen3-moe", variant)
+    overlapping = [rec for rec in llm.engine.records if len(set(rec.prefill_ranges)) > 1]
+    assert overlapping, "no iteration ran two cohorts at once"
+    assert any(lo == 0 for rec in overlapping for lo, _ in rec.prefill_ranges)  # a new cohort entered
+
+
+def test_pipelined_fixed_rule_keeps_groups_and_budget():
+    """Each cohort runs its fixed groups (num_groups=3: (0, 1), (1, 2), (2, 4)); beside the oldest
+    cohort the prompt-token x layer products stay within pipeline_budget."""
+    llm, _ = served("tiny-qwen3-moe", "pipelined")
+    budget = EngineConfig(**ENGINE_CONFIG).pipeline_token_layers(llm.model_config.num_layers)
+    for rec in llm.engine.records:
+        assert set(rec.prefill_ranges) <= {(0, 1), (1, 2), (2, 4)}
+        by_range: dict[tuple[int, int], int] = {}
+        for (_, start, end), r in zip(rec.prefill, rec.prefill_ranges):
+            by_range[r] = by_range.get(r, 0) + end - start
+        if len(by_range) > 1:
+            assert sum(n * (hi - lo) for (lo, hi), n in by_range.items()) <= budget, rec.iteration
+
+
+ENGINE_CONFIG = {k: v for k, v in ENGINE.items() if k != "trace"}
+
+
+@pytest.mark.parametrize("variant", ["adaptive", "adaptive_pipelined"])
+def test_adaptive_iterations_stay_within_target_or_advance_one_layer(variant):
+    """Every iteration's predicted time is within the target, unless the oldest cohort had to
+    advance alone by its minimum (one layer); and a cohort runs as many layers as fit."""
+    llm, _ = served("tiny-qwen3-moe", variant)
+    L = llm.model_config.num_layers
+    for rec in llm.engine.records:
+        if not rec.prefill:
+            continue
+        ranges = set(rec.prefill_ranges)
+        tokens = sum(end - start for _, start, end in rec.prefill)
+        layer_tokens = sum((end - start) * (hi - lo) for (_, start, end), (lo, hi) in zip(rec.prefill,
+                                                                                         rec.prefill_ranges))
+        predicted = 1e-3 + DECODE_S * len(rec.decode_ids) * L + PROMPT_S * layer_tokens
+        if predicted > TARGET_S + 1e-12:
+            assert len(ranges) == 1 and next(iter(ranges))[1] - next(iter(ranges))[0] == 1, rec.iteration
+        elif len(ranges) == 1:
+            lo, hi = next(iter(ranges))
+            # The most layers that fit: one more would not (or it reached the last layer).
+            assert hi == L or predicted + PROMPT_S * tokens > TARGET_S - 1e-12, rec.iteration
+    groups = {hi - lo for rec in llm.engine.records for lo, hi in rec.prefill_ranges}
+    assert len(groups) > 1, "adaptive chose one group size throughout"
+
+
+def test_adaptive_needs_a_cost_model():
+    cfg, params = tiny()
+    from lp_jax.engine.engine import Engine, model_executor
+
+    config = EngineConfig(schedule="layered", group_rule="adaptive", max_model_len=64, max_num_seqs=4,
+                          max_prefill_tokens=64, max_cohort_tokens=64, token_budget=32, row_buckets=(16, 72))
+    with pytest.raises(ValueError, match="group_rule='adaptive' needs a cost model"):
+        Engine(cfg, config, model_executor(params), np.float32)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(schedule="chunked", pipelined=True), "pipelined and group_rule='adaptive' are layered's"),
+    (dict(group_rule="adaptive", num_groups=2), "num_groups fixes G"),
+    (dict(iteration_target_s=0), "iteration_target_s must be a number of seconds > 0"),
+    (dict(pipeline_budget=0), "pipeline_budget must be an integer >= 1 or None"),
+    (dict(pipelined="yes"), "pipelined must be True or False"),
+])
+def test_bad_options_are_refused_by_name(options, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**options)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_abort_mid_flight_spares_the_rest(variant):
+    """Abort a request of a cohort in a later group while another cohort is in flight (or
+    waiting), and one decoding; the others finish as if alone and every page comes back."""
+    cfg, params = tiny()
+    prompts = prompts_of([200, 30, 100, 20, 60, 90, 10], seed=1)  # the first is longer than the cap (128)
+    llm = with_linear_cost(make_llm("layered", max_num_seqs=6, **VARIANTS[variant]))
+    ids = [llm.add_request(p, max_tokens=8) for p in prompts]
+    eng = llm.engine
+    llm.step()
+    llm.step()
+    mid_prefill = next(r for r in eng.state.running if r.status.value == "prefilling" and r.num_computed == 0)
+    assert llm.abort(mid_prefill.request_id)
+    decoding = None
+    while decoding is None:
+        llm.step()
+        decoding = next((r for r in eng.state.running if r.status.value == "decoding"), None)
+    assert llm.abort(decoding.request_id)
+    aborted = {mid_prefill.request_id, decoding.request_id}
+    drain_and_check_aborted(llm, aborted, ids, lambda i: reference_greedy(cfg, params, prompts[i], 8, API_CONTEXT))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_exhaustion_preempts_and_recomputes_without_changing_outputs(variant):
+    prompts = prompts_of([40, 70, 25, 90, 55, 33], seed=2)
+    arrivals = [0, 0, 1, 2, 3, 3]
+    roomy = run_with_arrivals(with_linear_cost(make_llm("layered", **VARIANTS[variant])), prompts, arrivals,
+                              max_tokens=24)
+    tight_llm = with_linear_cost(make_llm("layered", num_pages=10, **VARIANTS[variant]))
+    tight = run_with_arrivals(tight_llm, prompts, arrivals, max_tokens=24)
+    assert [o.token_ids for o in tight] == [o.token_ids for o in roomy]
+    assert sum(o.num_preemptions for o in tight) > 0
+    assert tight_llm.engine.blocks.all_free()
