@@ -237,3 +237,16 @@ def write_h100_tables(results: str = RESULTS, datasheet_devices=("h200", "b200")
         for device in datasheet_devices:
             paths.append(datasheet_table(table, device).save(table_file(device, name)))
     return paths
+
+
+def transferred_table(base: CostTable, model: ModelConfig) -> CostTable:
+    """A table for `model` on `base`'s device, never timed with that model: `base`'s peaks,
+    efficiencies, fixed times and host constants (each term is bytes / bandwidth or FLOPs / rate,
+    so the work of the other model's calls carries over; what does not is how well its own matmul
+    shapes reach the efficiencies fitted on `base`'s). Provenance "derived"; its source says from
+    what, and its fit is empty (there is nothing of this model to compare with)."""
+    source = (f"transferred, never timed with {model.name}: peaks, efficiencies, fixed times and host from "
+              f"{base.name} ({base.provenance}, {base.date}); {model.name}'s work from its config")
+    return base.with_params(model=model.name, provenance="derived", source=source, name="",
+                            date=datetime.date.today().isoformat(), commit=source_commit(), samples=[],
+                            fit=dict(note=f"no fit for {model.name}; {base.name}'s fit: {base.fit.get('error', base.fit)}"))
