@@ -16,7 +16,28 @@ from lp_jax.engine.config import EngineConfig
 from tests.engine_helpers import drain_and_check_aborted, reference_greedy, run_with_arrivals
 from tests.test_engine_api import CONTEXT as API_CONTEXT
 from tests.test_engine_api import make_llm, prompts_of, tiny
-from tests.test_engine_schedules import ENGINE, MAX_TOKENS, MODELS, expected, model, workload
+from tests.test_engine_schedules import CAP, CONTEXT, ENGINE, MAX_TOKENS, MODELS, model
+
+NUM_REQUESTS = 24
+
+
+@functools.cache
+def workload(vocab: int):
+    """Mostly short prompts (a cohort of them leaves room in the prefill region for the next),
+    arriving over 30 iterations, and the edges: one token, the longest, just over the cap."""
+    rng = np.random.default_rng(8)
+    lengths = list(rng.integers(1, 100, NUM_REQUESTS))
+    lengths[:4] = [1, 600, CAP + 1, CAP // 2 + 3]
+    prompts = [[int(t) for t in rng.integers(0, vocab, n)] for n in lengths]
+    arrivals = sorted(int(a) for a in rng.integers(0, 30, NUM_REQUESTS))
+    return prompts, arrivals
+
+
+@functools.cache
+def expected(name):
+    cfg, params = model(name)
+    prompts, _ = workload(cfg.vocab_size)
+    return [reference_greedy(cfg, params, p, MAX_TOKENS, CONTEXT) for p in prompts]
 
 # A cost model that is linear in the rows and layers of a plan: an iteration's predicted seconds
 # = 1 ms + 2 us per decode row x layer + 1 us per prompt row x layer. With TARGET_S a cohort of
@@ -40,6 +61,15 @@ VARIANTS = {
 }
 
 
+def options_of(variant: str, cohort_cap: int) -> dict:
+    """The variant's options; pipelined ones with cohorts of at most cohort_cap tokens, half the
+    prefill region, so that two can be in flight at once."""
+    options = dict(VARIANTS[variant])
+    if options.get("pipelined"):
+        options["max_cohort_tokens"] = cohort_cap
+    return options
+
+
 def with_linear_cost(llm):
     """Size adaptive groups by linear_predict_s instead of the committed CPU table (whose times
     would make the groups depend on a fit)."""
@@ -51,7 +81,7 @@ def with_linear_cost(llm):
 def served(name, variant):
     cfg, params = model(name)
     prompts, arrivals = workload(cfg.vocab_size)
-    llm = with_linear_cost(lp_jax.LLM(cfg, "layered", params=params, **VARIANTS[variant], **ENGINE))
+    llm = with_linear_cost(lp_jax.LLM(cfg, "layered", params=params, **(ENGINE | options_of(variant, CAP // 2))))
     outs = run_with_arrivals(llm, prompts, arrivals, max_tokens=MAX_TOKENS)
     llm.compiles_while_serving = llm.engine.compiles_since_startup()
     return llm, outs
@@ -177,16 +207,22 @@ def test_bad_options_are_refused_by_name(options, message):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_abort_mid_flight_spares_the_rest(variant):
-    """Abort a request of a cohort in a later group while another cohort is in flight (or
-    waiting), and one decoding; the others finish as if alone and every page comes back."""
+    """Abort a request of a cohort past its first layers (pipelined: while a younger cohort is in
+    flight too), and one decoding; the others finish as if alone and every page comes back."""
     cfg, params = tiny()
-    prompts = prompts_of([200, 30, 100, 20, 60, 90, 10], seed=1)  # the first is longer than the cap (128)
-    llm = with_linear_cost(make_llm("layered", max_num_seqs=6, **VARIANTS[variant]))
+    prompts = prompts_of([200, 30, 100, 20, 60, 90, 10, 40], seed=1)  # the first is longer than the region (128)
+    llm = with_linear_cost(make_llm("layered", max_num_seqs=6, **options_of(variant, 64)))
     ids = [llm.add_request(p, max_tokens=8) for p in prompts]
-    eng = llm.engine
-    llm.step()
-    llm.step()
-    mid_prefill = next(r for r in eng.state.running if r.status.value == "prefilling" and r.num_computed == 0)
+    eng, L = llm.engine, llm.model_config.num_layers
+    in_flight = 2 if VARIANTS[variant].get("pipelined") else 1
+    for _ in range(40):
+        llm.step()
+        cohorts = [c for c in eng.scheduler.cohorts if c.next_layer < L]
+        if len(cohorts) >= in_flight and cohorts[0].next_layer > 0:
+            break
+    else:
+        pytest.fail(f"never {in_flight} cohorts in flight")
+    mid_prefill = cohorts[0].works[-1].request
     assert llm.abort(mid_prefill.request_id)
     decoding = None
     while decoding is None:
@@ -201,9 +237,9 @@ def test_abort_mid_flight_spares_the_rest(variant):
 def test_kv_exhaustion_preempts_and_recomputes_without_changing_outputs(variant):
     prompts = prompts_of([40, 70, 25, 90, 55, 33], seed=2)
     arrivals = [0, 0, 1, 2, 3, 3]
-    roomy = run_with_arrivals(with_linear_cost(make_llm("layered", **VARIANTS[variant])), prompts, arrivals,
-                              max_tokens=24)
-    tight_llm = with_linear_cost(make_llm("layered", num_pages=10, **VARIANTS[variant]))
+    options = options_of(variant, 64)
+    roomy = run_with_arrivals(with_linear_cost(make_llm("layered", **options)), prompts, arrivals, max_tokens=24)
+    tight_llm = with_linear_cost(make_llm("layered", num_pages=10, **options))
     tight = run_with_arrivals(tight_llm, prompts, arrivals, max_tokens=24)
     assert [o.token_ids for o in tight] == [o.token_ids for o in roomy]
     assert sum(o.num_preemptions for o in tight) > 0

@@ -213,9 +213,11 @@ class EngineConfig:
         iteration of any schedule can write: max(token_budget (chunked), max_prefill_tokens
         (prefill_first), max_cohort_tokens and lone_prompt_tokens (layered)). It is taken over
         every schedule, not only this one, so that engines that differ only in schedule have the
-        same buffer and share executables; a layered cohort's rows stay in it between iterations."""
-        return self.max_num_seqs + max(self.token_budget, self.max_prefill_tokens, self.max_cohort_tokens,
-                                       self.lone_prompt_tokens) + 1
+        same buffer and share executables; a layered cohort's rows stay in it between iterations.
+        Pipelined layered doubles the region: cohorts in flight at once hold disjoint rows of it, so
+        a new cohort can enter beside a full-size one."""
+        region = max(self.token_budget, self.max_prefill_tokens, self.max_cohort_tokens, self.lone_prompt_tokens)
+        return self.max_num_seqs + region * (2 if self.pipelined else 1) + 1
 
     def max_rows(self) -> int:
         """Most token rows one call of this schedule can carry (chunked's budget counts its
@@ -310,6 +312,7 @@ def shared_executor_config(configs: list[EngineConfig]) -> EngineConfig:
     # A lone layered prompt's limit: the largest one set, else left for for_model to resolve.
     lone = [c.max_lone_prompt_tokens for c in configs if c.max_lone_prompt_tokens is not None]
     widest["max_lone_prompt_tokens"] = max(lone) if lone else None
+    widest["pipelined"] = any(c.pipelined for c in configs)  # its doubled hidden region
     ladder = tuple(sorted({b for c in configs for b in c.buckets()}))
     return dataclasses.replace(first, schedule=schedule, row_buckets=ladder, **widest)
 

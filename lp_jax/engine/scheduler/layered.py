@@ -21,9 +21,10 @@ Beyond the paper (issue 19), two options:
 - pipelined=True: a new cohort may enter the first layers while earlier cohorts are still in
   later ones. The oldest cohort always advances; each later one, then a new one, only if the
   iteration stays within its budget (adaptive: the predicted time; a fixed rule:
-  pipeline_budget prompt-token x layer products). Cohorts hold disjoint rows of the executor's
-  prefill region, so a new cohort is as large as the free rows allow, and one never holds a
-  request still in flight in another (a prompt prefilled in chunks enters chunk by chunk).
+  pipeline_budget prompt-token x layer products) and no call outgrows the row buckets. Cohorts
+  hold disjoint rows of the executor's prefill region (doubled when pipelined), so a new cohort is as large as the free rows allow (a lone prompt joins alone,
+  whole, if its rows are free), and one never holds a request still in flight in another (a
+  prompt prefilled in chunks enters chunk by chunk).
 """
 
 from __future__ import annotations
@@ -73,11 +74,18 @@ class IterationBudget:
         self.state, self.decodes = state, decodes
         self.target_s = cfg.iteration_target_s
         self.token_layers = cfg.pipeline_token_layers(state.num_layers)
+        self.max_rows = cfg.max_rows()
 
     def fits(self, passes: list[tuple[list[PrefillWork], int, int]]) -> bool:
+        """Also: no call carries more rows than the row buckets hold (cohorts whose ranges overlap
+        share the calls of the overlap)."""
+        plan = plan_of(self.state.num_layers, self.decodes, passes)
+        if any(len(self.decodes) + sum(w.num_tokens for w in plan.segment_prefills(seg)) > self.max_rows
+               for seg in plan.segments()):
+            return False
         if not self.adaptive:
             return sum(sum(w.num_tokens for w in works) * (hi - lo) for works, lo, hi in passes) <= self.token_layers
-        return self.state.predict_s(plan_of(self.state.num_layers, self.decodes, passes)) <= self.target_s
+        return self.state.predict_s(plan) <= self.target_s
 
     def most_layers(self, passes, works: list[PrefillWork], lo: int) -> int:
         """The highest hi in (lo, L] with passes + (works, lo, hi) fitting; lo if none does."""
@@ -161,7 +169,11 @@ class LayeredScheduler:
                 works = take_prefill_chunks(state, cfg.max_cohort_tokens, whole_prompts=True, candidates=queue)
             return self._cohort(state, works, 0)
         base, rows = self._free_rows(cfg)
-        tokens = self._joining_tokens(state, queue, min(rows, cfg.max_cohort_tokens), passes, budget, base)
+        if _prefill_left(queue[0]) > cfg.max_cohort_tokens:  # a lone prompt joins alone, if its rows are free
+            queue, cap = queue[:1], min(rows, cfg.lone_prompt_tokens)
+        else:
+            cap = min(rows, cfg.max_cohort_tokens)
+        tokens = self._joining_tokens(state, queue, cap, passes, budget, base)
         if not tokens:
             return None
         works = take_prefill_chunks(state, tokens, whole_prompts=True, candidates=queue)
@@ -177,10 +189,8 @@ class LayeredScheduler:
         return Cohort(works, even_split(state.num_layers, state.config.num_groups_for(tokens, state.num_layers)))
 
     def _free_rows(self, cfg) -> tuple[int, int]:
-        """(first row, row count) of the largest free stretch of the prefill region. The region is
-        taken as lone_prompt_tokens rows (it is at least that): then no call carries more prefill
-        rows than a lone prompt's, which the row buckets hold beside the decodes."""
-        size = min(cfg.hidden_rows() - cfg.max_num_seqs - 1, cfg.lone_prompt_tokens)
+        """(first row, row count) of the largest free stretch of the prefill region."""
+        size = cfg.hidden_rows() - cfg.max_num_seqs - 1
         taken = sorted(c.rows for c in self.cohorts)
         best, start = (0, 0), 0
         for lo, hi in taken + [(size, size)]:
