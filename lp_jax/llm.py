@@ -16,8 +16,7 @@ from lp_jax.model.config import ModelConfig, get_preset
 from lp_jax.model.init import init_params
 from lp_jax.model.routing import UNIFORM, get_profile
 from lp_jax.parallel.layout import check_devices
-from lp_jax.sim import Simulation, cost_predictor
-from lp_jax.sim.cost_model import device_slug
+from lp_jax.sim import Simulation, device_predictor
 
 
 def is_checkpoint(model) -> bool:
@@ -121,9 +120,7 @@ class LLM:
         # The adaptive layered schedule sizes groups by a cost model: this device's committed table
         # of the model, else the model's preferred one (None without one: adaptive is then refused).
         device = jax.devices()[0]
-        predict_s = cost_predictor(self.model_config, self.engine_config,
-                                   device_slug(device.device_kind, device.platform)) \
-            or cost_predictor(self.model_config, self.engine_config)
+        predict_s = device_predictor(self.model_config, self.engine_config, device.device_kind, device.platform)
         self.engine = Engine(self.model_config, self.engine_config, model_executor(params, backend, made), dtype,
                              trace=trace, progress=progress, num_pages=num_pages, predict_s=predict_s)
 

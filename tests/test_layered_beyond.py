@@ -245,3 +245,44 @@ def test_kv_exhaustion_preempts_and_recomputes_without_changing_outputs(variant)
     assert [o.token_ids for o in tight] == [o.token_ids for o in roomy]
     assert sum(o.num_preemptions for o in tight) > 0
     assert tight_llm.engine.blocks.all_free()
+
+
+def test_real_h200_engine_sizes_adaptive_groups_by_the_committed_h200_table(monkeypatch):
+    """The path a real engine takes on the lent H200 (LLM -> device_predictor): a device named
+    "NVIDIA H200" gets the committed, measured H200 table of qwen3-30b-a3b, without the network."""
+    import socket
+
+    from lp_jax.engine.request import Request, SamplingParams, Status
+    from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork
+    from lp_jax.model.config import get_preset
+    from lp_jax.sim import device_predictor
+    from lp_jax.sim.cost_model import table_file
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the adaptive schedule's cost model reached for the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    model = get_preset("qwen3-30b-a3b")
+    config = EngineConfig(schedule="layered", group_rule="adaptive", iteration_target_s=0.045,
+                          routing="qwen3-paper").for_model(model)
+    predict_s = device_predictor(model, config, "NVIDIA H200", "gpu")
+    table = predict_s.__self__.table
+    assert (table.device, table.device_kind, table.provenance) == ("h200", "NVIDIA H200", "measured")
+    assert table.to_json() == lp_jax.sim.load_table(table_file("h200", model.name), model.name).to_json()
+
+    def request(i, n, decoding):
+        req = Request(i, list(range(n)), SamplingParams(max_tokens=8), 0.0, 0)
+        req.num_computed, req.prefill_target = (n, n) if decoding else (0, n)
+        req.status = Status.DECODING if decoding else Status.PREFILLING
+        return req
+
+    decodes = [request(i, 1000, True) for i in range(32)]
+    L = model.num_layers
+    decode_only = predict_s(IterationPlan(L, decodes=decodes))
+    prompt = request(99, 8192, False)
+    one_layer, three_layers = (predict_s(IterationPlan(L, decodes=decodes, prefills=[PrefillWork(prompt, 0, 8192)],
+                                                       prefill_layers=(0, hi))) for hi in (1, 3))
+    # The measured anchor's decode gaps are 23-26 ms at the median: a decode-only iteration of 32.
+    assert 0.005 < decode_only < 0.05
+    assert decode_only < one_layer < three_layers

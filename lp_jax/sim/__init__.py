@@ -12,7 +12,7 @@ from lp_jax.model.config import ModelConfig
 from lp_jax.engine.config import EngineConfig
 from lp_jax.engine.memory import plan_num_pages
 from lp_jax.sim.clock import VirtualClock
-from lp_jax.sim.cost_model import CostTable, load_table
+from lp_jax.sim.cost_model import CostTable, device_slug, load_table
 from lp_jax.sim.executor import SimulatedExecutor
 from lp_jax.sim.expert_load import expert_load
 
@@ -74,6 +74,13 @@ def cost_predictor(model: ModelConfig, config: EngineConfig, spec: str = ""):
         return None
 
 
+def device_predictor(model: ModelConfig, config: EngineConfig, device_kind: str, platform: str):
+    """What a real engine on a JAX device of this kind and platform sizes adaptive groups by: the
+    committed table of the model for that device ("NVIDIA H200" -> h200), else the model's
+    preferred one; None without either. Reads only files of this package."""
+    return cost_predictor(model, config, device_slug(device_kind, platform)) or cost_predictor(model, config)
+
+
 def _dtype(name: str) -> np.dtype:
     """numpy dtype of a table's dtype name (bfloat16 through ml_dtypes, which jax ships)."""
     import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
@@ -81,4 +88,4 @@ def _dtype(name: str) -> np.dtype:
     return np.dtype(getattr(ml_dtypes, name) if name == "bfloat16" else name)
 
 
-__all__ = ["Simulation", "cost_predictor", "SimulatedExecutor", "VirtualClock", "CostTable", "load_table", "parse_executor"]
+__all__ = ["Simulation", "cost_predictor", "device_predictor", "SimulatedExecutor", "VirtualClock", "CostTable", "load_table", "parse_executor"]
