@@ -66,6 +66,10 @@ class EngineConfig:
         in later groups (each keeps the layer-once property); the oldest cohort always advances,
         later ones and a new one only within the iteration's budget (adaptive: the predicted time
         within iteration_target_s; otherwise pipeline_budget).
+    group_stages: layered with a fixed G rule: groups never span the bounds of this many equal
+        pipeline stages (even_split(L, group_stages); the vLLM port's design, each stage running
+        its own groups): each stage's layers are split into ceil(G / group_stages) groups. 1
+        (default): G groups over all the layers, wherever they fall.
     pipeline_budget: pipelined layered with a fixed G rule: prompt-token x layer products the
         prefill rows of one iteration may take (the oldest cohort's group always runs); None =
         2 x group_tokens x layers (twice what one full linear-rule group takes).
@@ -97,6 +101,7 @@ class EngineConfig:
     iteration_target_s: float = 0.1
     pipelined: bool = False
     pipeline_budget: int | None = None
+    group_stages: int = 1
     seed: int = 0
     dtype: str | None = None
     row_buckets: tuple[int, ...] | None = None
@@ -137,6 +142,10 @@ class EngineConfig:
             raise ValueError(f"iteration_target_s must be a number of seconds > 0, got {self.iteration_target_s!r}")
         if self.schedule != "layered" and (self.pipelined or self.group_rule == "adaptive"):
             raise ValueError(f"pipelined and group_rule='adaptive' are layered's; schedule is {self.schedule!r}")
+        _check_int("group_stages", self.group_stages, 1)
+        if self.group_stages > 1 and (self.schedule != "layered" or self.group_rule == "adaptive"):
+            raise ValueError(f"group_stages cuts a fixed G rule's layered groups at stage bounds; schedule is "
+                             f"{self.schedule!r}, group_rule {self.group_rule!r}")
         if self.group_rule == "adaptive" and self.num_groups is not None:
             raise ValueError("num_groups fixes G; group_rule='adaptive' sizes groups at run time: give one of them")
         if self.dtype is not None and _dtype_name(self.dtype) not in DTYPES:
@@ -286,7 +295,7 @@ class EngineConfig:
 # these alone can serve on one executor (one set of weights, KV pool and executables).
 SCHEDULE_OPTIONS = ("schedule", "max_prefill_tokens", "max_cohort_tokens", "max_lone_prompt_tokens", "token_budget",
                     "group_tokens", "group_rule", "num_groups", "iteration_target_s", "pipelined", "pipeline_budget",
-                    "row_buckets")
+                    "group_stages", "row_buckets")
 
 
 def shared_executor_config(configs: list[EngineConfig]) -> EngineConfig:

@@ -15,16 +15,32 @@ from lp_jax.sim.clock import VirtualClock
 from lp_jax.sim.cost_model import CostTable, device_slug, load_table
 from lp_jax.sim.executor import SimulatedExecutor
 from lp_jax.sim.expert_load import expert_load
+from lp_jax.sim.pipeline import PipelineExecutor, PipelineSpec
 
 
 def parse_executor(spec: str) -> str:
-    """The table part of an executor spec "sim[:DEVICE or PATH]" ("" for a bare "sim");
-    ValueError for anything else."""
-    kind, _, table = spec.partition(":")
-    if kind != "sim" or (spec.endswith(":") and not table):
+    """The table part of an executor spec "sim[:DEVICE or PATH][:KEY=VALUE...]" ("" for a bare
+    "sim"; the options are PipelineSpec.parse's); ValueError for anything else."""
+    return _split_executor(spec)[0]
+
+
+def pipeline_of(spec: str) -> PipelineSpec | None:
+    """The pipeline an executor spec's options ask for (pp=S, link=..., mb=...), None without options."""
+    options = _split_executor(spec)[1]
+    return PipelineSpec.parse(options) if options else None
+
+
+def _split_executor(spec: str) -> tuple[str, list[str]]:
+    kind, _, rest = spec.partition(":")
+    if kind != "sim" or (spec.endswith(":") and not rest):
         raise ValueError(f"unknown executor {spec!r}: use 'model' (the real forward pass), 'sim' (the simulator "
-                         "with the model's preferred cost table), 'sim:DEVICE' or 'sim:PATH.json'")
-    return table
+                         "with the model's preferred cost table), 'sim:DEVICE' or 'sim:PATH.json', then any of "
+                         ":pp=STAGES:link=nvlink|pcie|GBPS:mb=true|false (pipeline parallelism)")
+    items = rest.split(":") if rest else []
+    options = [i for i in items if "=" in i]
+    table = ":".join(i for i in items if "=" not in i)
+    PipelineSpec.parse(options)  # refuses a bad option here, before anything is built
+    return table, options
 
 
 @dataclass
@@ -36,29 +52,34 @@ class Simulation:
     clock: VirtualClock
     dtype: np.dtype
     num_pages: int
+    pipeline: PipelineSpec | None = None
 
     @staticmethod
     def of(spec, model: ModelConfig, config: EngineConfig) -> "Simulation":
-        """spec: "sim[:DEVICE or PATH]" or a CostTable."""
+        """spec: "sim[:DEVICE or PATH][:pp=...]" or a CostTable."""
+        pipeline = None
         if isinstance(spec, CostTable):
             if spec.model != model.name:
                 raise ValueError(f"cost table {spec.name} is for {spec.model}, not {model.name}")
             table = spec
         else:
-            table = load_table(parse_executor(spec), model.name)
+            table, pipeline = load_table(parse_executor(spec), model.name), pipeline_of(spec)
         if config.dtype and config.dtype != table.dtype:
             raise ValueError(f"dtype {config.dtype} differs from the cost table's {table.dtype} ({table.name})")
         dtype = _dtype(table.dtype)
         num_pages = plan_num_pages(model, config, dtype, available=table.memory_bytes)
-        return Simulation(table, VirtualClock(), dtype, num_pages)
+        return Simulation(table, VirtualClock(), dtype, num_pages, pipeline)
 
     @property
     def label(self) -> str:
-        return self.table.label
+        return self.table.label + (f", {self.pipeline.label}" if self.pipeline else "")
 
     def executor_factory(self):
         def make(model, config, blocks, dtype, record_rows):
             load = expert_load(model.num_experts, model.num_experts_per_tok, config.routing) if model.is_moe else None
+            if self.pipeline is not None:
+                return PipelineExecutor(model, config, blocks, self.table, self.clock, load, record_rows,
+                                        pipeline=self.pipeline)
             return SimulatedExecutor(model, config, blocks, self.table, self.clock, load, record_rows)
         return make
 
@@ -88,4 +109,5 @@ def _dtype(name: str) -> np.dtype:
     return np.dtype(getattr(ml_dtypes, name) if name == "bfloat16" else name)
 
 
-__all__ = ["Simulation", "cost_predictor", "device_predictor", "SimulatedExecutor", "VirtualClock", "CostTable", "load_table", "parse_executor"]
+__all__ = ["Simulation", "cost_predictor", "device_predictor", "SimulatedExecutor", "PipelineExecutor", "PipelineSpec",
+           "VirtualClock", "CostTable", "load_table", "parse_executor", "pipeline_of"]

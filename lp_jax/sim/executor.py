@@ -45,8 +45,8 @@ from lp_jax.sim.work import WorkModel, kernel_block_m
 class SimFlight:
     """A simulated iteration in flight: what fetch needs, and when its tokens are ready.
 
-    segments: (segment, decode rows in it, [(request id, prefill rows)] in it, expected distinct
-    experts and row tiles per layer); ready_s: when its sampled tokens are on the device (clock seconds);
+    segments: (segment, ids of the decode requests in it, [(request id, prefill rows)] in it,
+    expected distinct experts and row tiles per layer); ready_s: when its sampled tokens are on the device (clock seconds);
     device_s: device time of its calls (seconds)."""
 
     segments: list
@@ -127,7 +127,7 @@ class SimulatedExecutor:
         device, busy = self.device_free_s, 0.0
         segments = []
         for seg, call_seconds, info in self._calls(plan):
-            for seconds in call_seconds:
+            for seconds in call_seconds(self.pieces(seg.layer_lo, seg.layer_hi)):
                 now += launch  # the device starts a call once it is launched and the last one is done
                 device = (device if device > now else now) + seconds
                 busy += seconds
@@ -147,11 +147,13 @@ class SimulatedExecutor:
         return flight
 
     def _calls(self, plan: IterationPlan):
-        """Per plan segment: (segment, device seconds of each of its calls, (decode rows, [(request
-        id, prefill rows)], expected distinct experts and row tiles per layer))."""
+        """Per plan segment: (segment, pieces -> device seconds of each call of those pieces (its
+        layers cut into calls: `pieces`, or a pipeline stage's share), (decode request ids,
+        [(request id, prefill rows)], expected distinct experts and row tiles per layer))."""
         table = self.table
         call_s, range_row_s = table.device_params.call_s, table.device_params.range_row_s
         contexts = [r.num_computed + 1 for r in plan.decodes]
+        decode_ids = tuple(r.request_id for r in plan.decodes)
         for seg in plan.segments():
             ctx = contexts if seg.decode else []
             works = plan.segment_prefills(seg)
@@ -164,14 +166,20 @@ class SimulatedExecutor:
             comm = self.collective_s(rows)
             full = table.layer_s(layer["full"]) + comm if "full" in layer else 0.0
             sliding = table.layer_s(layer["sliding"]) + comm if "sliding" in layer else 0.0
-            seconds = [call_s + n_full * full + n_sliding * sliding + (range_row_s * rows if ranged else 0.0)
-                       for n_full, n_sliding, ranged in self.pieces(seg.layer_lo, seg.layer_hi)]
-            yield seg, seconds, (len(ctx), [(w.request.request_id, w.num_tokens) for w in works], distinct, tiles)
+
+            def seconds(pieces, full=full, sliding=sliding, rows=rows):
+                """Device seconds of each call of `pieces` ((full, sliding, ranged) layers a call)."""
+                return [call_s + n_full * full + n_sliding * sliding + (range_row_s * rows if ranged else 0.0)
+                        for n_full, n_sliding, ranged in pieces]
+
+            yield seg, seconds, (decode_ids if seg.decode else (),
+                                 [(w.request.request_id, w.num_tokens) for w in works], distinct, tiles)
 
     def predict_s(self, plan: IterationPlan) -> float:
         """Device seconds the cost model gives one iteration of this plan (its layer calls and its
         sampling call), without running it: what the adaptive layered schedule sizes groups by."""
-        seconds = sum(sum(call_seconds) for _, call_seconds, _ in self._calls(plan))
+        seconds = sum(sum(call_seconds(self.pieces(seg.layer_lo, seg.layer_hi)))
+                      for seg, call_seconds, _ in self._calls(plan))
         sampled = len(plan.decodes) + sum(w.completes_prompt for w in plan.finishing())
         return seconds + (self._head_s[bucket_for(sampled, self.seq_buckets)] if sampled else 0.0)
 
@@ -182,10 +190,9 @@ class SimulatedExecutor:
         self._host_work(self.clock(), self.table.host.readback_s)
         self.clock.advance(self.table.host.readback_s)
         L, n_dec, sampled = self.model.num_layers, flight.num_decodes, flight.sampled
-        decode_rows = dict.fromkeys([r.request_id for r in sampled[:n_dec]], 1)
         records = []
-        for seg, n_seg_dec, prefill_rows, distinct, tiles in flight.segments:
-            rows = dict(decode_rows) if n_seg_dec else {}
+        for seg, decode_ids, prefill_rows, distinct, tiles in flight.segments:
+            rows = dict.fromkeys(decode_ids, 1)
             for rid, n in prefill_rows:
                 rows[rid] = rows.get(rid, 0) + n
             counts, tiles_L = np.zeros(L), np.zeros(L)

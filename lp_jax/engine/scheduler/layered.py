@@ -6,7 +6,8 @@ prompt token once (each expert's weights are read once per cohort, not once per 
 
 A cohort (FCFS whole waiting prompts, up to max_cohort_tokens tokens and max_num_seqs
 running) is admitted only when no cohort is in flight. G follows the cohort's token count (see
-EngineConfig.num_groups_for). A prompt longer than the cap is a cohort of its own, of up to
+EngineConfig.num_groups_for); with group_stages > 1 the groups are cut at pipeline stage bounds
+(each stage its own groups, as the paper's vLLM port does). A prompt longer than the cap is a cohort of its own, of up to
 max_lone_prompt_tokens tokens (L x group_tokens by default: G = ceil(tokens / group_tokens) <= L
 groups, so each iteration's group computes about what a group_tokens chunk through every layer
 would, and every layer sees the whole prompt once); a prompt longer still is prefilled in chunks
@@ -186,7 +187,8 @@ class LayeredScheduler:
         if state.config.group_rule == "adaptive":
             return Cohort(works, None)
         tokens = sum(w.num_tokens for w in works)
-        return Cohort(works, even_split(state.num_layers, state.config.num_groups_for(tokens, state.num_layers)))
+        return Cohort(works, fixed_groups(state.num_layers, state.config.num_groups_for(tokens, state.num_layers),
+                                          state.config.group_stages))
 
     def _free_rows(self, cfg) -> tuple[int, int]:
         """(first row, row count) of the largest free stretch of the prefill region."""
@@ -215,11 +217,21 @@ class LayeredScheduler:
         L, adaptive = state.num_layers, state.config.group_rule == "adaptive"
         while works:
             tokens = sum(w.num_tokens for w in works)
-            hi = 1 if adaptive else even_split(L, state.config.num_groups_for(tokens, L))[0][1]
+            hi = 1 if adaptive else fixed_groups(L, state.config.num_groups_for(tokens, L), state.config.group_stages)[0][1]
             if budget.fits(passes + [(works, 0, hi)]):
                 return tokens
             works.pop()
         return 0
+
+
+def fixed_groups(num_layers: int, groups: int, stages: int = 1) -> list[tuple[int, int]]:
+    """A fixed rule's G groups: even over all the layers (stages = 1), or each of `stages` equal
+    pipeline stages split into ceil(G / stages) groups of its own (groups never span a stage bound)."""
+    if stages == 1:
+        return even_split(num_layers, groups)
+    per_stage = -(-groups // stages)
+    return [(lo + a, lo + b) for lo, hi in even_split(num_layers, stages)
+            for a, b in even_split(hi - lo, min(per_stage, hi - lo))]
 
 
 def _prefill_left(req: Request) -> int:
