@@ -3,8 +3,8 @@ contiguous share of the layers (`even_split(L, S)`), activations handed from sta
 link of a stated bandwidth.
 
 `PipelineExecutor` takes the engine's IterationPlans unchanged and keeps a timeline per stage.
-An iteration is one *unit* (or, with `micro_batches`, S units: its decodes cut into S contiguous
-slices, the first also carrying all its prefill rows). A unit's calls on a stage are the plan's
+An iteration is one *unit* (or, with `micro_batches`, its prefill rows one unit and its decodes
+S more: contiguous slices). A unit's calls on a stage are the plan's
 segments cut at the stage's bounds (a range covering the stage's whole share is one call, a
 smaller one its power-of-two pieces, as on one device). A unit's work on stage s starts when
 
@@ -15,6 +15,10 @@ smaller one its power-of-two pieces, as on one device). A unit's work on stage s
   a decode row's token from its previous iteration (the sampling head on the last stage + the
   link's latency back to stage 0), a layered cohort's hidden states from the stage where its
   previous group ended (+ a transfer when that is another stage).
+
+A stage runs units in the order they were dispatched (an iteration's prefill unit, then its
+slices): the order they reach it unless a transfer takes longer than a slice's work there, which
+at NVLink or PCIe rates for these activations (4 KB a row) it does not.
 
 So without micro-batching an iteration with decodes cannot start before the previous one's
 tokens exist: the stages take turns (the pipeline bubble). With micro-batching each slice waits
@@ -140,14 +144,17 @@ class PipelineExecutor(SimulatedExecutor):
                 layer_pieces(lo, hi, self.model.num_layers) for c in [self.work.layer_counts(first, n)]]
 
     def units(self, plan: IterationPlan) -> list[IterationPlan]:
-        """The plan itself, or (micro_batches) its decodes in `stages` slices, the first with its prefills."""
+        """The plan itself, or (micro_batches) its prefill rows as one unit (they wait for no
+        token, so the next iteration's can enter stage 0 as soon as this one's leave it) and its
+        decodes in `stages` slices."""
         S, decodes = self.pipeline.stages, plan.decodes
-        if not self.pipeline.micro_batches or S == 1 or len(decodes) < 2:
+        if not self.pipeline.micro_batches or S == 1 or not decodes:
             return [plan]
         cuts = [round(i * len(decodes) / S) for i in range(S + 1)]
-        slices = [decodes[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
-        return [IterationPlan(plan.num_layers, decodes=part, prefills=plan.prefills if i == 0 else [],
-                              prefill_layers=plan.prefill_layers) for i, part in enumerate(slices)]
+        slices = [IterationPlan(plan.num_layers, decodes=decodes[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+        if not plan.prefills:
+            return slices
+        return [IterationPlan(plan.num_layers, prefills=plan.prefills, prefill_layers=plan.prefill_layers)] + slices
 
     def dispatch(self, plan: IterationPlan) -> SimFlight:
         host, clock, S = self.table.host, self.clock, self.pipeline.stages
