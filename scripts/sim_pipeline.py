@@ -89,7 +89,7 @@ def knee(args, name: str, stages: int, log) -> tuple[float | None, list[dict]]:
     if good is None or bad is None:
         return good, points
     while bad - good > args.resolution + 1e-9:
-        mid = round((good + bad) / 2 / args.resolution) * args.resolution
+        mid = round(round((good + bad) / 2 / args.resolution) * args.resolution, 6)
         if mid in (good, bad):
             break
         p = run_point(args, name, stages, mid, "nvlink")
@@ -115,17 +115,19 @@ def markdown(rows: list[dict], args) -> str:
     for r in rows:
         k, at = r["knee"], r["at_knee"]
         chunked = base.get((r["stages"], "chunked-512"))
-        single = base.get((1, r["config"].replace(" + decode mb", "").replace(
-            "(c) = (b)", "(b) groups span stages")))
+        # One stage has no bounds and nothing to micro-batch: every layered configuration is (b) there.
+        single = base.get((1, "chunked-512" if r["config"].startswith("chunked") else "layered (b) groups span stages"))
         ratio = f"{k / chunked:.2f}x" if k and chunked else "-"
         vs1 = f"{k / single:.2f}x" if k and single else "-"
-        if at is None:
-            out.append(f"| {r['stages']} | {r['config']} | {k or '< ' + str(LADDER[0])} | {ratio} | {vs1} | - | - | - | - | - |")
-            continue
+        if at is None:  # the lowest rate already missed the target: the figures there
+            at = r["points"][0]
+            rate_cell = f"< {at['rate']:g} ({100 * at['attainment']:.1f} % there)"
+        else:
+            rate_cell = f"{k:g}"
         idle = ", ".join(f"{100 * x:.0f} %" for x in at["idle_fraction"])
         pcie = r.get("pcie")
         pcie_cell = f"{100 * pcie['attainment']:.1f} %, {1e3 * pcie['tbt_p99_s']:.1f}" if pcie else "-"
-        out.append(f"| {r['stages']} | {r['config']} | {k} | {ratio} | {vs1} | {at['ttft_mean_s']:.2f} / "
+        out.append(f"| {r['stages']} | {r['config']} | {rate_cell} | {ratio} | {vs1} | {at['ttft_mean_s']:.2f} / "
                    f"{at['ttft_p99_s']:.2f} | {1e3 * at['tbt_p50_s']:.1f} / {1e3 * at['tbt_p99_s']:.1f} | "
                    f"{at['expert_GB_per_request']:.0f} | {idle} | {pcie_cell} |")
     return "\n".join(out) + "\n"

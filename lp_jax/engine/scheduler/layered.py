@@ -7,11 +7,12 @@ prompt token once (each expert's weights are read once per cohort, not once per 
 A cohort (FCFS whole waiting prompts, up to max_cohort_tokens tokens and max_num_seqs
 running) is admitted only when no cohort is in flight. G follows the cohort's token count (see
 EngineConfig.num_groups_for); with group_stages > 1 the groups are cut at pipeline stage bounds
-(each stage its own groups, as the paper's vLLM port does). A prompt longer than the cap is a cohort of its own, of up to
-max_lone_prompt_tokens tokens (L x group_tokens by default: G = ceil(tokens / group_tokens) <= L
-groups, so each iteration's group computes about what a group_tokens chunk through every layer
-would, and every layer sees the whole prompt once); a prompt longer still is prefilled in chunks
-of that size, each of which traverses all groups (layered + chunked).
+(each stage its own groups, as the paper's vLLM port does). A prompt longer than the cap is a
+cohort of its own, of up to max_lone_prompt_tokens tokens (L x group_tokens by default:
+G = ceil(tokens / group_tokens) <= L groups, so each iteration's group computes about what a
+group_tokens chunk through every layer would, and every layer sees the whole prompt once); a
+prompt longer still is prefilled in chunks of that size, each of which traverses all groups
+(layered + chunked).
 
 Beyond the paper (issue 19), two options:
 - group_rule="adaptive": no G is fixed. Each iteration a cohort runs from the layer it stands at
@@ -217,7 +218,8 @@ class LayeredScheduler:
         L, adaptive = state.num_layers, state.config.group_rule == "adaptive"
         while works:
             tokens = sum(w.num_tokens for w in works)
-            hi = 1 if adaptive else fixed_groups(L, state.config.num_groups_for(tokens, L), state.config.group_stages)[0][1]
+            cfg = state.config
+            hi = 1 if adaptive else fixed_groups(L, cfg.num_groups_for(tokens, L), cfg.group_stages)[0][1]
             if budget.fits(passes + [(works, 0, hi)]):
                 return tokens
             works.pop()
