@@ -182,10 +182,19 @@ class PipelineExecutor(SimulatedExecutor):
         self._host_work(start, now - start)
         return flight
 
+    def _launch(self, stage: int, now: float) -> tuple[float, float]:
+        """Launch a call on `stage`: (the host clock after it, when the call is launched). Stage
+        0's calls are the engine host's (its clock advances), a later stage's its own worker's."""
+        launch = self.table.host.launch_s
+        if stage == 0:
+            return now + launch, now + launch
+        self.launcher_free_s[stage] += launch
+        return now, self.launcher_free_s[stage]
+
     def _run_unit(self, unit: IterationPlan, now: float):
         """Schedule one unit's calls on the stages; (host clock after its launches on stage 0,
         device seconds, when its tokens are ready, its segments, the requests it samples)."""
-        S, launch, L = self.pipeline.stages, self.table.host.launch_s, self.model.num_layers
+        S, L = self.pipeline.stages, self.model.num_layers
         per_stage: list[list[float]] = [[] for _ in range(S)]
         segments = []
         for seg, call_seconds, info in self._calls(unit):
@@ -215,12 +224,7 @@ class PipelineExecutor(SimulatedExecutor):
             ready = max(arrive, enter[s])
             device = self.stage_free_s[s]
             for k, seconds in enumerate(per_stage[s]):
-                if s == 0:
-                    now += launch
-                    launched = now
-                else:
-                    self.launcher_free_s[s] += launch
-                    launched = self.launcher_free_s[s]
+                now, launched = self._launch(s, now)
                 begin = max(device, launched, ready) if k == 0 else max(device, launched)
                 if self.first_start_s is None:
                     self.first_start_s = begin
@@ -233,12 +237,7 @@ class PipelineExecutor(SimulatedExecutor):
         if sampled:
             seconds = self._head_s[bucket_for(len(sampled), self.seq_buckets)]
             last = S - 1
-            if S == 1:
-                now += launch
-                launched = now
-            else:
-                self.launcher_free_s[last] += launch
-                launched = self.launcher_free_s[last]
+            now, launched = self._launch(last, now)
             end = max(self.stage_free_s[last], launched) + seconds
             self.stage_free_s[last] = end
             self.stage_busy_s[last] += seconds
