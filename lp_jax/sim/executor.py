@@ -72,7 +72,7 @@ class SimulatedExecutor:
         self.work = WorkModel(model, np.dtype(table.dtype).itemsize, table.backend,
                               config.pages_per_seq(model) * config.page_size, self.load,
                               kernel_block_m(model, table.kernel_tiles_device or table.device_kind),
-                              tp=config.tp, ep=config.ep)
+                              tp=config.tp, ep=config.ep, prefill_q_tile=table.prefill_q_tile)
         # Under tp x ep every layer also all-reduces its rows twice, at the table's measured cost.
         devices = config.tp * config.ep
         self._all_reduce = table.all_reduce_cost(devices) if devices > 1 else None
