@@ -233,7 +233,8 @@ class Calibrator:
         L, S, page = self.model.num_layers, self.config.max_num_seqs, self.config.page_size
         limit, room = self.config.model_len(self.model) - 2, self.prefill_room
         batches = sorted({min(b, S) for b in ((4,) if quick else (4, 16))})
-        prompts = sorted({min(p, room) for p in ((8192,) if quick else (8192, 16384))})
+        # A prompt that fits the context completes nowhere (nothing sampled beyond the decodes).
+        prompts = sorted({min(p, room, limit - 1) for p in ((8192,) if quick else (8192, 16384))})
 
         def context(B: int, prefill_rows: int) -> int:
             """Keys each of B decodes sees: ~9K, or what the pool leaves beside the prefill."""

@@ -175,6 +175,15 @@ class SimulatedExecutor:
         sampled = len(plan.decodes) + sum(w.completes_prompt for w in plan.finishing())
         return seconds + (self._head_s[bucket_for(sampled, self.seq_buckets)] if sampled else 0.0)
 
+    def host_s(self, plan: IterationPlan) -> float:
+        """Host seconds the cost table gives one iteration of this plan: the engine's own work, a
+        launch per call (its layer calls and its sampling call) and the read-back."""
+        h = self.table.host
+        calls = sum(len(self.pieces(seg.layer_lo, seg.layer_hi)) for seg in plan.segments())
+        sampled = len(plan.decodes) + sum(w.completes_prompt for w in plan.finishing())
+        return (h.step_s + h.decode_s * len(plan.decodes) + h.prefill_s * len(plan.prefills)
+                + h.launch_s * (calls + bool(sampled)) + h.readback_s)
+
     def fetch(self, flight: SimFlight) -> ExecutionResult:
         """Wait (on the virtual clock) for the iteration's tokens and read them back."""
         self._pending.remove(flight)
