@@ -14,6 +14,11 @@
 # arXiv-long prompts) compiles 50 / 44 executables in ~110 s per model; with start-up, a grid of
 # ~75 points (~55 s) and the host run, ~180 s per model, ~6 minutes for both. The cost model is
 # parametric in rows, so a table fitted on this ladder serves engines with any other.
+# Grid v2 (ROUTING, default qwen3-paper: each call touches the experts a served call touches)
+# adds 20 served-iteration points per model (chunked-512's decodes + 512-row chunk at positions
+# 0..16K, layered's decodes + a 1-3-layer range of an 8192 / 16384-row prompt; ~10 s) and the
+# 16384 bucket's prefill points (~15 s): ~210 s per model, ~7 minutes for both. The tiny models'
+# DRY_RUN: 164 s (quick grid, 28 points) on this 2-core VM.
 #
 # BUDGET_S (default 540, inside the device's 600 s per command) bounds the whole script: a model
 # starts only if MODEL_S (default 150) seconds are left, and is stopped when the budget ends (its

@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from lp_jax.model.config import get_preset
-from lp_jax.sim.cost_model import CostTable
+from lp_jax.sim.cost_model import CostTable, source_commit
 from lp_jax.sim.expert_load import expert_load
 from lp_jax.sim.fit import error_summary, fit_table
 from lp_jax.sim.work import WorkModel, kernel_block_m, kernel_prefill_q_tile
@@ -100,4 +100,5 @@ def refit(table: CostTable, prefill_q_tile: int | None = None) -> CostTable:
     before = error_summary(table, table.samples)
     base = table.with_params(prefill_q_tile=prefill_q_tile)
     new = fit_table(base, rederive(table, prefill_q_tile), readback_s=table.host.readback_s)
-    return new.with_params(fit=dict(new.fit, before_refit=before))
+    return new.with_params(fit=dict(new.fit, before_refit=before),
+                           source=f"{table.source}; refitted to its own samples by lp_jax.sim.refit at {source_commit()}")
