@@ -6,7 +6,6 @@ zero error, which checks the replay's timing model against the simulator's two t
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from lp_jax.bench import iteration_replay
 from lp_jax.bench.iteration_log import ITERATIONS_FILE, read_iterations
 from lp_jax.bench.study import run_study
 from lp_jax.bench.study_spec import expand
+from tests.script_loader import load_script
 
 ENGINE = dict(max_num_seqs=8, max_model_len=128, max_prefill_tokens=128, max_cohort_tokens=128, token_budget=128,
               row_buckets=[32, 136])
@@ -83,9 +83,7 @@ def test_a_simulated_run_replays_on_its_own_table_near_zero(study_out):
 
 
 def test_sim_vs_measured_adds_the_per_iteration_distribution(study_out, tmp_path, capsys):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-    import sim_vs_measured
-
+    sim_vs_measured = load_script("sim_vs_measured")
     out, study = study_out
     assert sim_vs_measured.main([out, "--executor", "sim:cpu", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out

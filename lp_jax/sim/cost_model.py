@@ -97,6 +97,10 @@ class DeviceParams:
     range_row_s: float = 0.0
     attn_par: float = 0.0
     expert_par: float = 0.0
+    # Seconds per call of the host's launches when calibration launches a grid point back to back
+    # (what a launch-bound grid sample measures; lp_jax.sim.fit). Not used by the simulator, whose
+    # host launches at HostParams.launch_s. 0: read as HostParams.launch_s.
+    grid_launch_s: float = 0.0
 
 
 def occupancy(units: float, par: float) -> float:

@@ -34,6 +34,9 @@ STEP_PARAMS = ("call_s", "layer_s", "row_s", "dense_bw", "dense_flop", "attn_bw"
 # that gives a call's units: fitted only where the samples carry units.
 PAR_UNITS = {"attn_par": "attn_units", "expert_par": "expert_units"}
 PAR_MAX = 4096.0
+# The host's seconds per call when a grid point is launched back to back (lp-jax calibrate's
+# loop: the launches alone, no scheduling or row building): fitted where samples are launch-bound.
+GRID_LAUNCH = "grid_launch_s"
 HEAD_PARAMS = ("head_s", "head_row_s")
 CACHE_PARAMS = ("cache_bytes", "cache_speedup")
 EFFICIENCIES = {"dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw", "expert_flop"}
@@ -79,7 +82,8 @@ def predict(table: CostTable, sample: dict) -> float:
             # Launched back to back (lp-jax calibrate), an iteration takes the longer of its device
             # time and the host's launches (a GPU runs apart from the host; the first H200 grid's
             # 1-layer calls of 8 rows took the host's ~1.6 ms launch, not their device time).
-            return max(device, (len(sample["calls"]) + bool(sample["head"])) * table.host.launch_s)
+            launch = table.device_params.grid_launch_s or table.host.launch_s
+            return max(device, (len(sample["calls"]) + bool(sample["head"])) * launch)
         return device
     if sample["kind"] == "host":
         h = table.host
@@ -122,7 +126,9 @@ def fit_device(table: CostTable, samples: list[dict], names: tuple[str, ...], st
 
     best = None
     for start in starts:
-        x0 = np.log([_start(n, start, float(np.exp(measured.min()))) for n in names])
+        # The launch bound starts at the host's fitted launch (below it, no sample feels it).
+        x0 = np.log([table.host.launch_s or 1e-3 if n == GRID_LAUNCH else _start(n, start, float(np.exp(measured.min())))
+                     for n in names])
         fit = optimize.least_squares(residuals, x0, args=(x0,), bounds=(lower, upper),
                                      loss="soft_l1", f_scale=0.05, x_scale=1.0, max_nfev=4000)
         if best is None or fit.cost < best.cost:
@@ -176,6 +182,8 @@ def fit_table(table: CostTable, samples: list[dict], readback_s: float | None = 
         t = t.with_params(host=host)
     device = [s for s in samples if s["kind"] in ("step", "head", "iteration")]
     names = tuple(n for n in STEP_PARAMS + HEAD_PARAMS if n not in PAR_UNITS or _has_units(device, PAR_UNITS[n]))
+    if t.backend == "pallas" and any(s.get("launch_bound") for s in device):
+        names += (GRID_LAUNCH,)
     t = t.with_params(device_params=fit_device(t, device, names))
     return t.with_params(samples=list(samples), fit=dict(t.fit, **error_summary(t, samples)))
 
