@@ -14,6 +14,11 @@
 # arXiv-long prompts) compiles 50 / 44 executables in ~110 s per model; with start-up, a grid of
 # ~75 points (~55 s) and the host run, ~180 s per model, ~6 minutes for both. The cost model is
 # parametric in rows, so a table fitted on this ladder serves engines with any other.
+# Grid v2 (ROUTING, default qwen3-paper: each call touches the experts a served call touches)
+# adds 20 served-iteration points per model (chunked-512's decodes + 512-row chunk at positions
+# 0..16K, layered's decodes + a 1-3-layer range of an 8192 / 16384-row prompt; ~10 s) and the
+# 16384 bucket's prefill points (~15 s): ~210 s per model, ~7 minutes for both. The tiny models'
+# DRY_RUN: 164 s (quick grid, 28 points) on this 2-core VM.
 #
 # BUDGET_S (default 540, inside the device's 600 s per command) bounds the whole script: a model
 # starts only if MODEL_S (default 150) seconds are left, and is stopped when the budget ends (its
@@ -29,6 +34,10 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 PYTHON=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-540}
 MODEL_S=${MODEL_S:-150}
+# The routing the grid's calls run under (the engine's `routing` option): a calibrated profile
+# makes every call touch the experts a served call of its rows touches (grid v2; the first H200
+# grid ran the random-weight router, whose calls touch every expert).
+ROUTING=${ROUTING:-qwen3-paper}
 # Row buckets of the calibrated engine per model (ROW_BUCKETS overrides): 8, the decode batch
 # (64), chunked's budget (512), a middle one, layered's cohort cap (8192 + 64 decodes) and the
 # largest lone prompt's bucket the ladder then allows (qwen3: 16384 of its 24576; gpt-oss: all
@@ -43,19 +52,20 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
     # The whole pipeline on any device, small: the tiny preset (its own row buckets), a coarse grid.
     OUT=${OUT:-$(mktemp -d)}
     MODELS=${MODELS:-tiny-qwen3-moe}
-    EXTRA=(--quick --host-requests 8)
+    QUICK=(--quick --host-requests 8)
 else
     OUT=${OUT:-$(pwd)/lp-jax-results/calibration}
     MODELS=${MODELS:-qwen3-30b-a3b gpt-oss-20b}
 fi
 mkdir -p "$OUT/calibration"
 start=$(date +%s)
-device=$($PYTHON -c "import jax; from lp_jax.bench.calibrate import device_slug; print(device_slug(jax.devices()[0].device_kind))") \
+device=$($PYTHON -c "import jax; from lp_jax.bench.calibrate import device_slug; d = jax.devices()[0]; print(device_slug(d.device_kind, d.platform))") \
     || { echo "cannot name the device" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv > "$OUT/calibration/nvidia-smi.csv" 2>&1
 # A copy of the tree without .git (the lent machine's) names its commit through LP_JAX_COMMIT.
 export LP_JAX_COMMIT=${LP_JAX_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 echo "$LP_JAX_COMMIT" > "$OUT/calibration/commit.txt"
+echo "routing $ROUTING" >> "$OUT/calibration/timings.txt"
 status=0
 for model in $MODELS; do
     left=$(( BUDGET_S - ($(date +%s) - start) ))
@@ -65,7 +75,9 @@ for model in $MODELS; do
         continue
     fi
     t=$(date +%s)
-    [ "${DRY_RUN:-0}" = 1 ] || EXTRA=(-o "row_buckets=${ROW_BUCKETS:-$(ladder_for "$model")}")
+    EXTRA=(-o "routing=$ROUTING")
+    if [ "${DRY_RUN:-0}" = 1 ]; then EXTRA+=("${QUICK[@]}")
+    else EXTRA+=(-o "row_buckets=${ROW_BUCKETS:-$(ladder_for "$model")}"); fi
     timeout "$left" $PYTHON -m lp_jax.cli calibrate --model "$model" --no-progress "${EXTRA[@]}" \
         --out "$OUT/calibration/${device}_${model}.json" > "$OUT/calibration/calibrate_${model}.log" 2>&1
     rc=$?

@@ -14,7 +14,10 @@ simulator's error on runs its cost table was not fitted to. Two kinds of measure
         --executor sim:h200 --out benchmarks/results/sim_h200_anchor_2026-12-02
 
 Prints a markdown table (measured / simulated / error per metric and run) and writes it, with a
-JSON of every figure, to --out when given; with --out, each simulated study point goes to
+JSON of every figure, to --out when given; study points with iterations.jsonl (a study with
+`trace = true`) are also replayed iteration by iteration (lp_jax.bench.iteration_replay: each
+measured plan timed on the cost table) and the error's distribution p1..p99 per point and per
+schedule is added (per_iteration_error.json); with --out, each simulated study point goes to
 OUT/points/<its folder>/ too, as a study point folder (so `study --summary` tools read it).
 """
 
@@ -27,7 +30,11 @@ import os
 import sys
 from dataclasses import dataclass
 
+import numpy as np
+
+from lp_jax.bench import iteration_replay
 from lp_jax.bench.compare import _flatten, parse_config
+from lp_jax.bench.iteration_log import ITERATIONS_FILE, read_iterations
 from lp_jax.bench.runner import BenchResult, make_llm, run_bench, write_bench
 from lp_jax.bench.workload import make_workload
 from lp_jax.engine.config import EngineConfig
@@ -112,17 +119,37 @@ def replays_of(folder: str) -> list[Replay]:
     return compare_replays(folder) if os.path.isfile(os.path.join(folder, "compare.json")) else study_replays(folder)
 
 
-def simulate(replays: list[Replay], executor: str) -> list[BenchResult]:
+def simulated_llm(engines: dict, r: Replay, executor: str):
+    """The simulated engine of a replay's (model, configurations), made once into `engines`, set
+    to the replay's configuration."""
+    key = (r.model, r.configs)
+    if key not in engines:
+        engines[key] = make_llm(r.model, list(r.configs), r.label, False, lambda *_: None, executor=executor)
+    engines[key].use(r.config)
+    return engines[key]
+
+
+def simulate(replays: list[Replay], executor: str, engines: dict | None = None) -> list[BenchResult]:
     """Each replay's simulated run, one simulated engine per (model, configurations)."""
-    engines, out = {}, []
+    engines = {} if engines is None else engines
+    return [run_bench(simulated_llm(engines, r, executor), make_workload(**r.workload), progress=False, **r.bench)
+            for r in replays]
+
+
+def per_iteration(folder: str, replays: list[Replay], executor: str, engines: dict) -> list[tuple[str, dict]]:
+    """(label, error distribution) per traced study point (its iterations.jsonl replayed plan by
+    plan, lp_jax.bench.iteration_replay) and per schedule over its points; [] without traces."""
+    per_point, by_schedule = [], {}
     for r in replays:
-        key = (r.model, r.configs)
-        if key not in engines:
-            engines[key] = make_llm(r.model, list(r.configs), r.label, False, lambda *_: None, executor=executor)
-        llm = engines[key]
-        llm.use(r.config)
-        out.append(run_bench(llm, make_workload(**r.workload), progress=False, **r.bench))
-    return out
+        path = os.path.join(folder, r.folder, ITERATIONS_FILE) if r.folder is not None else None
+        if path is None or not os.path.isfile(path):
+            continue
+        times = iteration_replay.replay(read_iterations(path), simulated_llm(engines, r, executor).engine.executor)
+        per_point.append((f"{r.label} at {r.rate:g}", iteration_replay.distribution(times)))
+        by_schedule.setdefault(r.label, []).append(times)
+    merged = [(f"{label}, all rates", iteration_replay.distribution(
+        {k: np.concatenate([t[k] for t in runs]) for k in runs[0]})) for label, runs in by_schedule.items()]
+    return per_point + merged
 
 
 def _number(value):
@@ -167,7 +194,8 @@ def markdown(rows: list[dict], folder: str) -> str:
     return "\n".join(lines + ["", units_line + " (- : not in the measured run's summary).", ""])
 
 
-def write(out: str, text: str, rows: list[dict], replays: list[Replay], simulated: list[BenchResult]) -> None:
+def write(out: str, text: str, rows: list[dict], replays: list[Replay], simulated: list[BenchResult],
+          iterations: list | None = None) -> None:
     """sim_vs_measured.md / .json into out; each simulated study point as a study writes one
     (requests.jsonl, summary.json, vllm_result.json, point.json: the measured point's spec with
     the executor replaced) under out/points/<folder>/."""
@@ -176,6 +204,9 @@ def write(out: str, text: str, rows: list[dict], replays: list[Replay], simulate
         f.write(text)
     with open(os.path.join(out, "sim_vs_measured.json"), "w") as f:
         json.dump(rows, f, indent=1)
+    if iterations:
+        with open(os.path.join(out, "per_iteration_error.json"), "w") as f:
+            json.dump(dict(iterations), f, indent=1)
     for r, s in zip(replays, simulated):
         if r.folder is None:
             continue
@@ -194,12 +225,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="folder for sim_vs_measured.md and .json (and the simulated study points)")
     args = p.parse_args(argv)
     replays = replays_of(args.folder)
-    simulated = simulate(replays, args.executor)
+    engines = {}
+    simulated = simulate(replays, args.executor, engines)
     rows = compare_rows(replays, [s.summary for s in simulated])
     text = markdown(rows, args.folder)
+    iterations = per_iteration(args.folder, replays, args.executor, engines)
+    if iterations:
+        text += ("\nPer-iteration error (each traced point's iterations replayed plan by plan on the cost table; "
+                 "simulated / measured - 1; busy: dispatched before the previous came back):\n\n"
+                 + iteration_replay.markdown(iterations))
     print(text)
     if args.out:
-        write(args.out, text, rows, replays, simulated)
+        write(args.out, text, rows, replays, simulated, iterations)
     return 0
 
 

@@ -10,7 +10,16 @@ whatever they are: a call's cost does not depend on the values):
   after a prefix, as one request or as several requests of one repeated token each (identical
   hidden rows route alike, so fewer experts are touched at the same row count);
 - mixed: all decode slots plus prefill rows up to a bucket;
-- layer ranges: the power-of-two range steps of layered at three buckets.
+- layer ranges: the power-of-two range steps of layered at three buckets;
+- served iterations (grid v2): the shapes the two schedules' iterations have when serving long
+  prompts: chunked-512's mixed iterations (4-16 decodes + the rest of the 512-row budget as one
+  chunk at prompt positions 0 .. 16K) and layered's (4-16 decodes through every layer + a 1-3-layer
+  range of an 8192- or 16384-row prompt), each at the decodes' arXiv-like context.
+
+Under a calibrated routing profile (the engine's `routing` option, e.g. qwen3-paper) every call
+touches the experts a served call of its rows touches; each call's sample records its shape
+(decode contexts, prefill positions, layers) and the distinct experts and row tiles it measured,
+so a cost model with other terms can be refitted to the same timings (lp_jax.sim.refit).
 
 Each point is launched back to back (the device's own pace) `reps` times, adaptively fewer for
 long calls; the distinct experts the call measured are its expert work. The host's time per
@@ -39,9 +48,9 @@ from lp_jax.engine.memory import device_memory_bytes
 from lp_jax.engine.request import SamplingParams, Status
 from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, device_slug, source_commit, table_file
-from lp_jax.sim.expert_load import UniformExpertLoad
+from lp_jax.sim.expert_load import expert_load
 from lp_jax.sim.fit import fit_table
-from lp_jax.sim.work import WorkModel, kernel_block_m
+from lp_jax.sim.work import PREFILL_Q_TILE, WorkModel, kernel_block_m, kernel_prefill_q_tile
 
 TARGET_S = 0.3  # timing budget per grid point (at least BLOCKS x MIN_REPS calls)
 BLOCKS, MIN_REPS, MAX_REPS = 3, 2, 20
@@ -77,10 +86,14 @@ class Calibrator:
         self.rng = np.random.default_rng(seed)
         self.dtype_bytes = np.dtype(self.engine.dtype).itemsize
         self.backend = "pallas" if _uses_pallas(self.model, self.engine.dtype) else "reference"
-        load = UniformExpertLoad(self.model.num_experts, self.model.num_experts_per_tok) if self.model.is_moe else None
+        # The routing the engine runs (its tiles expectation only fills in where nothing is measured).
+        load = (expert_load(self.model.num_experts, self.model.num_experts_per_tok, self.config.routing)
+                if self.model.is_moe else None)
+        kind = jax.devices()[0].device_kind
+        self.prefill_q_tile = kernel_prefill_q_tile(self.model, kind) if self.backend == "pallas" else PREFILL_Q_TILE
         self.work = WorkModel(self.model, self.dtype_bytes, self.backend,
                               self.config.pages_per_seq(self.model) * self.config.page_size, load,
-                              kernel_block_m(self.model, jax.devices()[0].device_kind))
+                              kernel_block_m(self.model, kind), prefill_q_tile=self.prefill_q_tile)
 
     # --- requests ---------------------------------------------------------------------------
     def _place(self, tokens: list[int], computed: int, status: Status, allocate: int):
@@ -121,10 +134,10 @@ class Calibrator:
         assert eng.blocks.all_free()
 
     # --- timing -----------------------------------------------------------------------------
-    def time_plan(self, plan: IterationPlan) -> tuple[float, list[np.ndarray]]:
+    def time_plan(self, plan: IterationPlan) -> tuple[float, list]:
         """(seconds per iteration launched back to back: the median of BLOCKS blocks of reps,
-        which a machine shared with other work disturbs less than one mean; distinct experts per
-        layer of each call)."""
+        which a machine shared with other work disturbs less than one mean; the SegmentRecord of
+        each call: distinct experts and row tiles per layer)."""
         ex = self.ex
         prep = ex.prepare(plan)
         t = time.perf_counter()
@@ -138,27 +151,32 @@ class Calibrator:
                 flight = ex.launch(prep)
             result = ex.fetch(flight)
             blocks.append((time.perf_counter() - t) / reps)
-        return statistics.median(blocks), [s.expert_counts_L for s in result.segments]
+        return statistics.median(blocks), result.segments
 
     def sample(self, plan: IterationPlan, label: str) -> dict:
         """One "iteration" sample: its calls' work (measured distinct experts) and measured seconds."""
-        seconds, counts = self.time_plan(plan)
+        seconds, records = self.time_plan(plan)
         calls, L = [], self.model.num_layers
         ctx = [r.num_computed + 1 for r in plan.decodes]
-        for seg, counts_L in zip(plan.segments(), counts):
+        for seg, rec in zip(plan.segments(), records):
             c = ctx if seg.decode else []
             pre = [(w.start, w.end) for w in plan.prefills] if seg.prefill else []
             rows = bucket_for(len(c) + sum(e - s for s, e in pre), self.ex.buckets)
             for lo, n in layer_pieces(seg.layer_lo, seg.layer_hi, L):
-                d = float(np.mean(counts_L[lo:lo + n])) if self.model.is_moe else None
-                works = self.work.layer_works(rows, c, pre, distinct=d)
-                calls.append(dict(kind="step", layers=self.work.layer_counts(lo, n),
+                d = tiles = None
+                if self.model.is_moe:
+                    d = float(np.mean(rec.expert_counts_L[lo:lo + n]))
+                    tiles = float(np.mean(rec.expert_tiles_L[lo:lo + n]))
+                works = self.work.layer_works(rows, c, pre, distinct=d, tiles=tiles)
+                shape = dict(rows=rows, decode_contexts=list(c), prefills=[list(p) for p in pre], distinct=d,
+                             tiles=tiles)
+                calls.append(dict(kind="step", layers=self.work.layer_counts(lo, n), shape=shape,
                                   work={t: w._asdict() for t, w in works.items()}, range=n != L, seconds=0.0))
         sampled = len(plan.decodes) + (sum(w.completes_prompt for w in plan.prefills) if plan.prefill_finishes_layers
                                        else 0)
         head = (dict(kind="head", rows=bucket_for(sampled, self.ex.seq_buckets), head_bytes=self.work.head_bytes,
                      head_flops_per_row=self.work.head_flops_per_row, seconds=0.0) if sampled else None)
-        return dict(kind="iteration", case=label, calls=calls, head=head, seconds=seconds)
+        return dict(kind="iteration", case=label, calls=calls, head=head, seconds=seconds, launch_bound=True)
 
     # --- the grid ---------------------------------------------------------------------------
     @property
@@ -204,6 +222,48 @@ class Calibrator:
                 lo = (L - n) // 2
                 points.append((f"range [{lo}, {lo + n}) {b} rows",
                                lambda b=b, lo=lo, n=n: self._prefill_plan([b], 0, False, (lo, lo + n))))
+        return points + self.served_points(quick)
+
+    def served_points(self, quick: bool = False) -> list[tuple[str, Callable[[], IterationPlan]]]:
+        """(label, make plan) of the iterations the schedules serve long prompts with (grid v2):
+        chunked's mixed iterations (B decodes + a chunk filling the token budget, at prompt
+        positions 0 .. 16K) and layered's (B decodes through every layer + an n-layer range of one
+        whole prompt), B in 4 .. 16, the decodes at an arXiv-like context (~9K keys) where the
+        pool holds them. Sizes are clipped to what the engine holds (a tiny model's)."""
+        L, S, page = self.model.num_layers, self.config.max_num_seqs, self.config.page_size
+        limit, room = self.config.model_len(self.model) - 2, self.prefill_room
+        batches = sorted({min(b, S) for b in ((4,) if quick else (4, 16))})
+        # A prompt that fits the context completes nowhere (nothing sampled beyond the decodes).
+        prompts = sorted({min(p, room, limit - 1) for p in ((8192,) if quick else (8192, 16384))})
+
+        def context(B: int, prefill_rows: int) -> int:
+            """Keys each of B decodes sees: ~9K, or what the pool leaves beside the prefill."""
+            pages = self.engine.blocks.usable_pages - -(-prefill_rows // page) - 1
+            return max(16, min(9216, limit, pages // B * page - 1))
+
+        points = []
+        budget = min(self.config.token_budget, room)
+        for B in batches:
+            chunk = budget - B
+            for start in sorted({min(s, limit - chunk) for s in ((0, 8192) if quick else (0, 4096, 8192, 16384 - chunk))}):
+                if start < 0:
+                    continue
+                c = context(B, start + chunk)
+                points.append((f"served chunked: {B} decodes at {c} + {chunk} prefill rows after {start}",
+                               lambda B=B, c=c, chunk=chunk, start=start: IterationPlan(
+                                   L, decodes=self.decodes(B, c), prefills=self.prefills([chunk], start),
+                                   prefill_layers=(0, L))))
+        for B in batches:
+            for P in prompts:
+                c = context(B, P)
+                for n in ((1, 3) if quick else (1, 2, 3)):
+                    n = min(n, L)
+                    # 1-2 layers in the middle; 3 layers at the end (the prompt's token is sampled).
+                    lo = L - n if n == 3 else max(0, (L - n) // 2)
+                    points.append((f"served layered: {B} decodes at {c} + range [{lo}, {lo + n}) of {P} rows",
+                                   lambda B=B, c=c, P=P, lo=lo, n=n: IterationPlan(
+                                       L, decodes=self.decodes(B, c), prefills=self.prefills([P], 0),
+                                       prefill_layers=(lo, lo + n))))
         return points
 
     def _prefill_plan(self, sizes, start, repeated, layers) -> IterationPlan:
@@ -310,7 +370,7 @@ def calibrate_with(cal: Calibrator, *, quick: bool = False, progress: bool = Tru
                f"{len(samples)} grid points in {time.perf_counter() - t1:.0f} s, {len(host)} host steps of a "
                f"{host_requests}-request run",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=source_commit(),
-        kernel_tiles_device=kind if cal.backend == "pallas" else None,
+        kernel_tiles_device=kind if cal.backend == "pallas" else None, prefill_q_tile=cal.prefill_q_tile,
         fit=dict(grid=dict(row_buckets=list(cal.ex.buckets), max_num_seqs=cfg.max_num_seqs,
                            max_model_len=cfg.model_len(llm.model_config), page_size=cfg.page_size,
                            points=[s["case"] for s in samples], quick=quick)))

@@ -4,7 +4,8 @@ A study (lp_jax.bench.study_spec) spans many device commands of 10 minutes, on m
 nothing: so
 
 - a point is finished when its folder exists: its files (requests.jsonl, summary.json,
-  vllm_result.json, as `lp-jax bench` writes them, and point.json, its resolved spec and timings)
+  vllm_result.json, as `lp-jax bench` writes them, and point.json, its resolved spec and timings;
+  with the spec's `trace = true` also iterations.jsonl, lp_jax.bench.iteration_log)
   are written into a temporary folder beside it that is renamed last, so a command killed
   mid-point leaves no half point behind, only a temporary folder that the next command removes
   before it redoes that point;
@@ -126,14 +127,18 @@ def use_compilation_cache(path: str) -> None:
     compilation_cache.reset_cache()  # in case a compile earlier in this process initialised it elsewhere
 
 
-def write_point(out: str, point: Point, result, record: dict) -> None:
-    """The point's files into a temporary folder, then renamed into place (last, in one step)."""
+def write_point(out: str, point: Point, result, record: dict, iterations=None) -> None:
+    """The point's files into a temporary folder, then renamed into place (last, in one step);
+    iterations: the run's IterationRecords (a traced point), written as iterations.jsonl."""
+    from lp_jax.bench.iteration_log import ITERATIONS_FILE, write_iterations
     from lp_jax.bench.runner import write_bench
 
     final = os.path.join(out, point.folder)
     tmp = final + TMP_SUFFIX
     shutil.rmtree(tmp, ignore_errors=True)
     write_bench(result, tmp)
+    if iterations is not None:
+        write_iterations(iterations, os.path.join(tmp, ITERATIONS_FILE))
     with open(os.path.join(tmp, "point.json"), "w") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
@@ -157,6 +162,9 @@ def run_point(llm, point: Point, workload):
     from lp_jax.bench.runner import run_bench
 
     s = point.spec
+    # A traced point keeps its own iterations' records (the engine's trace, without row tokens).
+    llm.engine.trace = bool(s.get("trace"))
+    llm.engine.records = []
     return run_bench(llm, workload, ttft_bound_s=s["slo"]["ttft_s"], tbt_bound_s=s["slo"]["tbt_s"],
                      label=point.config.label, warmup=s["warmup"], progress=False, goodput_slo_ms=s["goodput_slo_ms"])
 
@@ -215,7 +223,8 @@ def run_study(study: Study, out: str, *, redo: bool = False, budget_s: float | N
             result.summary.update(repeat=point.repeat, study_point=point.folder)
             record = dict(spec=point.spec, folder=point.folder, wall_s=wall, window_s=result.summary["duration_s"],
                           estimate_s=estimate, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            write_point(out, point, result, record)
+            write_point(out, point, result, record, llm.engine.records if point.spec.get("trace") else None)
+            llm.engine.records = []
             history.append(record)
             run.finished.append(point)
             left = todo[i + 1:]

@@ -15,6 +15,11 @@ docs/studies.md; in short (TOML):
     [slo]
     ttft_s = 10.0
     tbt_s = 0.125
+    trace = true                                 # (top level) each point also writes iterations.jsonl
+
+With `trace = true` the engine keeps an IterationRecord per iteration (lp_jax.bench.iteration_log):
+each point folder then holds iterations.jsonl, every iteration's plan shape and measured start
+and end, which `scripts/sim_vs_measured.py` replays plan by plan with a cost table.
 
 Every point has its own folder, OUT/<model>/<workload>/<schedule>/r<rate>/rep<k>/, and the
 resolved spec of the point (`Point.spec`: everything that determines its run) is written into it.
@@ -36,7 +41,7 @@ from lp_jax.bench.workload import ARRIVALS, CONTEXT_POLICIES, PRESET_NAMES
 from lp_jax.sim import parse_executor
 
 TOP_KEYS = {"out", "models", "workloads", "schedules", "rates", "repeats", "order", "seed", "num_requests",
-            "warmup", "executor", "slo_target", "engine", "workload", "slo", "description"}
+            "warmup", "executor", "slo_target", "engine", "workload", "slo", "description", "trace"}
 WORKLOAD_KEYS = {"arrival", "cv", "length_scale", "context_policy"}
 SLO_KEYS = {"ttft_s", "tbt_s", "goodput"}
 
@@ -201,6 +206,9 @@ def expand(spec: dict, path: str = "<spec>") -> Study:
         raise ValueError(f"study spec: [workload] context_policy must be one of {', '.join(CONTEXT_POLICIES)}")
     slo = _table(spec, "slo", SLO_KEYS)
     goodput = parse_goodput(slo["goodput"]) if "goodput" in slo else None
+    trace = spec.get("trace", False)
+    if not isinstance(trace, bool):
+        raise ValueError(f"study spec: trace must be true or false, got {trace!r}")
 
     points = []
     for model in models:
@@ -225,6 +233,8 @@ def expand(spec: dict, path: str = "<spec>") -> Study:
                                   engine=dict(config.options, schedule=config.schedule), repeat=slot.repeat,
                                   slo=dict(ttft_s=ttft_s, tbt_s=tbt_s), goodput_slo_ms=goodput, warmup=warmup,
                                   executor=executor)
+                if trace:  # only where set: points run before the key existed keep their spec
+                    point_spec["trace"] = True
                 points.append(Point(model, source, config, slot.rate, slot.repeat, folder,
                                     json.loads(json.dumps(point_spec))))
     out = spec.get("out")

@@ -53,6 +53,8 @@ class IterationRecord:
     expert_streamed_bytes: float  # row tiles x bytes per expert (what the grouped matmuls stream)
     segments: list  # executor SegmentRecords
     prefill_ranges: list[tuple[int, int]] = field(default_factory=list)  # layer range of each prefill entry
+    decode_contexts: list[int] = field(default_factory=list)  # keys each decode row sees (position + 1)
+    prefill_completes: list[bool] = field(default_factory=list)  # per prefill entry: its prompt's last rows
 
 
 # (model, engine config, block manager, dtype, record rows) -> an executor.
@@ -101,7 +103,8 @@ class Engine:
         self.total_expert_bytes = 0.0
         self.total_expert_streamed_bytes = 0.0
         self._next_id = 0
-        self._in_flight: tuple[IterationPlan, object, float, int] | None = None  # plan, handle, start, iteration
+        # plan, handle, start, iteration, decode contexts (kept when tracing)
+        self._in_flight: tuple[IterationPlan, object, float, int, list[int]] | None = None
 
     # --- requests ---------------------------------------------------------------------------
     def validate(self, prompt: Sequence[int], params: SamplingParams) -> list[int] | np.ndarray:
@@ -222,7 +225,8 @@ class Engine:
             for r in plan.decodes + [w.request for w in plan.prefills]:
                 if r.scheduled_s is None:
                     r.scheduled_s = start
-            dispatched = (plan, self.executor.dispatch(plan), start, self.state.iteration)
+            contexts = [r.num_computed + 1 for r in plan.decodes] if self.trace else []
+            dispatched = (plan, self.executor.dispatch(plan), start, self.state.iteration, contexts)
             self._advance(plan)
             self.state.iteration += 1
         if self._in_flight:
@@ -253,7 +257,7 @@ class Engine:
 
     def _resolve(self) -> list[Request]:
         """Read back the iteration in flight: emit its tokens, account its expert bytes."""
-        plan, flight, start, iteration = self._in_flight
+        plan, flight, start, iteration, contexts = self._in_flight
         self._in_flight = None
         result = self.executor.fetch(flight)
         now = self.clock()
@@ -266,7 +270,7 @@ class Engine:
                 iteration, start, now, [r.request_id for r in plan.decodes],
                 [(w.request.request_id, w.start, w.end) for w in plan.prefills], plan.prefill_layers,
                 [r.request_id for r in plan.preempted], spent, streamed, result.segments,
-                [plan.layers_of(w) for w in plan.prefills]))
+                [plan.layers_of(w) for w in plan.prefills], contexts, [w.completes_prompt for w in plan.prefills]))
         return finished
 
     def _emit(self, req: Request, token: int, now: float) -> bool:

@@ -6,11 +6,17 @@ One layer of a call costs
     layer_s + row_s * rows
       + roof(dense_bytes / (BW * dense_bw),   dense_flops / (R * dense_flop))     projections, router, dense MLP
       + roof(attn_bytes / (BW * attn_bw),     attn_flops / (R * attn_flop))       K/V reads, QK^T and PV
+          x occupancy(attn_units, attn_par)
       + roof(expert_bytes / (BW * expert_bw), expert_flops / (R * expert_flop))   routed experts
+          x occupancy(expert_units, expert_par)
 
 where roof(m, c) = (m^p + c^p)^(1/p) is a roofline with partial overlap of memory and compute
 (p = `overlap`: 1 adds them, large p is max(m, c); measured on the H100, a chunked iteration's
-tile-padded expert FLOPs cost time although its expert reads take longer), and a call of n
+tile-padded expert FLOPs cost time although its expert reads take longer), occupancy(u, par) =
+max(1, par / u) is the slowdown of a kernel whose call has u parallel work units where par are
+needed to keep the device busy (the Pallas kernels run persistent grids of one CTA per SM: one
+sequence's few attention tiles x KV heads, or a few experts' row tiles, leave most of the 132
+SMs of an H200 idle; par = 0 turns the term off, as in tables fitted before it), and a call of n
 layers costs call_s + the sum over its layers (+ range_row_s per row for a range step, whose
 traced first layer XLA:CPU pays for per row: on this CPU a 1-layer range step of 500 rows costs
 1.5x a layer of the whole-model step). A component's first `cache_bytes` move
@@ -56,6 +62,8 @@ class LayerWork(NamedTuple):
     attn_flops: float
     expert_bytes: float = 0.0
     expert_flops: float = 0.0
+    attn_units: float = 0.0  # parallel units of the attention kernel: query tiles x KV heads (0: unknown)
+    expert_units: float = 0.0  # row tiles the grouped matmuls compute (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,18 @@ class DeviceParams:
     cache_bytes: float = 0.0
     cache_speedup: float = 1.0
     range_row_s: float = 0.0
+    attn_par: float = 0.0
+    expert_par: float = 0.0
+    # Seconds per call of the host's launches when calibration launches a grid point back to back
+    # (what a launch-bound grid sample measures; lp_jax.sim.fit). Not used by the simulator, whose
+    # host launches at HostParams.launch_s. 0: read as HostParams.launch_s.
+    grid_launch_s: float = 0.0
+
+
+def occupancy(units: float, par: float) -> float:
+    """Slowdown of a call of `units` parallel work units on a device that needs `par` of them to
+    be busy: max(1, par / units); 1 where either is unknown (0)."""
+    return par / units if 0.0 < units < par else 1.0
 
 
 @dataclass
@@ -128,6 +148,9 @@ class CostTable:
     date: str
     commit: str
     kernel_tiles_device: str | None = None  # device whose MoE tile table gives block_m (pallas)
+    # Query tokens of one prefill tile of the attention kernel: a tile reads its visible keys once.
+    # 64 in tables fitted before the kernel's own tile (16 on Hopper) was used.
+    prefill_q_tile: int = 64
     # A measured all-reduce between this device's kind (lp_jax.parallel.collectives.AllReduceCost
     # as JSON: devices, latency_s, bus_Bps, samples); what a split (tp x ep > 1) engine pays after
     # attention and after the MoE of every layer. None: only tp = ep = 1 can be simulated.
@@ -180,11 +203,12 @@ class CostTable:
 
     def layer_s(self, w: LayerWork) -> float:
         """Seconds of one layer of a call doing `w`."""
-        rows, dense_b, dense_f, attn_b, attn_f, expert_b, expert_f = w
+        rows, dense_b, dense_f, attn_b, attn_f, expert_b, expert_f, attn_u, expert_u = w
         p, roof, moved = self.device_params, self.roof, self.moved
         (db, df), (ab, af), (eb, ef) = self._dense, self._attn, self._expert
         return (p.layer_s + p.row_s * rows + roof(moved(dense_b) / db, dense_f / df)
-                + roof(moved(attn_b) / ab, attn_f / af) + roof(moved(expert_b) / eb, expert_f / ef))
+                + roof(moved(attn_b) / ab, attn_f / af) * occupancy(attn_u, p.attn_par)
+                + roof(moved(expert_b) / eb, expert_f / ef) * occupancy(expert_u, p.expert_par))
 
     def call_s(self, layer_seconds: float, rows: int = 0, ranged: bool = False) -> float:
         """Seconds of one executable call of `rows` padded rows whose layers take `layer_seconds`

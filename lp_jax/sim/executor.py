@@ -72,7 +72,7 @@ class SimulatedExecutor:
         self.work = WorkModel(model, np.dtype(table.dtype).itemsize, table.backend,
                               config.pages_per_seq(model) * config.page_size, self.load,
                               kernel_block_m(model, table.kernel_tiles_device or table.device_kind),
-                              tp=config.tp, ep=config.ep)
+                              tp=config.tp, ep=config.ep, prefill_q_tile=table.prefill_q_tile)
         # Under tp x ep every layer also all-reduces its rows twice, at the table's measured cost.
         devices = config.tp * config.ep
         self._all_reduce = table.all_reduce_cost(devices) if devices > 1 else None
@@ -182,6 +182,15 @@ class SimulatedExecutor:
                       for seg, call_seconds, _ in self._calls(plan))
         sampled = len(plan.decodes) + sum(w.completes_prompt for w in plan.finishing())
         return seconds + (self._head_s[bucket_for(sampled, self.seq_buckets)] if sampled else 0.0)
+
+    def host_s(self, plan: IterationPlan) -> float:
+        """Host seconds the cost table gives one iteration of this plan: the engine's own work, a
+        launch per call (its layer calls and its sampling call) and the read-back."""
+        h = self.table.host
+        calls = sum(len(self.pieces(seg.layer_lo, seg.layer_hi)) for seg in plan.segments())
+        sampled = len(plan.decodes) + sum(w.completes_prompt for w in plan.finishing())
+        return (h.step_s + h.decode_s * len(plan.decodes) + h.prefill_s * len(plan.prefills)
+                + h.launch_s * (calls + bool(sampled)) + h.readback_s)
 
     def fetch(self, flight: SimFlight) -> ExecutionResult:
         """Wait (on the virtual clock) for the iteration's tokens and read them back."""

@@ -8,7 +8,9 @@ Samples (dicts, as a table stores them):
 - {"kind": "host", "decodes": n, "prefills": m, "calls": c, "seconds": s}: the engine's host time
   of one iteration, its waits for the device left out;
 - {"kind": "iteration", "calls": [step samples], "head": head sample or None, "seconds": s}: a
-  whole iteration's device time (its calls back to back, then its sampling call).
+  whole iteration's device time (its calls back to back, then its sampling call); with
+  "launch_bound": true (lp-jax calibrate's, iterations launched back to back) on a GPU, the
+  longer of that and the host's launches of its calls.
 
 The device constants are fitted by robust least squares on log(predicted / measured) (relative
 errors: a call of 50 us counts as much as one of 50 ms), efficiencies bounded and
@@ -27,14 +29,23 @@ from scipy import optimize
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, LayerWork
 
 STEP_PARAMS = ("call_s", "layer_s", "row_s", "dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw",
-               "expert_flop", "overlap", "cache_bytes", "cache_speedup", "range_row_s")
+               "expert_flop", "overlap", "cache_bytes", "cache_speedup", "range_row_s", "attn_par", "expert_par")
+# Occupancy constants (parallel units a kernel needs to fill the device) and the LayerWork field
+# that gives a call's units: fitted only where the samples carry units.
+PAR_UNITS = {"attn_par": "attn_units", "expert_par": "expert_units"}
+PAR_MAX = 4096.0
+# The host's seconds per call when a grid point is launched back to back (lp-jax calibrate's
+# loop: the launches alone, no scheduling or row building): fitted where samples are launch-bound.
+GRID_LAUNCH = "grid_launch_s"
 HEAD_PARAMS = ("head_s", "head_row_s")
 CACHE_PARAMS = ("cache_bytes", "cache_speedup")
 EFFICIENCIES = {"dense_bw", "dense_flop", "attn_bw", "attn_flop", "expert_bw", "expert_flop"}
 PRIOR = 0.02
 # Efficiencies are relative to the measured copy bandwidth (read + write) and matmul rate; a
-# read-only stream can beat a copy (H100: 2.36 TB/s copy, 3.35 TB/s HBM3 datasheet), hence > 1.
-EFF_MAX = 1.5
+# read-only stream can beat a copy (H100: 2.36 TB/s copy, 3.35 TB/s HBM3 datasheet; H200: 1.95
+# TB/s copy, 4.8 TB/s HBM3e datasheet, 2.5x), hence > 1. (1.5 until grid v2: four of the first H200
+# table's efficiencies sat at it.)
+EFF_MAX = 3.0
 OVERLAP_MAX = 16.0  # roof's p: 1 (no overlap) .. 16 (max(memory, compute) within 4 %)
 CACHE_SPEEDUP_MAX = 20.0
 # Starting points of the device fit, relative to the shortest sample (fixed times) or absolute;
@@ -49,6 +60,8 @@ def _start(name: str, start: dict, shortest_s: float) -> float:
         return start["eff"]
     if name in ("overlap", "cache_bytes"):
         return start[name]
+    if name in PAR_UNITS:
+        return {"attn_par": 64.0, "expert_par": 32.0}[name]
     if name == "cache_speedup":
         return 4.0
     per = {"call_s": 1.0, "layer_s": 0.1, "head_s": 0.1, "row_s": 1e-3, "head_row_s": 1e-3, "range_row_s": 1e-3}[name]
@@ -64,7 +77,14 @@ def predict(table: CostTable, sample: dict) -> float:
     if sample["kind"] == "head":
         return table.head_s(sample["rows"], sample["head_bytes"], sample["head_flops_per_row"])
     if sample["kind"] == "iteration":
-        return sum(predict(table, c) for c in sample["calls"]) + (predict(table, sample["head"]) if sample["head"] else 0.0)
+        device = sum(predict(table, c) for c in sample["calls"]) + (predict(table, sample["head"]) if sample["head"] else 0.0)
+        if sample.get("launch_bound") and table.backend == "pallas":
+            # Launched back to back (lp-jax calibrate), an iteration takes the longer of its device
+            # time and the host's launches (a GPU runs apart from the host; the first H200 grid's
+            # 1-layer calls of 8 rows took the host's ~1.6 ms launch, not their device time).
+            launch = table.device_params.grid_launch_s or table.host.launch_s
+            return max(device, (len(sample["calls"]) + bool(sample["head"])) * launch)
+        return device
     if sample["kind"] == "host":
         h = table.host
         return h.step_s + h.decode_s * sample["decodes"] + h.prefill_s * sample["prefills"] + h.launch_s * sample["calls"]
@@ -92,8 +112,9 @@ def fit_device(table: CostTable, samples: list[dict], names: tuple[str, ...], st
         return table.device_params
     measured = np.log([s["seconds"] for s in samples])
     upper = np.array([np.log(EFF_MAX) if n in EFFICIENCIES else np.log(OVERLAP_MAX) if n == "overlap"
-                      else np.log(CACHE_SPEEDUP_MAX) if n == "cache_speedup" else np.inf for n in names])
-    lower = np.array([0.0 if n in ("overlap", "cache_speedup") else -60.0 for n in names])
+                      else np.log(CACHE_SPEEDUP_MAX) if n == "cache_speedup" else np.log(PAR_MAX) if n in PAR_UNITS
+                      else np.inf for n in names])
+    lower = np.array([0.0 if n in ("overlap", "cache_speedup") or n in PAR_UNITS else -60.0 for n in names])
 
     def params_of(x) -> DeviceParams:
         return dataclasses.replace(table.device_params, **dict(zip(names, np.exp(x).tolist())))
@@ -105,7 +126,9 @@ def fit_device(table: CostTable, samples: list[dict], names: tuple[str, ...], st
 
     best = None
     for start in starts:
-        x0 = np.log([_start(n, start, float(np.exp(measured.min()))) for n in names])
+        # The launch bound starts at the host's fitted launch (below it, no sample feels it).
+        x0 = np.log([table.host.launch_s or 1e-3 if n == GRID_LAUNCH else _start(n, start, float(np.exp(measured.min())))
+                     for n in names])
         fit = optimize.least_squares(residuals, x0, args=(x0,), bounds=(lower, upper),
                                      loss="soft_l1", f_scale=0.05, x_scale=1.0, max_nfev=4000)
         if best is None or fit.cost < best.cost:
@@ -150,10 +173,22 @@ def fit_host(samples: list[dict]) -> HostParams:
 def fit_table(table: CostTable, samples: list[dict], readback_s: float | None = None) -> CostTable:
     """`table` with its constants fitted to `samples` (step, head and host samples; a kind with no
     samples keeps the table's constants), the samples and the fit's error recorded in it."""
-    device = [s for s in samples if s["kind"] in ("step", "head", "iteration")]
-    t = table.with_params(device_params=fit_device(table, device, STEP_PARAMS + HEAD_PARAMS))
+    t = table
     if any(s["kind"] == "host" for s in samples):
+        # The host first: a GPU iteration's time is bounded below by its launches (see predict).
         host = fit_host(samples)
         host.readback_s = table.host.readback_s if readback_s is None else readback_s
+        host.contention = table.host.contention
         t = t.with_params(host=host)
+    device = [s for s in samples if s["kind"] in ("step", "head", "iteration")]
+    names = tuple(n for n in STEP_PARAMS + HEAD_PARAMS if n not in PAR_UNITS or _has_units(device, PAR_UNITS[n]))
+    if t.backend == "pallas" and any(s.get("launch_bound") for s in device):
+        names += (GRID_LAUNCH,)
+    t = t.with_params(device_params=fit_device(t, device, names))
     return t.with_params(samples=list(samples), fit=dict(t.fit, **error_summary(t, samples)))
+
+
+def _has_units(samples: list[dict], field: str) -> bool:
+    """Whether any step (of an iteration) among the samples gives its parallel units `field`."""
+    steps = [c for s in samples for c in (s["calls"] if s["kind"] == "iteration" else [s] if s["kind"] == "step" else [])]
+    return any(w.get(field, 0) > 0 for c in steps for w in c["work"].values())

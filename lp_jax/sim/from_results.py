@@ -75,7 +75,7 @@ def expert_efficiencies(model: ModelConfig, results: str, peaks: Peaks, overlap:
     (roof's p held at `overlap`)."""
     rows = [r for r in _load(f"moe_{H100_SLUG}.json", results) if MODEL_OF_SHAPE[r["model"]] is model]
     work = _work(model)
-    b, f = zip(*[work.expert_work(r["tokens"], r["tokens"], r["tokens"], (), r["distinct_experts"]) for r in rows])
+    b, f, _ = zip(*[work.expert_work(r["tokens"], r["tokens"], r["tokens"], (), r["distinct_experts"]) for r in rows])
     run = _peaks(rows[0])
     _, e_bw, e_flop, _ = fit_roofline(np.array(b), np.array(f), np.array([r["ours_ms"] * 1e-3 for r in rows]), run,
                                       overlap)

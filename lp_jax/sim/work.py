@@ -25,7 +25,8 @@ from lp_jax.model.config import ModelConfig
 from lp_jax.sim.cost_model import LayerWork
 from lp_jax.sim.expert_load import ExpertLoad
 
-# Query rows of a prefill tile: the attention kernel reads a tile's visible keys once per tile.
+# Query tokens of a prefill tile in tables fitted before the kernel's own tile was used (see
+# kernel_prefill_q_tile): the attention kernel reads a tile's visible keys once per tile.
 PREFILL_Q_TILE = 64
 LAYER_TYPES = ("full", "sliding")
 
@@ -47,6 +48,15 @@ def kernel_block_m(model: ModelConfig, device_kind: str):
     return block_m
 
 
+def kernel_prefill_q_tile(model: ModelConfig, device_kind: str) -> int:
+    """Query tokens of one prefill tile of the Pallas attention kernel on `device_kind` (its tile
+    table's prefill entry, or its default: 16 on Hopper for 8 query heads per KV head); what a
+    new cost table records as its `prefill_q_tile`."""
+    from pallas_kernels.attention_tuning import lookup
+
+    return lookup(model.num_heads, model.num_kv_heads, model.head_dim, 8192, 1, device_kind).block_q
+
+
 def visible_pairs(start: int, end: int, window: int | None) -> int:
     """Sum over positions p in [start, end) of the keys p sees: min(p + 1, window)."""
     def upto(x):  # sum_{p < x} min(p + 1, W)
@@ -61,16 +71,21 @@ class WorkModel:
 
     page_slots: keys a block table addresses (pages_per_seq x page_size), what the reference
     attention gathers per row. block_m(rows): the MoE kernel's row tile for a call of `rows`
-    routed rows (pallas only).
+    routed rows (pallas only). prefill_q_tile: query tokens of one prefill tile of the attention
+    kernel (a tile reads its visible keys once; pallas only). Each LayerWork also carries the
+    call's parallel units: attention tiles (a decode row each, a prefill work's tokens in tiles of
+    prefill_q_tile) x KV heads, and the grouped matmuls' row tiles.
     """
 
     def __init__(self, model: ModelConfig, dtype_bytes: int, backend: str, page_slots: int,
-                 expert_load: ExpertLoad | None = None, block_m=None, tp: int = 1, ep: int = 1):
+                 expert_load: ExpertLoad | None = None, block_m=None, tp: int = 1, ep: int = 1,
+                 prefill_q_tile: int = PREFILL_Q_TILE):
         if backend not in ("pallas", "reference"):
             raise ValueError(f"backend must be pallas or reference, got {backend!r}")
         if model.is_moe and expert_load is None:
             raise ValueError(f"{model.name} is a MoE model: an expert load (routing model) is needed")
         self.model, self.backend, self.page_slots = model, backend, page_slots
+        self.prefill_q_tile = prefill_q_tile
         self.expert_load, self.block_m = expert_load, block_m
         self.dtype_bytes = b = dtype_bytes
         H, N, A = model.num_heads, model.num_kv_heads, model.head_dim
@@ -99,29 +114,34 @@ class WorkModel:
         return {"full": n - s, "sliding": s}
 
     def expert_work(self, rows: int, valid_rows: int, num_decodes: int, prefill_tokens: tuple[int, ...],
-                    distinct: float | None = None, expected: float | None = None) -> tuple[float, float]:
-        """(expert bytes, expert FLOPs) of one MoE layer. distinct: measured distinct experts
-        (calibration), else the routing model's expectation (`expected`, if the caller has it)."""
+                    distinct: float | None = None, expected: float | None = None,
+                    tiles: float | None = None) -> tuple[float, float, float]:
+        """(expert bytes, expert FLOPs, row tiles) of one MoE layer. distinct: measured distinct experts
+        (calibration), else the routing model's expectation (`expected`, if the caller has it);
+        tiles: measured row tiles (calibration), else the routing model's expectation (adjusted
+        by distinct - expected where only the experts were measured)."""
         if not self.model.is_moe:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         K, E = self.model.num_experts_per_tok, self.model.num_experts
         if self.backend == "reference":
-            return E / self.ep * self.expert_bytes_each, rows * K * E / self.ep * self.expert_flops_per_row
+            return E / self.ep * self.expert_bytes_each, rows * K * E / self.ep * self.expert_flops_per_row, 0.0
         bm = self.block_m(valid_rows * K)
         if expected is None:
             expected = self.expert_load.expected_distinct(num_decodes, prefill_tokens)
-        tiles = self._tiles(num_decodes, prefill_tokens, bm)
-        if distinct is not None:
-            # Measured experts: the tiles past each expert's first from the routing model.
-            tiles += distinct - expected
-        else:
+        if tiles is None:
+            tiles = self._tiles(num_decodes, prefill_tokens, bm)
+            if distinct is not None:
+                # Measured experts: the tiles past each expert's first from the routing model.
+                tiles += distinct - expected
+        if distinct is None:
             distinct = expected
         # HBM serves each loaded expert once (its later tiles hit L2: on the H100 an 8192-token
         # layer takes less time than re-reading weights per tile would); a tile computes block_m
         # rows whether or not its expert has that many.
         # Under ep each device holds E / ep of the experts: on average that share of the loaded
         # experts and of their tiles.
-        return distinct / self.ep * self.expert_bytes_each, tiles / self.ep * bm * self.expert_flops_per_row
+        return (distinct / self.ep * self.expert_bytes_each, tiles / self.ep * bm * self.expert_flops_per_row,
+                tiles / self.ep)
 
     def row_tiles(self, num_decodes: int, prefill_tokens: tuple[int, ...]) -> float:
         """Expected row tiles one MoE layer's grouped matmul streams for these rows, at the
@@ -134,14 +154,19 @@ class WorkModel:
         return self.expert_load.expected_tiles(num_decodes, prefill_tokens, block_m)
 
     def layer_works(self, rows: int, decode_contexts: list[int], prefills: list[tuple[int, int]],
-                    distinct: float | None = None, expected: float | None = None) -> dict[str, LayerWork]:
+                    distinct: float | None = None, expected: float | None = None,
+                    tiles: float | None = None) -> dict[str, LayerWork]:
         """{layer type: LayerWork} of a call of `rows` padded rows: a decode row per entry of
         decode_contexts (keys it sees, itself included: position + 1) and prefill rows of
-        positions [start, end) per entry of prefills. distinct / expected: see expert_work."""
+        positions [start, end) per entry of prefills. distinct / expected / tiles: see expert_work."""
         tokens = tuple(e - s for s, e in prefills)
         valid = len(decode_contexts) + sum(tokens)
-        eb, ef = self.expert_work(rows, valid, len(decode_contexts), tokens, distinct, expected)
+        eb, ef, eu = self.expert_work(rows, valid, len(decode_contexts), tokens, distinct, expected, tiles)
         dense_flops = rows * self.dense_flops_per_row
+        q = self.prefill_q_tile
+        units = 0.0
+        if self.backend == "pallas":
+            units = (len(decode_contexts) + sum(-(-n // q) for n in tokens)) * self.model.num_kv_heads / self.tp
         out = {}
         for t in self.types:
             if self.backend == "reference":
@@ -153,7 +178,7 @@ class WorkModel:
                 for s, e in prefills:
                     p = visible_pairs(s, e, w)
                     pairs += p
-                    keys += p / PREFILL_Q_TILE + (e if w is None or e < w else w)
+                    keys += p / q + (e if w is None or e < w else w)
             out[t] = LayerWork(rows, self.dense_bytes, dense_flops, keys * self.kv_bytes_per_key,
-                               pairs * self.flops_per_pair, eb, ef)
+                               pairs * self.flops_per_pair, eb, ef, units, eu)
         return out
