@@ -121,6 +121,7 @@ def use_compilation_cache(path: str) -> None:
     from jax.experimental.compilation_cache import compilation_cache
 
     os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)  # in case the caller's environment turned it off
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
