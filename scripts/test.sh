@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+# Two worker processes, each test file whole on one of them (its module-level engines and caches
+# stay shared by its tests); LP_JAX_TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -q -n "${LP_JAX_TEST_WORKERS:-2}" --dist loadfile "$@"

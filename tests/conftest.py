@@ -3,7 +3,9 @@
   backend (see pallas_kernels/interpret.py: too few threads and an interpret-mode kernel hangs);
 - keep JAX's persistent compilation cache out of every test that does not ask for it (the
   `persistent_compilation_cache` fixture), and fail the test that leaves it on;
-- skip tests marked `gpu` unless JAX sees an NVIDIA Hopper GPU."""
+- skip tests marked `gpu` unless JAX sees an NVIDIA Hopper GPU;
+- under pytest-xdist, a test past its timeout prints its stacks and is not run again
+  (tests/worker_timeout.py)."""
 
 import jax
 import pytest
@@ -12,6 +14,8 @@ from jax._src import compilation_cache  # jax 0.11.2 has no public "is a cache o
 from pallas_kernels.interpret import reserve_interpret_threads
 
 reserve_interpret_threads()
+
+pytest_plugins = ["tests.worker_timeout"]
 
 # The cache options a test may change, with the suite's values. jax 0.11.2 sends every compile
 # through its cache code while jax_enable_compilation_cache is on (its default), directory or not:
