@@ -98,7 +98,8 @@ def test_abort_inside_a_layered_cohort_spares_the_rest_of_the_cohort():
     ids = [llm.add_request(p, max_tokens=MAX_TOKENS) for p in prompts]
     llm.step()
     llm.step()  # the cohort of all three is now at group 2 of 4
-    assert llm.engine.scheduler.group == 2 and len(llm.engine.scheduler.cohort) == 3
+    (cohort,) = llm.engine.scheduler.cohorts
+    assert len(cohort.works) == 3 and cohort.next_layer == cohort.groups[2][0]
     assert llm.abort(ids[1])
     done = {}
     while llm.has_unfinished():
