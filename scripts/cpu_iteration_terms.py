@@ -119,7 +119,9 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         table = calibrate_with(Calibrator(llm), progress=False)
         path = table.save(os.path.join(args.out, "table.json"))
-        print(f"calibrated in {time.perf_counter() - t:.0f} s, host {table.host}")
+        print(f"calibrated in {time.perf_counter() - t:.0f} s, host {table.host}, contention fit "
+              f"{table.fit.get('contention')}, host run simulated / real "
+              f"{table.fit['host_run']['simulated_s'] / table.fit['host_run']['real_s']:.2f}")
     config = parse_config(args.config, DEMO.engine_options)
     llm.use(_engine_config(args.config))
     L = llm.model_config.num_layers
