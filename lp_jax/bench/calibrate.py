@@ -16,7 +16,8 @@ Each point is launched back to back (the device's own pace) `reps` times, adapti
 long calls; the distinct experts the call measured are its expert work. The host's time per
 iteration comes from a short real serving run (each step's wall time minus its wait in fetch),
 the read-back from fetching an iteration already finished. Then `lp_jax.sim.fit.fit_table`, and
-on a CPU the host/device contention from the same run's iterations (`lp_jax.sim.contention`).
+on a CPU the host/device contention: decode batches timed back to back and as the engine
+pipelines them, block by block (`Calibrator.contention`, `lp_jax.sim.contention`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,8 @@ from lp_jax.engine.memory import device_memory_bytes
 from lp_jax.engine.request import SamplingParams, Status
 from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, device_slug, source_commit, table_file
-from lp_jax.sim.clock import VirtualClock
-from lp_jax.sim.contention import fit_contention, serving_iterations
-from lp_jax.sim.executor import SimulatedExecutor
-from lp_jax.sim.expert_load import UniformExpertLoad, expert_load
+from lp_jax.sim.contention import fit_contention
+from lp_jax.sim.expert_load import UniformExpertLoad
 from lp_jax.sim.fit import fit_table
 from lp_jax.sim.work import WorkModel, kernel_block_m
 
@@ -144,6 +143,52 @@ class Calibrator:
             blocks.append((time.perf_counter() - t) / reps)
         return statistics.median(blocks), [s.expert_counts_L for s in result.segments]
 
+    def contention_blocks(self, plan: IterationPlan) -> list[tuple[float, float, float, float]]:
+        """Per block of BLOCKS (seconds per iteration): (pipelined, back to back, host, read-back).
+        Back to back: the grid's timing (time_plan). Pipelined: as the engine serves, each
+        iteration's rows built (prepare) and launched before the one in flight is read back; host:
+        the building and launching, read-back: fetch's time after its wait. The two alternate block
+        by block, so that a machine whose load drifts disturbs both alike."""
+        ex = self.ex
+        prep = ex.prepare(plan)
+        t = time.perf_counter()
+        ex.fetch(ex.launch(prep))  # also the warm-up
+        reps = int(np.clip(TARGET_S / BLOCKS / max(time.perf_counter() - t, 1e-6), MIN_REPS, MAX_REPS))
+        out = []
+        for _ in range(BLOCKS):
+            t = time.perf_counter()
+            for _ in range(reps):
+                flight = ex.launch(prep)
+            ex.fetch(flight)
+            back_to_back = (time.perf_counter() - t) / reps
+            host = readback = 0.0
+            t = time.perf_counter()
+            prev = ex.launch(ex.prepare(plan))
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                flight = ex.launch(ex.prepare(plan))
+                t1 = time.perf_counter()
+                jax.block_until_ready((prev.tokens_B, [c for _, _, c, _ in prev.segments]))
+                t2 = time.perf_counter()
+                ex.fetch(prev)
+                host, readback, prev = host + t1 - t0, readback + time.perf_counter() - t2, flight
+            ex.fetch(prev)
+            out.append(((time.perf_counter() - t) / (reps + 1), back_to_back, host / reps, readback / reps))
+        return out
+
+    def contention(self) -> dict:
+        """The host/device contention (lp_jax.sim.contention) of decode batches of 1, a quarter of
+        the slots and all of them at the grid's middle context (a serving run's typical iteration)."""
+        S, L = self.config.max_num_seqs, self.model.num_layers
+        context = self.grid_contexts()[1]
+        blocks = []
+        for B in sorted({1, max(1, S // 4), S}):
+            try:
+                blocks += self.contention_blocks(IterationPlan(L, decodes=self.decodes(B, context)))
+            finally:
+                self.clear()
+        return fit_contention(*zip(*blocks))
+
     def sample(self, plan: IterationPlan, label: str) -> dict:
         """One "iteration" sample: its calls' work (measured distinct experts) and measured seconds."""
         seconds, counts = self.time_plan(plan)
@@ -170,14 +215,19 @@ class Calibrator:
         """Most prefill rows one call can hold: the hidden buffer's prefill region."""
         return self.config.hidden_rows() - self.config.max_num_seqs - 1
 
+    def grid_contexts(self) -> list[int]:
+        """The decode contexts of the grid: short, middle, longest (that fits the pool at the
+        largest batch)."""
+        limit = self.config.model_len(self.model) - 2
+        most = (self.engine.blocks.usable_pages // self.config.max_num_seqs) * self.config.page_size - 1
+        return sorted({16, min(limit, most) // 2, min(limit, most)})
+
     def grid(self, quick: bool = False) -> list[tuple[str, Callable[[], IterationPlan]]]:
         """(label, make plan) of every grid point (see the module docstring)."""
         L, S = self.model.num_layers, self.config.max_num_seqs
         limit = self.config.model_len(self.model) - 2
         buckets = [b for b in self.ex.buckets if b >= 4]
-        # Decode contexts must fit the pool at the largest batch.
-        most = (self.engine.blocks.usable_pages // S) * self.config.page_size - 1
-        contexts = sorted({16, min(limit, most) // 2, min(limit, most)})
+        contexts = self.grid_contexts()
         points = []
         for B in sorted({1, max(1, S // 4), S} if quick else {1, 2, max(1, S // 4), max(1, S // 2), S}):
             for c in contexts:
@@ -226,18 +276,43 @@ class Calibrator:
     # --- the host ---------------------------------------------------------------------------
     def host_samples(self, num_requests: int = 24) -> tuple[list[dict], float, dict]:
         """(host samples of a short serving run, read-back seconds, the run: its requests'
-        (prompt tokens, max_tokens), seconds from first dispatch to last token, and its steps, see
-        `serve_timed`)."""
+        (prompt tokens, max_tokens) and seconds from first dispatch to last token). Each step's
+        host time is its wall time minus its time in fetch (waiting for the device, then the
+        read-back)."""
         eng, ex, L = self.engine, self.ex, self.model.num_layers
+        waits: list[float] = []
+        fetch = ex.fetch
+
+        def timed_fetch(flight):
+            t = time.perf_counter()
+            out = fetch(flight)
+            waits.append(time.perf_counter() - t)
+            return out
+
         V = self.model.vocab_size
         top = min(self.config.model_len(self.model) // 2, self.prefill_room)
         requests = [(int(n), int(self.rng.integers(4, 17))) for n in self.rng.integers(1, max(2, top), num_requests)]
         for n, m in requests:
             eng.add_request(self.rng.integers(0, V, n).tolist(), SamplingParams(max_tokens=m, ignore_eos=True))
+        samples = []
+        ex.fetch = timed_fetch
         run_start = time.perf_counter()
-        on_device = lambda f: jax.block_until_ready((f.tokens_B, [c for _, _, c, _ in f.segments]))  # noqa: E731
-        samples, steps = serve_timed(eng, on_device)
-        run = dict(requests=requests, seconds=time.perf_counter() - run_start, steps=steps)
+        try:
+            while eng.has_unfinished():
+                waits.clear()
+                before = eng.state.iteration
+                t = time.perf_counter()
+                eng.step()
+                wall = time.perf_counter() - t
+                if eng.state.iteration == before:  # nothing dispatched: only a read-back
+                    continue
+                plan, flight = eng._in_flight[:2]
+                calls = sum(len(layer_pieces(seg.layer_lo, seg.layer_hi, L)) for seg in plan.segments())
+                samples.append(dict(kind="host", decodes=len(plan.decodes), prefills=len(plan.prefills),
+                                    calls=calls + bool(flight.sampled), seconds=max(wall - sum(waits), 1e-7)))
+        finally:
+            ex.fetch = fetch
+        run = dict(requests=requests, seconds=time.perf_counter() - run_start)
         readbacks = []
         for _ in range(5):  # an iteration already finished: fetch is the read-back alone
             flight = ex.dispatch(IterationPlan(L, decodes=self.decodes(1, 16)))
@@ -247,53 +322,6 @@ class Calibrator:
             readbacks.append(time.perf_counter() - t)
             self.clear()
         return samples, statistics.median(readbacks), run
-
-
-def serve_timed(eng, wait) -> tuple[list[dict], list[dict]]:
-    """Serve the engine's requests to the end, timing every step on the engine's clock: (host
-    samples, steps). A step's host time is its time minus its time in fetch (`wait(flight)`
-    returns once the flight is done on the device, then the read-back). Steps (one per step that
-    dispatched): the iteration it dispatched and the one it read back (None: none), the plan and
-    the keys its decodes see, host seconds, seconds waiting for the device and when the
-    read-back iteration's tokens reached the host (lp_jax.sim.contention.serving_iterations)."""
-    ex, L, clock = eng.executor, eng.model.num_layers, eng.clock
-    step_of: dict = {}
-    fetch, dispatch = ex.fetch, ex.dispatch
-
-    def timed_fetch(flight):
-        t = clock()
-        wait(flight)
-        step_of.update(wait_s=clock() - t)
-        out = fetch(flight)
-        step_of.update(got_s=clock(), fetch_s=clock() - t)
-        return out
-
-    def recorded_dispatch(plan):  # the contexts its decodes see, before the engine advances them
-        step_of.update(plan=plan, contexts=[r.num_computed + 1 for r in plan.decodes])
-        return dispatch(plan)
-
-    samples, steps = [], []
-    ex.fetch, ex.dispatch = timed_fetch, recorded_dispatch
-    try:
-        while eng.has_unfinished():
-            step_of.clear()
-            before = eng.state.iteration
-            fetched = eng._in_flight[3] if eng._in_flight else None
-            t = clock()
-            eng.step()
-            wall = clock() - t
-            if eng.state.iteration == before:  # nothing dispatched: only a read-back
-                continue
-            plan, flight = eng._in_flight[:2]
-            calls = sum(len(layer_pieces(seg.layer_lo, seg.layer_hi, L)) for seg in plan.segments())
-            host_s = max(wall - step_of.get("fetch_s", 0.0), 1e-7)
-            samples.append(dict(kind="host", decodes=len(plan.decodes), prefills=len(plan.prefills),
-                                calls=calls + bool(flight.sampled), seconds=host_s))
-            steps.append(dict(iteration=before, fetched=fetched, plan=plan, contexts=step_of["contexts"],
-                              host_s=host_s, wait_s=step_of.get("wait_s"), got_s=step_of.get("got_s")))
-    finally:
-        ex.fetch, ex.dispatch = fetch, dispatch
-    return samples, steps
 
 
 def _uses_pallas(model, dtype) -> bool:
@@ -341,22 +369,13 @@ def calibrate_with(cal: Calibrator, *, quick: bool = False, progress: bool = Tru
                            max_model_len=cfg.model_len(llm.model_config), page_size=cfg.page_size,
                            points=[s["case"] for s in samples], quick=quick)))
     table = fit_table(base, samples + host, readback_s=readback)
-    # A CPU "device" shares its cores with the engine's Python: how much of the host's time the
-    # device loses is measured on the host run's iterations (lp_jax.sim.contention). A GPU loses none.
-    contention = dict(contention=0.0)
-    if platform == "cpu":
-        contention = fit_contention(*serving_iterations(run["steps"], _predictor(table, cal.model, cfg), readback))
+    # A CPU "device" shares its cores with the engine's Python: how much of the host's time it
+    # loses is measured (Calibrator.contention). A GPU loses none.
+    contention = cal.contention() if platform == "cpu" else dict(contention=0.0)
     table = table.with_params(host=dataclasses.replace(table.host, contention=contention["contention"]))
-    # The whole engine, checked on the host run (fitted to it in its contention alone).
+    # The whole engine, checked on the host run (not fitted to it).
     return table.with_params(fit=dict(table.fit, contention=contention, host_run=dict(
         requests=len(run["requests"]), real_s=run["seconds"], simulated_s=_run_in_sim(table, cal.config, run))))
-
-
-def _predictor(table: CostTable, model, config):
-    """predict_s(plan, contexts) of the simulator on `table` (device seconds of an iteration of
-    `model`, a ModelConfig, under EngineConfig `config`)."""
-    load = expert_load(model.num_experts, model.num_experts_per_tok, config.routing) if model.is_moe else None
-    return SimulatedExecutor(model, config, None, table, VirtualClock(), load).predict_s
 
 
 def _run_in_sim(table: CostTable, config, run: dict) -> float:

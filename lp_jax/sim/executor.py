@@ -146,13 +146,12 @@ class SimulatedExecutor:
         self._host_work(start, now - start)
         return flight
 
-    def _calls(self, plan: IterationPlan, contexts: list[int] | None = None):
+    def _calls(self, plan: IterationPlan):
         """Per plan segment: (segment, device seconds of each of its calls, (decode rows, [(request
-        id, prefill rows)], expected distinct experts and row tiles per layer)). contexts: the keys
-        each decode sees (default: as the plan's requests stand, before it is dispatched)."""
+        id, prefill rows)], expected distinct experts and row tiles per layer))."""
         table = self.table
         call_s, range_row_s = table.device_params.call_s, table.device_params.range_row_s
-        contexts = [r.num_computed + 1 for r in plan.decodes] if contexts is None else contexts
+        contexts = [r.num_computed + 1 for r in plan.decodes]
         for seg in plan.segments():
             ctx = contexts if seg.decode else []
             works = plan.segment_prefills(seg)
@@ -169,11 +168,10 @@ class SimulatedExecutor:
                        for n_full, n_sliding, ranged in self.pieces(seg.layer_lo, seg.layer_hi)]
             yield seg, seconds, (len(ctx), [(w.request.request_id, w.num_tokens) for w in works], distinct, tiles)
 
-    def predict_s(self, plan: IterationPlan, contexts: list[int] | None = None) -> float:
+    def predict_s(self, plan: IterationPlan) -> float:
         """Device seconds the cost model gives one iteration of this plan (its layer calls and its
-        sampling call), without running it: what the adaptive layered schedule sizes groups by.
-        contexts: as for _calls (a plan recorded before its requests moved on)."""
-        seconds = sum(sum(call_seconds) for _, call_seconds, _ in self._calls(plan, contexts))
+        sampling call), without running it: what the adaptive layered schedule sizes groups by."""
+        seconds = sum(sum(call_seconds) for _, call_seconds, _ in self._calls(plan))
         sampled = len(plan.decodes) + sum(w.completes_prompt for w in plan.finishing())
         return seconds + (self._head_s[bucket_for(sampled, self.seq_buckets)] if sampled else 0.0)
 
