@@ -26,7 +26,7 @@ import numpy as np
 
 from lp_jax.bench.calibrate import Calibrator, calibrate_with
 from lp_jax.bench.compare import DEMO, parse_config
-from lp_jax.bench.fidelity import _ArrivalLog, _engine_config, _shape, steady
+from lp_jax.bench.fidelity import KINDS, _ArrivalLog, _engine_config, _shape, iteration_kind, steady
 from lp_jax.bench.runner import make_llm, run_bench
 from lp_jax.bench.workload import make_workload
 
@@ -93,12 +93,6 @@ def replay_terms(table_path, config, arrivals, model):
     return sim.engine.records, device, sim.simulation.table
 
 
-def kind(record, L: int) -> str:
-    if not record.prefill:
-        return "decode-only"
-    return "whole model + prefill" if tuple(record.prefill_layers) == (0, L) else "layered range step"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-qwen3-moe")
@@ -140,7 +134,8 @@ def main(argv=None) -> int:
     shifted = [(it - start, n, m) for it, n, m in log.log]
     sim, device, table = replay_terms(path, config, shifted, args.model)
     same = [_shape(r) for r in real] == [_shape(r) for r in sim]
-    print(f"{args.config} at {args.rate:g} req/s, load average {load:.1f} -> {os.getloadavg()[0]:.1f}; same plans: {same}")
+    print(f"{args.config} at {args.rate:g} req/s, load average {load:.1f} -> {os.getloadavg()[0]:.1f}; "
+          f"same plans: {same}")
     if not same:
         return 1
     h = table.host
@@ -154,7 +149,7 @@ def main(argv=None) -> int:
         if nxt is None or mine is None:
             continue
         sim_host = (h.step_s + h.decode_s * len(rec.decode_ids) + h.prefill_s * len(rec.prefill))
-        rows.append(dict(kind=kind(rec, L), decodes=len(rec.decode_ids), real_period=rec.end_s - prev_r.end_s,
+        rows.append(dict(kind=iteration_kind(rec, L), decodes=len(rec.decode_ids), real_period=rec.end_s - prev_r.end_s,
                          sim_period=srec.end_s - prev_s.end_s, sim_device=device[srec.iteration - start],
                          sim_host=sim_host, sim_readback=h.readback_s, real_host=nxt["host"],
                          real_dispatch=mine["dispatch"], real_wait=nxt["wait"], real_readback=nxt["readback"]))
@@ -164,7 +159,7 @@ def main(argv=None) -> int:
             "sim_readback", "real_dispatch")
     print("medians in ms; c = (real period - sim device) / (real host + real read-back)")
     print("| kind | n | decodes | " + " | ".join(cols) + " | period error | c |")
-    for kd in ("decode-only", "whole model + prefill", "layered range step"):
+    for kd in KINDS:
         sel = [r for r in rows if r["kind"] == kd]
         if not sel:
             continue

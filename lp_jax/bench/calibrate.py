@@ -343,7 +343,8 @@ def calibrate(model: str, engine_options: dict, *, quick: bool = False, progress
     table = calibrate_with(Calibrator(llm), quick=quick, progress=progress, host_requests=host_requests)
     log(f"fitted in {time.perf_counter() - t0:.0f} s in all ({table.backend} kernels, {table.dtype}): " + "; ".join(
         f"{k} median |error| {100 * v['median_abs_rel_err']:.1f} %, p90 {100 * v['p90_abs_rel_err']:.1f} %"
-        for k, v in table.fit.items() if isinstance(v, dict) and "median_abs_rel_err" in v))
+        for k, v in table.fit.items() if isinstance(v, dict) and "median_abs_rel_err" in v)
+        + f"; host/device contention {table.host.contention:.2f}")
     return table
 
 
