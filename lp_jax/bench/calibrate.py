@@ -128,20 +128,24 @@ class Calibrator:
         """(seconds per iteration launched back to back: the median of BLOCKS blocks of reps,
         which a machine shared with other work disturbs less than one mean; distinct experts per
         layer of each call)."""
-        ex = self.ex
-        prep = ex.prepare(plan)
+        prep = self.ex.prepare(plan)
+        reps = self._reps(prep)
+        blocks = [self._back_to_back(prep, reps) for _ in range(BLOCKS)]
+        return statistics.median(s for s, _ in blocks), [s.expert_counts_L for s in blocks[-1][1].segments]
+
+    def _reps(self, prep) -> int:
+        """Calls per block within TARGET_S, from one call (also the warm-up)."""
         t = time.perf_counter()
-        result = ex.fetch(ex.launch(prep))  # also the warm-up
-        first = time.perf_counter() - t
-        reps = int(np.clip(TARGET_S / BLOCKS / max(first, 1e-6), MIN_REPS, MAX_REPS))
-        blocks = []
-        for _ in range(BLOCKS):
-            t = time.perf_counter()
-            for _ in range(reps):
-                flight = ex.launch(prep)
-            result = ex.fetch(flight)
-            blocks.append((time.perf_counter() - t) / reps)
-        return statistics.median(blocks), [s.expert_counts_L for s in result.segments]
+        self.ex.fetch(self.ex.launch(prep))
+        return int(np.clip(TARGET_S / BLOCKS / max(time.perf_counter() - t, 1e-6), MIN_REPS, MAX_REPS))
+
+    def _back_to_back(self, prep, reps: int):
+        """(seconds per iteration of `reps` launched back to back, the last one's ExecutionResult)."""
+        t = time.perf_counter()
+        for _ in range(reps):
+            flight = self.ex.launch(prep)
+        result = self.ex.fetch(flight)
+        return (time.perf_counter() - t) / reps, result
 
     def contention_blocks(self, plan: IterationPlan) -> list[tuple[float, float, float, float]]:
         """Per block of BLOCKS (seconds per iteration): (pipelined, back to back, host, read-back).
@@ -151,16 +155,10 @@ class Calibrator:
         by block, so that a machine whose load drifts disturbs both alike."""
         ex = self.ex
         prep = ex.prepare(plan)
-        t = time.perf_counter()
-        ex.fetch(ex.launch(prep))  # also the warm-up
-        reps = int(np.clip(TARGET_S / BLOCKS / max(time.perf_counter() - t, 1e-6), MIN_REPS, MAX_REPS))
+        reps = self._reps(prep)
         out = []
         for _ in range(BLOCKS):
-            t = time.perf_counter()
-            for _ in range(reps):
-                flight = ex.launch(prep)
-            ex.fetch(flight)
-            back_to_back = (time.perf_counter() - t) / reps
+            back_to_back, _ = self._back_to_back(prep, reps)
             host = readback = 0.0
             t = time.perf_counter()
             prev = ex.launch(ex.prepare(plan))
