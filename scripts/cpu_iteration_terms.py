@@ -8,7 +8,9 @@ prefill, layered range step), the medians of each term and the contention the re
 
     c = (real period - simulated device time) / (real host time + real read-back)
 
-(the simulator's period of a device-bound iteration is device + contention x (host + read-back)).
+(the simulator's period of a device-bound iteration is device + contention x (host + read-back)),
+and the replay's median period error at the table's measured contention and at others
+(--also-contentions: 1, what CPU tables assumed before it was measured, and 0).
 
     .venv/bin/python scripts/cpu_iteration_terms.py --config chunked:token_budget=64 --rate 6
 """
@@ -16,6 +18,7 @@ prefill, layered range step), the medians of each term and the contention the re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--table", help="a cost table to use instead of calibrating")
     p.add_argument("--out", default="/tmp/cpu_iteration_terms")
+    p.add_argument("--also-contentions", default="1,0",
+                   help="replay the same run on the table with each of these contentions too (comma-separated)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     cfgs = ["layered:group_tokens=64", args.config] if not args.config.startswith("layered") else [args.config]
@@ -139,6 +144,12 @@ def main(argv=None) -> int:
     if not same:
         return 1
     h = table.host
+    others = {}  # contention -> simulated period of each iteration on the table with it
+    for c in [float(x) for x in args.also_contentions.split(",") if x]:
+        variant = table.with_params(host=dataclasses.replace(h, contention=c))
+        other, _, _ = replay_terms(variant.save(os.path.join(args.out, f"table_contention_{c:g}.json")), config,
+                                   shifted, args.model)
+        others[c] = {b.iteration: b.end_s - a.end_s for a, b in zip(other, other[1:])}
     keep = steady(real, {it for it, _, _ in log.log})
     rows = []
     for k, (prev_r, rec, prev_s, srec) in enumerate(zip(real, real[1:], sim, sim[1:])):
@@ -152,13 +163,17 @@ def main(argv=None) -> int:
         rows.append(dict(kind=iteration_kind(rec, L), decodes=len(rec.decode_ids), real_period=rec.end_s - prev_r.end_s,
                          sim_period=srec.end_s - prev_s.end_s, sim_device=device[srec.iteration - start],
                          sim_host=sim_host, sim_readback=h.readback_s, real_host=nxt["host"],
-                         real_dispatch=mine["dispatch"], real_wait=nxt["wait"], real_readback=nxt["readback"]))
+                         real_dispatch=mine["dispatch"], real_wait=nxt["wait"], real_readback=nxt["readback"],
+                         **{f"sim_period_c{c:g}": o[srec.iteration] for c, o in others.items()}))
     with open(os.path.join(args.out, f"terms_{args.config.replace(':', '_')}_{args.rate:g}.json"), "w") as f:
         json.dump(dict(config=args.config, rate=args.rate, load=load, host=vars(h), rows=rows), f)
     cols = ("real_period", "sim_period", "sim_device", "real_host", "sim_host", "real_wait", "real_readback",
             "sim_readback", "real_dispatch")
     print("medians in ms; c = (real period - sim device) / (real host + real read-back)")
-    print("| kind | n | decodes | " + " | ".join(cols) + " | period error | c |")
+    print(f"period error: simulated / real - 1 at the measured contention {h.contention:.2f}"
+          + "".join(f", then at {c:g}" for c in others))
+    print("| kind | n | decodes | " + " | ".join(cols) + " | period error | " + " | ".join(
+        f"error at {c:g}" for c in others) + " | c |")
     for kd in KINDS:
         sel = [r for r in rows if r["kind"] == kd]
         if not sel:
@@ -167,8 +182,10 @@ def main(argv=None) -> int:
         err = float(np.median([r["sim_period"] / r["real_period"] - 1 for r in sel]))
         c = float(np.median([(r["real_period"] - r["sim_device"]) / (r["real_host"] + r["real_readback"])
                              for r in sel]))
+        alt = [100 * float(np.median([r[f"sim_period_c{o:g}"] / r["real_period"] - 1 for r in sel])) for o in others]
         print(f"| {kd} | {len(sel)} | {np.median([r['decodes'] for r in sel]):.0f} | "
-              + " | ".join(f"{med[c_]:.2f}" for c_ in cols) + f" | {100 * err:+.0f} % | {c:.2f} |")
+              + " | ".join(f"{med[c_]:.2f}" for c_ in cols) + f" | {100 * err:+.0f} % | "
+              + " | ".join(f"{a:+.0f} %" for a in alt) + f" | {c:.2f} |")
     return 0
 
 
