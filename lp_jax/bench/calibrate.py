@@ -24,7 +24,9 @@ so a cost model with other terms can be refitted to the same timings (lp_jax.sim
 Each point is launched back to back (the device's own pace) `reps` times, adaptively fewer for
 long calls; the distinct experts the call measured are its expert work. The host's time per
 iteration comes from a short real serving run (each step's wall time minus its wait in fetch),
-the read-back from fetching an iteration already finished. Then `lp_jax.sim.fit.fit_table`.
+the read-back from fetching an iteration already finished. Then `lp_jax.sim.fit.fit_table`, and
+on a CPU the host/device contention: decode batches timed back to back and as the engine
+pipelines them, block by block (`Calibrator.contention`, `lp_jax.sim.contention`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from lp_jax.engine.memory import device_memory_bytes
 from lp_jax.engine.request import SamplingParams, Status
 from lp_jax.engine.scheduler.base import IterationPlan, PrefillWork
 from lp_jax.sim.cost_model import CostTable, DeviceParams, HostParams, Peaks, device_slug, source_commit, table_file
+from lp_jax.sim.contention import fit_contention
 from lp_jax.sim.expert_load import expert_load
 from lp_jax.sim.fit import fit_table
 from lp_jax.sim.work import PREFILL_Q_TILE, WorkModel, kernel_block_m, kernel_prefill_q_tile
@@ -138,20 +141,64 @@ class Calibrator:
         """(seconds per iteration launched back to back: the median of BLOCKS blocks of reps,
         which a machine shared with other work disturbs less than one mean; the SegmentRecord of
         each call: distinct experts and row tiles per layer)."""
+        prep = self.ex.prepare(plan)
+        reps = self._reps(prep)
+        blocks = [self._back_to_back(prep, reps) for _ in range(BLOCKS)]
+        return statistics.median(s for s, _ in blocks), blocks[-1][1].segments
+
+    def _reps(self, prep) -> int:
+        """Calls per block within TARGET_S, from one call (also the warm-up)."""
+        t = time.perf_counter()
+        self.ex.fetch(self.ex.launch(prep))
+        return int(np.clip(TARGET_S / BLOCKS / max(time.perf_counter() - t, 1e-6), MIN_REPS, MAX_REPS))
+
+    def _back_to_back(self, prep, reps: int):
+        """(seconds per iteration of `reps` launched back to back, the last one's ExecutionResult)."""
+        t = time.perf_counter()
+        for _ in range(reps):
+            flight = self.ex.launch(prep)
+        result = self.ex.fetch(flight)
+        return (time.perf_counter() - t) / reps, result
+
+    def contention_blocks(self, plan: IterationPlan) -> list[tuple[float, float, float, float]]:
+        """Per block of BLOCKS (seconds per iteration): (pipelined, back to back, host, read-back).
+        Back to back: the grid's timing (time_plan). Pipelined: as the engine serves, each
+        iteration's rows built (prepare) and launched before the one in flight is read back; host:
+        the building and launching, read-back: fetch's time after its wait. The two alternate block
+        by block, so that a machine whose load drifts disturbs both alike."""
         ex = self.ex
         prep = ex.prepare(plan)
-        t = time.perf_counter()
-        result = ex.fetch(ex.launch(prep))  # also the warm-up
-        first = time.perf_counter() - t
-        reps = int(np.clip(TARGET_S / BLOCKS / max(first, 1e-6), MIN_REPS, MAX_REPS))
-        blocks = []
+        reps = self._reps(prep)
+        out = []
         for _ in range(BLOCKS):
+            back_to_back, _ = self._back_to_back(prep, reps)
+            host = readback = 0.0
             t = time.perf_counter()
+            prev = ex.launch(ex.prepare(plan))
             for _ in range(reps):
-                flight = ex.launch(prep)
-            result = ex.fetch(flight)
-            blocks.append((time.perf_counter() - t) / reps)
-        return statistics.median(blocks), result.segments
+                t0 = time.perf_counter()
+                flight = ex.launch(ex.prepare(plan))
+                t1 = time.perf_counter()
+                jax.block_until_ready((prev.tokens_B, [c for _, _, c, _ in prev.segments]))
+                t2 = time.perf_counter()
+                ex.fetch(prev)
+                host, readback, prev = host + t1 - t0, readback + time.perf_counter() - t2, flight
+            ex.fetch(prev)
+            out.append(((time.perf_counter() - t) / (reps + 1), back_to_back, host / reps, readback / reps))
+        return out
+
+    def contention(self) -> dict:
+        """The host/device contention (lp_jax.sim.contention) of decode batches of 1, a quarter of
+        the slots and all of them at the grid's middle context (a serving run's typical iteration)."""
+        S, L = self.config.max_num_seqs, self.model.num_layers
+        context = self.grid_contexts()[1]
+        blocks = []
+        for B in sorted({1, max(1, S // 4), S}):
+            try:
+                blocks += self.contention_blocks(IterationPlan(L, decodes=self.decodes(B, context)))
+            finally:
+                self.clear()
+        return fit_contention(*zip(*blocks))
 
     def sample(self, plan: IterationPlan, label: str) -> dict:
         """One "iteration" sample: its calls' work (measured distinct experts) and measured seconds."""
@@ -184,14 +231,19 @@ class Calibrator:
         """Most prefill rows one call can hold: the hidden buffer's prefill region."""
         return self.config.hidden_rows() - self.config.max_num_seqs - 1
 
+    def grid_contexts(self) -> list[int]:
+        """The decode contexts of the grid: short, middle, longest (that fits the pool at the
+        largest batch)."""
+        limit = self.config.model_len(self.model) - 2
+        most = (self.engine.blocks.usable_pages // self.config.max_num_seqs) * self.config.page_size - 1
+        return sorted({16, min(limit, most) // 2, min(limit, most)})
+
     def grid(self, quick: bool = False) -> list[tuple[str, Callable[[], IterationPlan]]]:
         """(label, make plan) of every grid point (see the module docstring)."""
         L, S = self.model.num_layers, self.config.max_num_seqs
         limit = self.config.model_len(self.model) - 2
         buckets = [b for b in self.ex.buckets if b >= 4]
-        # Decode contexts must fit the pool at the largest batch.
-        most = (self.engine.blocks.usable_pages // S) * self.config.page_size - 1
-        contexts = sorted({16, min(limit, most) // 2, min(limit, most)})
+        contexts = self.grid_contexts()
         points = []
         for B in sorted({1, max(1, S // 4), S} if quick else {1, 2, max(1, S // 4), max(1, S // 2), S}):
             for c in contexts:
@@ -349,7 +401,8 @@ def calibrate(model: str, engine_options: dict, *, quick: bool = False, progress
     table = calibrate_with(Calibrator(llm), quick=quick, progress=progress, host_requests=host_requests)
     log(f"fitted in {time.perf_counter() - t0:.0f} s in all ({table.backend} kernels, {table.dtype}): " + "; ".join(
         f"{k} median |error| {100 * v['median_abs_rel_err']:.1f} %, p90 {100 * v['p90_abs_rel_err']:.1f} %"
-        for k, v in table.fit.items() if isinstance(v, dict) and "median_abs_rel_err" in v))
+        for k, v in table.fit.items() if isinstance(v, dict) and "median_abs_rel_err" in v)
+        + f"; host/device contention {table.host.contention:.2f}")
     return table
 
 
@@ -375,11 +428,13 @@ def calibrate_with(cal: Calibrator, *, quick: bool = False, progress: bool = Tru
                            max_model_len=cfg.model_len(llm.model_config), page_size=cfg.page_size,
                            points=[s["case"] for s in samples], quick=quick)))
     table = fit_table(base, samples + host, readback_s=readback)
-    # A CPU "device" shares its cores with the engine's Python: the host's time is not hidden.
-    table = table.with_params(host=dataclasses.replace(table.host, contention=1.0 if platform == "cpu" else 0.0))
+    # A CPU "device" shares its cores with the engine's Python: how much of the host's time it
+    # loses is measured (Calibrator.contention). A GPU loses none.
+    contention = cal.contention() if platform == "cpu" else dict(contention=0.0)
+    table = table.with_params(host=dataclasses.replace(table.host, contention=contention["contention"]))
     # The whole engine, checked on the host run (not fitted to it).
-    return table.with_params(fit=dict(table.fit, host_run=dict(requests=len(run["requests"]), real_s=run["seconds"],
-                                                               simulated_s=_run_in_sim(table, cal.config, run))))
+    return table.with_params(fit=dict(table.fit, contention=contention, host_run=dict(
+        requests=len(run["requests"]), real_s=run["seconds"], simulated_s=_run_in_sim(table, cal.config, run))))
 
 
 def _run_in_sim(table: CostTable, config, run: dict) -> float:

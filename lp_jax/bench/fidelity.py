@@ -82,6 +82,17 @@ def _shape(record) -> tuple:
     return len(record.decode_ids), [(s, e) for _, s, e in record.prefill], record.prefill_layers
 
 
+KINDS = ("decode-only", "whole model + prefill", "layered range step")
+
+
+def iteration_kind(record, num_layers: int) -> str:
+    """One of KINDS: no prefill; a prefill through every layer (chunked, or layered's last group
+    with the decodes); a prefill through a layer range (layered)."""
+    if not record.prefill:
+        return KINDS[0]
+    return KINDS[1] if tuple(record.prefill_layers) == (0, num_layers) else KINDS[2]
+
+
 def steady(records, added_at: set[int]) -> np.ndarray:
     """bool per iteration after the first (as iteration_times): busy (dispatched before the last
     came back) and no request added at it, the one before or the one after. A replay reproduces
@@ -129,6 +140,8 @@ def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = F
     engines = {c: make_llm(spec.model, [_engine_config(c)], c, progress, log, trace=True) for c in spec.configs}
     layered = next(llm for llm in engines.values() if llm.engine_config.schedule == "layered")
     runs, per_iteration, windowed = [], {c: [] for c in spec.configs}, {c: [] for c in spec.configs}
+    by_kind = {c: {k: [] for k in KINDS} for c in spec.configs}
+    L = layered.model_config.num_layers
     for rep in range(spec.repeats):
         for c in spec.configs:
             config = parse_config(c, DEMO.engine_options)
@@ -139,7 +152,8 @@ def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = F
                 run = table.fit["host_run"]
                 log(f"repeat {rep}, {c} at {rate:g} req/s: calibrated in {time.perf_counter() - t:.0f} s (grid median "
                     f"|error| {100 * table.fit['iteration']['median_abs_rel_err']:.0f} %, host run simulated / real "
-                    f"{run['simulated_s'] / run['real_s']:.2f}), load average {os.getloadavg()[0]:.1f}")
+                    f"{run['simulated_s'] / run['real_s']:.2f}, contention {table.host.contention:.2f}), load average "
+                    f"{os.getloadavg()[0]:.1f}")
                 workload = make_workload("sharegpt", spec.num_requests, rate=rate, seed=spec.seed + 100 * rep + i,
                                          length_scale=spec.length_scale, context_limit=layered.engine_config.model_len(
                                              layered.model_config))
@@ -166,11 +180,14 @@ def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = F
                 errors = (sim_t / real_t - 1.0) if same else np.array([])
                 per_iteration[c] += errors.tolist()
                 if same:
+                    kinds = [iteration_kind(r, L) for r in real_records[1:]]
+                    for kind, e in zip([k for k, kept in zip(kinds, keep) if kept], errors.tolist()):
+                        by_kind[c][kind].append(e)
                     w = len(real_t) // WINDOW * WINDOW
                     windowed[c] += (sim_t[:w].reshape(-1, WINDOW).sum(1) / real_t[:w].reshape(-1, WINDOW).sum(1)
                                     - 1.0).tolist()
                 row = dict(repeat=rep, config=c, rate=rate, load_average=load, load_after=os.getloadavg()[0],
-                           table=os.path.basename(path), same_plans=same,
+                           table=os.path.basename(path), contention=table.host.contention, same_plans=same,
                            iteration_error_median=float(np.median(errors)) if errors.size else None)
                 for group, stat in METRICS:
                     r, s = real[group][stat], sim[group][stat]
@@ -181,7 +198,7 @@ def run_fidelity(spec: FidelitySpec, out_dir: str, log=print, progress: bool = F
                     + f"; per-iteration median {100 * (row['iteration_error_median'] or 0):+.0f} %")
     result = dict(spec=dataclasses.asdict(spec), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), host_cpus=os.cpu_count(), runs=runs, per_iteration_errors=per_iteration,
-        window_errors=windowed, summary=summarise(runs, per_iteration, windowed))
+        window_errors=windowed, per_kind_errors=by_kind, summary=summarise(runs, per_iteration, windowed, by_kind))
     with open(os.path.join(out_dir, "fidelity.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -192,9 +209,10 @@ def _percentiles(errors) -> dict:
     return dict(iterations=int(e.size), **{f"p{q}": float(np.percentile(e, q)) for q in PERCENTILES}) if e.size else {}
 
 
-def summarise(runs: list[dict], per_iteration: dict, windowed: dict) -> dict:
+def summarise(runs: list[dict], per_iteration: dict, windowed: dict, by_kind: dict | None = None) -> dict:
     """Per configuration and metric: the median error over repeats and rates and its range; the
-    per-iteration and per-window error percentiles."""
+    per-iteration and per-window error percentiles, and the per-iteration ones of each iteration
+    kind (by_kind: {configuration: {kind: errors}})."""
     out = {}
     for c in sorted({r["config"] for r in runs}):
         mine = [r for r in runs if r["config"] == c]
@@ -205,6 +223,7 @@ def summarise(runs: list[dict], per_iteration: dict, windowed: dict) -> dict:
                                             within_10pct=int(np.sum(np.abs(e) <= 0.10)), runs=int(e.size))
         entry["per_iteration"] = _percentiles(per_iteration[c])
         entry["per_window"] = _percentiles(windowed[c])
+        entry["per_kind"] = {k: _percentiles(e) for k, e in (by_kind or {}).get(c, {}).items() if e}
         out[c] = entry
     return out
 
@@ -261,12 +280,20 @@ def markdown(result: dict) -> str:
             if p:
                 lines.append(f"| {c} | {unit} | {p['iterations']} | " + " | ".join(
                     f"{100 * p[f'p{q}']:+.0f} %" for q in PERCENTILES) + " |")
-    lines += ["", "Every run (real and simulated values, load average at its start):", "",
-              "| repeat | configuration | rate | load | " + " | ".join(f"{g.split('_')[0].upper()} {s} real / sim"
-                                                                     for g, s in METRICS) + " |",
-              "|---|---|---|---|" + "---|" * len(METRICS)]
+    kinds = [(c, k, p) for c, entry in result["summary"].items() for k, p in entry.get("per_kind", {}).items()]
+    if kinds:
+        lines += ["", "Per-iteration error by iteration kind:", "",
+                  "| configuration | kind | count | p10 | p50 | p90 |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c} | {k} | {p['iterations']} | " + " | ".join(f"{100 * p[f'p{q}']:+.0f} %" for q in (10, 50, 90))
+                  + " |" for c, k, p in kinds]
+    lines += ["", "Every run (real and simulated values, load average at its start, the host/device contention "
+              "its calibration measured):", "",
+              "| repeat | configuration | rate | load | contention | " + " | ".join(
+                  f"{g.split('_')[0].upper()} {s} real / sim" for g, s in METRICS) + " |",
+              "|---|---|---|---|---|" + "---|" * len(METRICS)]
     for r in result["runs"]:
         cells = [f"{1e3 * r[f'{g}.{s}']['real']:.1f} / {1e3 * r[f'{g}.{s}']['sim']:.1f} ms" for g, s in METRICS]
-        lines.append(f"| {r['repeat']} | {r['config']} | {r['rate']:g} | {r['load_average']:.1f} | "
+        contention = f"{r['contention']:.2f}" if r.get("contention") is not None else "-"
+        lines.append(f"| {r['repeat']} | {r['config']} | {r['rate']:g} | {r['load_average']:.1f} | {contention} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -33,8 +33,8 @@ Sampling: head_s + head_row_s * rows + roof(lm-head bytes / (BW * dense_bw), 2 r
 Host, per iteration (the engine's own Python: scheduling, row building, bookkeeping): step_s +
 decode_s * decode rows + prefill_s * prefill chunks; launch_s per executable call; readback_s
 when the sampled tokens are read back. contention: device seconds lost per host second while both
-are busy: 0 where they are separate chips (a GPU), 1 on a CPU, whose XLA threads use every core
-the engine's Python runs on.
+are busy: 0 where they are separate chips (a GPU); on a CPU, whose XLA threads share the cores the
+engine's Python runs on, measured at calibration (lp_jax.sim.contention).
 """
 
 from __future__ import annotations
