@@ -14,8 +14,10 @@ Stages, each a child process under its own time limit, logged with timestamps to
    relative difference against the 2 % asked;
 4. `lp-jax routing` (the engine's layer steps with the checkpoint's weights) and
    `scripts/tiny_moe_routing.py` (the router on held-out Shakespeare) on run 1's checkpoint;
-5. tiny-shakespeare-moe.tar.gz: run 1's folder (checkpoint, loss curve, summary with the
-   engine's greedy samples).
+5. packing (a device command returns at most 8 files): into --out go tiny-shakespeare-moe.tar.gz
+   (run 1's folder: checkpoint, loss curve, summary with the engine's greedy samples),
+   results.tar.gz (every stage's logs and outputs, run 2's summary and loss curve; not run 2's
+   weights nor the orbax copies), and driver.log, reproduction.md, probe.json as they are.
 
 Everything runs through the reference kernels (LP_JAX_KERNELS=reference): the model is float32,
 which the Pallas kernels do not take; training uses the blocked expert path (see
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -39,7 +42,8 @@ TRAIN = ROOT / "scripts" / "train_tiny_moe.py"
 # The model and batch of the GPU run (steps and warm-up are sized at run time).
 MODEL_ARGS = ["--layers", "6", "--hidden", "192", "--experts", "16", "--top-k", "2", "--expert-hidden", "48",
               "--batch", "64", "--seq-len", "256", "--lr", "3e-3", "--eval-every", "50", "--block-m", "64"]
-RESERVED_AFTER_TRAINING_S = 70  # full held-out pass, saving, greedy samples (~30 s), routing (~40 s), tar
+RESERVED_AFTER_TRAINING_S = 90  # full held-out pass, saving, greedy samples (~40 s), routing (~40 s), tar
+FALLBACK_STEPS = 400  # if the probe fails or overruns (the runs then show why)
 CACHED_COMPILE_S = 5  # a run's training step comes from the probe's persistent compilation cache
 CONCURRENCY_SLOWDOWN = 2.0  # two runs share the GPU: assume each step takes twice as long
 
@@ -47,8 +51,12 @@ CONCURRENCY_SLOWDOWN = 2.0  # two runs share the GPU: assume each step takes twi
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="folder for everything (created; must be empty)")
-    p.add_argument("--budget-s", type=float, default=200.0, help="wall seconds for the whole command")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for the packed results (created; must be empty); the stages work in a temporary folder")
+    p.add_argument("--budget-s", type=float, default=200.0, help="wall seconds for the whole command (sizes --steps)")
+    p.add_argument("--hard-limit-s", type=float, default=480.0,
+                   help="stages still running this long after the start are stopped (under the 600 s a device "
+                        "command may run)")
     p.add_argument("--min-steps", type=int, default=200)
     p.add_argument("--max-steps", type=int, default=800, help="cap (about 7 epochs of the training split)")
     p.add_argument("--steps", type=int, default=0, help="skip the probe and train this many steps")
@@ -142,31 +150,41 @@ def reproduction_markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    d = Driver(args.out, args.budget_s)
+    work = Path(tempfile.mkdtemp(prefix="lp_jax_tiny_moe_gpu_"))
+    d = Driver(work, args.budget_s)
+    try:
+        return run_stages(args, d, work)
+    finally:
+        pack(args.out, work, d)
+
+
+def run_stages(args, d: Driver, work: Path) -> int:
     py = sys.executable
     model_args = MODEL_ARGS + args.extra.split()
     steps = args.steps
     if not steps:
         probe_cmd = [py, TRAIN, *model_args, "--steps", "1000", "--time-steps", str(args.probe_steps)]
-        stdout = d.finish("probe", d.start("probe", probe_cmd), timeout_s=0.35 * args.budget_s)
+        stdout = d.finish("probe", d.start("probe", probe_cmd), timeout_s=0.5 * args.budget_s)
         if stdout is None:
-            return 1
-        probe = json.loads(stdout.strip().splitlines()[-1])
-        steps, train_s = choose_steps(probe, args.budget_s - d.elapsed(), args.min_steps, args.max_steps)
-        d.log(f"probe: {probe}; {train_s:.0f} s left for training -> --steps {steps}")
-        (args.out / "probe.json").write_text(json.dumps(probe | {"chosen_steps": steps}, indent=2) + "\n")
+            steps = max(args.min_steps, min(args.max_steps, FALLBACK_STEPS))
+            d.log(f"probe gave no timing -> --steps {steps}")
+        else:
+            probe = json.loads(stdout.strip().splitlines()[-1])
+            steps, train_s = choose_steps(probe, args.budget_s - d.elapsed(), args.min_steps, args.max_steps)
+            d.log(f"probe: {probe}; {train_s:.0f} s left for training -> --steps {steps}")
+            (work / "probe.json").write_text(json.dumps(probe | {"chosen_steps": steps}, indent=2) + "\n")
     train_args = [*model_args, "--steps", str(steps), "--warmup", str(max(1, steps // 20))]
-    runs = [args.out / f"run{i}" for i in (1, 2)]
+    runs = [work / f"run{i}" for i in (1, 2)]
     procs = [d.start(f"train{i + 1}", [py, TRAIN, *train_args, "--out", run / "model", "--orbax-dir", run / "orbax"])
              for i, run in enumerate(runs)]
-    deadline = args.budget_s - 45  # leave time for routing and the tar even if training overruns
+    deadline = args.hard_limit_s - 60  # an overrun costs the budget, not the runs; routing keeps 60 s
     ok = [d.finish(f"train{i + 1}", proc, deadline - d.elapsed()) is not None for i, proc in enumerate(procs)]
     summaries = [json.loads((run / "model" / "train_summary.json").read_text()) if good else None
                  for run, good in zip(runs, ok)]
     if all(summaries):
         result = compare(summaries)
-        (args.out / "reproduction.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "reproduction.md").write_text(reproduction_markdown(result))
+        (work / "reproduction.json").write_text(json.dumps(result, indent=2) + "\n")
+        (work / "reproduction.md").write_text(reproduction_markdown(result))
         d.log(f"reproduction: held-out {result['heldout_nats_per_token']} nats per token, "
               f"{result['heldout_bits_per_byte']} bits per byte, relative difference {result['relative_difference']:.3%}")
     if summaries[0] is None:
@@ -175,17 +193,36 @@ def main(argv=None) -> int:
     routing = [
         d.start("routing", [py, "-m", "lp_jax.cli", "routing", "--model", model, "--routing", "uniform",
                             "--prompt-tokens", "2048", *args.routing_args.split(), "--no-progress",
-                            "--out", args.out / "routing_coverage_tiny-shakespeare-moe"]),
+                            "--out", work / "routing_coverage_tiny-shakespeare-moe"]),
         d.start("text_routing", [py, ROOT / "scripts" / "tiny_moe_routing.py", "--model", model,
-                                 *args.text_routing_args.split(), "--out", args.out / "tiny_moe_routing_gpu"]),
+                                 *args.text_routing_args.split(), "--out", work / "tiny_moe_routing_gpu"]),
     ]
-    routing_deadline = max(args.budget_s - 10, d.elapsed() + 20)
+    routing_deadline = min(max(args.budget_s - 10, d.elapsed() + 45), args.hard_limit_s - 10)
     for name, proc in zip(("routing", "text_routing"), routing):
         d.finish(name, proc, routing_deadline - d.elapsed())
-    with tarfile.open(args.out / "tiny-shakespeare-moe.tar.gz", "w:gz") as tar:
-        tar.add(model, arcname="tiny-shakespeare-moe")
-    d.log(f"wrote {args.out / 'tiny-shakespeare-moe.tar.gz'}; total {d.elapsed():.0f} s")
     return 0 if all(summaries) else 1
+
+
+def pack(out: Path, work: Path, d: Driver) -> None:
+    """At most 5 files into out (a device command returns 8 at most): run 1's model folder as
+    tiny-shakespeare-moe.tar.gz, everything else but the weights of run 2 and the orbax copies as
+    results.tar.gz, and driver.log, reproduction.md, probe.json as they are."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(d.env["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    model = work / "run1" / "model"
+    if (model / "model.safetensors").exists():
+        with tarfile.open(out / "tiny-shakespeare-moe.tar.gz", "w:gz") as tar:
+            tar.add(model, arcname="tiny-shakespeare-moe")
+    skip = {work / "run1" / "model", work / "run1" / "orbax", work / "run2" / "orbax",
+            work / "run2" / "model" / "model.safetensors"}
+    with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
+        tar.add(work, arcname="results", filter=lambda info: None if work / Path(info.name).relative_to("results")
+                in skip else info)
+    d.log(f"packed into {out}; total {d.elapsed():.0f} s")
+    for name in ("driver.log", "reproduction.md", "probe.json"):
+        if (work / name).exists():
+            shutil.copy(work / name, out / name)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
