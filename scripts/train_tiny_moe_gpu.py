@@ -68,6 +68,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"error: --out {args.out} is not empty")
+    if args.hard_limit_s < args.budget_s + 60:
+        raise SystemExit("error: --hard-limit-s must be at least --budget-s + 60")
     if not 1 <= args.min_steps <= args.max_steps:
         raise SystemExit("error: need 1 <= --min-steps <= --max-steps")
     return args
