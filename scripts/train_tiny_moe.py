@@ -31,6 +31,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ TEXT_SHA256 = "e0e13a826912a4a81bb3a582aa73c4af0675bdeee6ddf6d505efb63d562d496f"
 BLOCK_BYTES = 32 * 1024
 HOLDOUT_EVERY = 20  # every 20th block is held out
 SAMPLE_PROMPTS = ("ROMEO\n", "KING HENRY\nWhat", "To be or not to be", "Shall I compare thee")
+EXPERTS_PATHS = ("blocked", "reference")
 
 
 def parse_args(argv=None):
@@ -70,9 +72,17 @@ def parse_args(argv=None):
     p.add_argument("--experts", type=int, default=16)
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--expert-hidden", type=int, default=64)
+    p.add_argument("--experts-path", choices=EXPERTS_PATHS, default="blocked",
+                   help="the routed experts' implementation in the forward: blocked (rows in blocks of one "
+                        "expert, pallas_kernels.moe_blocked) or reference (ragged_dot, E times the arithmetic "
+                        "off the TPU); same maths")
+    p.add_argument("--block-m", type=int, default=32, help="rows per block of the blocked experts path")
+    p.add_argument("--time-steps", type=int, default=0, metavar="K",
+                   help="only time the training step: compile it, run K steps, print the seconds as JSON, "
+                        "write nothing (the GPU driver sizes --steps from it)")
     args = p.parse_args(argv)
     for name in ("steps", "batch", "seq_len", "eval_every", "layers", "hidden", "experts", "top_k",
-                 "expert_hidden"):
+                 "expert_hidden", "block_m"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
     if args.hidden % 4:
@@ -128,25 +138,44 @@ def model_config(args):
         moe_intermediate_size=args.expert_hidden, intermediate_size=0, eos_token_ids=())
 
 
-def make_functions(config, optimizer):
-    """(train_step(params, state, batch) -> (params, state, loss), eval_loss(params, batch) ->
-    summed nats [W]): jitted; batches are token windows [B, S+1], the first S predict the next."""
+def experts_function(path: str, block_m: int):
+    """The routed experts' implementation `batch_forward` gets: both compute the same (checked in
+    tests/test_moe_blocked.py); blocked does about 1/E of the reference's arithmetic off the TPU."""
+    import functools
+
+    from pallas_kernels.dispatch import moe_experts
+    from pallas_kernels.moe_blocked import moe_experts_blocked
+
+    if path == "blocked":
+        return functools.partial(moe_experts_blocked, block_m=block_m)
+    if path == "reference":
+        return moe_experts
+    raise ValueError(f"experts path must be one of {EXPERTS_PATHS}, got {path!r}")
+
+
+def make_functions(config, optimizer, experts_fn):
+    """(train_step(params, state, batch, lr) -> (params, state, loss), eval_loss(params, batch) ->
+    summed nats [W]): jitted; batches are token windows [B, S+1], the first S predict the next.
+    The learning rate is an argument, so the compiled step does not depend on --steps (a
+    persistent compilation cache serves every run of one model and batch)."""
     import jax
     import optax
 
     from lp_jax.model.forward import batch_forward
 
     def token_nats(params, batch_BS1):
-        logits_BSV, routing = batch_forward(config, params, batch_BS1[:, :-1], backend="reference")
+        logits_BSV, routing = batch_forward(config, params, batch_BS1[:, :-1], backend="reference",
+                                            experts_fn=experts_fn)
         return optax.softmax_cross_entropy_with_integer_labels(logits_BSV, batch_BS1[:, 1:]), routing
 
     def mean_loss(params, batch_BS1):
         return token_nats(params, batch_BS1)[0].mean()
 
     @jax.jit
-    def train_step(params, opt_state, batch_BS1):
+    def train_step(params, opt_state, batch_BS1, lr):
         loss, grads = jax.value_and_grad(mean_loss)(params, batch_BS1)
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: -lr * u, updates)
         return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
@@ -162,51 +191,100 @@ def make_functions(config, optimizer):
 CSV_FIELDS = ["step", "train_nats_per_token", "heldout_nats_per_token", "heldout_bits_per_byte"]
 
 
-def make_optimizer(args):
-    """AdamW (weight decay on matrices only) after global-norm clipping, warm-up then cosine decay
-    to a tenth of the peak."""
+def make_optimizer():
+    """AdamW without its learning rate (weight decay 0.1 on matrices only) after global-norm
+    clipping: optax's adamw is this chain followed by the learning rate, which `train_step` takes
+    as an argument (see `learning_rates`)."""
     import jax
     import optax
 
     def decay_mask(params):
         return jax.tree.map(lambda x: x.ndim >= 2, params)
 
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(b2=0.99),
+                       optax.add_decayed_weights(0.1, mask=decay_mask))
+
+
+def learning_rates(args) -> np.ndarray:
+    """[steps] float32: the learning rate of each step, linear warm-up then cosine decay to a
+    tenth of the peak (optax's warmup_cosine_decay_schedule at counts 0 .. steps - 1)."""
+    import jax.numpy as jnp
+    import optax
+
     schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, args.warmup, args.steps, end_value=args.lr / 10)
-    return optax.chain(optax.clip_by_global_norm(1.0),
-                       optax.adamw(schedule, b2=0.99, weight_decay=0.1, mask=decay_mask))
+    return np.asarray(schedule(jnp.arange(args.steps)), np.float32)
 
 
 def train(config, args, train_ids_N: np.ndarray, held_WS1: np.ndarray, token_bytes_V: np.ndarray, log=None):
     """args.steps optimiser steps from `init_params(config, args.seed)` on random windows of
     train_ids (drawn by a numpy generator seeded with args.seed); every args.eval_every steps (and
     at the last) the held-out loss on a fixed subset of 2 * args.batch windows of held_WS1.
-    Returns (params, rows: one dict of CSV_FIELDS per step, each also passed to `log`, eval_nats)."""
+    Returns (params, rows: one dict of CSV_FIELDS per step, each also passed to `log`, eval_nats).
+    Steps are dispatched without waiting for their loss (an accelerator runs ahead of Python);
+    the losses are read back at each evaluation."""
     from tqdm import tqdm
 
-    from lp_jax.model.init import init_params
-
-    optimizer = make_optimizer(args)
-    params = init_params(config, seed=args.seed)
-    opt_state = optimizer.init(params)
-    train_step, eval_nats = make_functions(config, optimizer)
-    rng = np.random.default_rng(args.seed)
+    lr_N = learning_rates(args)
+    optimizer, params, opt_state, train_step, eval_nats, next_batch = setup_training(config, args, train_ids_N)
     subset = held_WS1[np.random.default_rng(args.seed + 1).permutation(len(held_WS1))[:2 * args.batch]]
-    offsets = np.arange(args.seq_len + 1)
-    rows = []
+    rows, pending = [], []
     bar = tqdm(range(1, args.steps + 1), desc="training", unit="step")
     for step in bar:
-        starts = rng.integers(0, len(train_ids_N) - args.seq_len - 1, args.batch)
-        params, opt_state, loss = train_step(params, opt_state, train_ids_N[starts[:, None] + offsets])
-        row = {"step": step, "train_nats_per_token": float(loss), "heldout_nats_per_token": "",
-               "heldout_bits_per_byte": ""}
+        params, opt_state, loss = train_step(params, opt_state, next_batch(), lr_N[step - 1])
+        pending.append(loss)
         if step % args.eval_every == 0 or step == args.steps:
             nats, bpb, _ = evaluate(eval_nats, params, subset, token_bytes_V, args.batch)
-            row |= {"heldout_nats_per_token": nats, "heldout_bits_per_byte": bpb}
-            bar.set_postfix(loss=f"{float(loss):.3f}", heldout=f"{nats:.3f}")
-        rows.append(row)
-        if log is not None:
-            log(row)
+            first = step - len(pending) + 1
+            for i, loss_i in enumerate(pending):
+                row = {"step": first + i, "train_nats_per_token": float(loss_i), "heldout_nats_per_token": "",
+                       "heldout_bits_per_byte": ""}
+                if first + i == step:
+                    row |= {"heldout_nats_per_token": nats, "heldout_bits_per_byte": bpb}
+                rows.append(row)
+                if log is not None:
+                    log(row)
+            pending = []
+            bar.set_postfix(loss=f"{rows[-1]['train_nats_per_token']:.3f}", heldout=f"{nats:.3f}")
     return params, rows, eval_nats
+
+
+def setup_training(config, args, train_ids_N: np.ndarray):
+    """(optimizer, params, optimiser state, jitted train_step, jitted eval_nats, next_batch():
+    the next [batch, seq_len + 1] window batch of the seeded stream)."""
+    from lp_jax.model.init import init_params
+
+    optimizer = make_optimizer()
+    params = init_params(config, seed=args.seed)
+    opt_state = optimizer.init(params)
+    train_step, eval_nats = make_functions(config, optimizer, experts_function(args.experts_path, args.block_m))
+    rng = np.random.default_rng(args.seed)
+    offsets = np.arange(args.seq_len + 1)
+
+    def next_batch():
+        starts = rng.integers(0, len(train_ids_N) - args.seq_len - 1, args.batch)
+        return train_ids_N[starts[:, None] + offsets]
+
+    return optimizer, params, opt_state, train_step, eval_nats, next_batch
+
+
+def time_steps(config, args, train_ids_N: np.ndarray) -> dict:
+    """Seconds to compile the training step and per step after it (median of args.time_steps)."""
+    import jax
+
+    _, params, opt_state, train_step, _, next_batch = setup_training(config, args, train_ids_N)
+    t0 = time.perf_counter()
+    lr = learning_rates(args)[0]
+    params, opt_state, loss = train_step(params, opt_state, next_batch(), lr)
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.time_steps):
+        t0 = time.perf_counter()
+        params, opt_state, loss = train_step(params, opt_state, next_batch(), lr)
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t0)
+    return {"first_step_s": compile_s, "step_s": float(np.median(times)), "steps_timed": args.time_steps,
+            "tokens_per_step": args.batch * args.seq_len, "device": jax.devices()[0].device_kind}
 
 
 def evaluate(eval_nats, params, held_WS1: np.ndarray, token_bytes_V: np.ndarray, batch: int):
@@ -253,10 +331,11 @@ def plot_loss(rows: list[dict], path: Path, device: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    timing_only = args.time_steps > 0
     for name in ("config.json", "model.safetensors"):
-        if (args.out / name).exists():
+        if (args.out / name).exists() and not timing_only:
             raise SystemExit(f"error: {args.out / name} exists; pass another --out or remove it")
-    if args.orbax_dir.exists():
+    if args.orbax_dir.exists() and not timing_only:
         raise SystemExit(f"error: {args.orbax_dir} exists; pass another --orbax-dir or remove it")
     wall0, cpu0 = time.time(), time.process_time()
 
@@ -278,6 +357,9 @@ def main(argv=None) -> int:
     config = model_config(args)
     print(f"model: {config.total_params() / 1e6:.2f} M parameters ({config.active_params() / 1e6:.2f} M active "
           f"per token), {args.steps} steps x {args.batch} x {args.seq_len} tokens", file=sys.stderr)
+    if timing_only:
+        print(json.dumps(time_steps(config, args, train_ids) | {"startup_s": round(time.time() - wall0, 1)}))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "loss.csv", "w", newline="") as csv_file:  # written as it goes: a stopped run keeps its curve
         writer = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS)
@@ -296,7 +378,7 @@ def main(argv=None) -> int:
     save_orbax(args.orbax_dir, config, params)
     save_hf(args.out, config, params)
     save_tokenizer(tokenizer, args.out, model_max_length=config.max_position_embeddings)
-    device = f"{jax.devices()[0].platform}, {jax.device_count()} device(s)"
+    device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {jax.device_count()} device(s))"
     plot_loss(rows, args.out / "loss.png", device)
     samples = greedy_samples(args.out, tokenizer)
     share_LE = loads_LE / loads_LE.sum(axis=1, keepdims=True)
@@ -312,7 +394,11 @@ def main(argv=None) -> int:
         "expert_share_per_layer": np.round(share_LE, 4).tolist(),
         "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
         "total_wall_s": round(time.time() - wall0, 1), "total_cpu_s": round(time.process_time() - cpu0, 1),
-        "device": device, "greedy_samples": samples,
+        "device": device, "jax": jax.__version__, "cpu_cores": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "tokens_trained": args.steps * args.batch * args.seq_len,
+        "epochs": round(args.steps * args.batch * args.seq_len / len(train_ids), 2),
+        "greedy_samples": samples,
     }
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for prompt, text in samples.items():

@@ -142,3 +142,19 @@ def test_routing_report_on_a_checkpoint_uses_its_weights(tmp_path, capsys):
     data = json.loads((tmp_path / "b" / "coverage.json").read_text())
     assert "the checkpoint's weights" in data["method"]
     assert {p["size"] for p in data["points"] if p["axis"] == "decode"} == {1, 4}
+
+
+def test_gpu_driver_sizes_steps_to_the_budget_and_compares_runs():
+    driver = load_script("train_tiny_moe_gpu")
+    probe = {"startup_s": 10.0, "first_step_s": 30.0, "step_s": 0.05}
+    steps, train_s = driver.choose_steps(probe, left_s=150.0, min_steps=200, max_steps=800)
+    assert steps % 100 == 0 and 200 <= steps <= 800
+    assert steps * driver.CONCURRENCY_SLOWDOWN * probe["step_s"] <= train_s
+    assert driver.choose_steps(probe | {"step_s": 10.0}, 150.0, 200, 800)[0] == 200  # never below the floor
+    assert driver.choose_steps(probe | {"step_s": 1e-4}, 150.0, 200, 800)[0] == 800  # nor above the cap
+    runs = [{"heldout_nats_per_token": n, "heldout_bits_per_byte": n / 2, "command": "c", "device": "d",
+             "train_wall_s": 1.0} for n in (3.0, 3.03)]
+    result = driver.compare(runs)
+    assert abs(result["relative_difference"] - 0.01) < 1e-9 and result["within_2_percent"]
+    assert "1.000%" in driver.reproduction_markdown(result)
+    assert not driver.compare([runs[0], runs[1] | {"heldout_nats_per_token": 3.1}])["within_2_percent"]

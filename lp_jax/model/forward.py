@@ -51,7 +51,7 @@ def unembed(config: ModelConfig, params: dict, x_TD):
 
 
 def batch_forward(config: ModelConfig, params: dict, tokens_BS, backend: str | None = None,
-                  routing: RoutingProfile | None = None, routing_seeds_B=None):
+                  routing: RoutingProfile | None = None, routing_seeds_B=None, experts_fn=moe_experts):
     """Logits [B, S, V] f32 of B whole sequences of S tokens each (no paging), and the routing ids
     of every layer (list of [B*S, K] int32, rows in batch-major order; empty for dense models).
 
@@ -59,6 +59,8 @@ def batch_forward(config: ModelConfig, params: dict, tokens_BS, backend: str | N
     them at once, as the engine's does); attention is causal within each sequence only. Training
     (scripts/train_tiny_moe.py) differentiates this function. routing: a routing profile (None or
     "uniform": the router's own top-k), sequence b routed with seed routing_seeds_B[b] (default 0).
+    experts_fn: the routed experts' implementation (`decoder_layer`); training passes the blocked
+    path (`pallas_kernels.moe_blocked`), which computes the same as the default's reference.
     """
     tokens_BS = jnp.asarray(tokens_BS, jnp.int32)
     B, S = tokens_BS.shape
@@ -82,7 +84,8 @@ def batch_forward(config: ModelConfig, params: dict, tokens_BS, backend: str | N
             return jax.vmap(attend_one)(split(q), split(k), split(v)).reshape(q.shape)
 
         rows = RowRouting(routing, jnp.asarray(log_pop_LE[layer]), seed_T, positions_T, layer) if calibrated else None
-        x, ids = decoder_layer(config, lp, x, positions_T, attend, backend=backend, routing=rows)
+        x, ids = decoder_layer(config, lp, x, positions_T, attend, backend=backend, routing=rows,
+                               experts_fn=experts_fn)
         if ids is not None:
             all_ids.append(ids)
     return unembed(config, params, x).reshape(B, S, -1), all_ids
