@@ -29,7 +29,8 @@ import numpy as np
 
 from lp_jax.bench.calibrate import Calibrator, calibrate_with
 from lp_jax.bench.compare import DEMO, parse_config
-from lp_jax.bench.fidelity import KINDS, _ArrivalLog, _engine_config, _shape, iteration_kind, steady
+from lp_jax.bench.fidelity import (KINDS, _ArrivalLog, _engine_config, _shape, drive, iteration_kind,
+                                   simulated_llm, steady)
 from lp_jax.bench.runner import make_llm, run_bench
 from lp_jax.bench.workload import make_workload
 
@@ -73,9 +74,7 @@ def timed_real(llm):
 
 def replay_terms(table_path, config, arrivals, model):
     """The simulated replay (as lp_jax.bench.fidelity.replay) with each iteration's device time."""
-    import lp_jax
-
-    sim = lp_jax.LLM(model, config.schedule, executor=f"sim:{table_path}", trace=True, **config.options)
+    sim = simulated_llm(table_path, config, model)
     ex = sim.engine.executor
     device: dict[int, float] = {}
     dispatch = ex.dispatch
@@ -86,13 +85,7 @@ def replay_terms(table_path, config, arrivals, model):
         return flight
 
     ex.dispatch = t_dispatch
-    zeros = np.zeros(max(n for _, n, _ in arrivals), np.int32)
-    k = 0
-    while k < len(arrivals) or sim.has_unfinished():
-        while k < len(arrivals) and arrivals[k][0] <= sim.engine.state.iteration:
-            sim.add_request(zeros[:arrivals[k][1]], max_tokens=arrivals[k][2], ignore_eos=True)
-            k += 1
-        sim.step()
+    drive(sim, arrivals)
     return sim.engine.records, device, sim.simulation.table
 
 

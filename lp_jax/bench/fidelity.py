@@ -111,12 +111,16 @@ def iteration_times(records) -> np.ndarray:
     return np.asarray(out)
 
 
-def replay(table_path: str, config, arrivals: list[tuple[int, int, int]], model: str):
-    """The simulated engine driven with the real run's requests at the real run's iterations;
-    its IterationRecords."""
+def simulated_llm(table_path: str, config, model: str):
+    """A traced simulated LLM of `config` on the cost table at table_path."""
     import lp_jax
 
-    sim = lp_jax.LLM(model, config.schedule, executor=f"sim:{table_path}", trace=True, **config.options)
+    return lp_jax.LLM(model, config.schedule, executor=f"sim:{table_path}", trace=True, **config.options)
+
+
+def drive(sim, arrivals: list[tuple[int, int, int]]) -> None:
+    """Step `sim` until done, adding each (iteration, prompt tokens, max tokens) request of the real
+    run at the iteration it was added there."""
     zeros = np.zeros(max(n for _, n, _ in arrivals), np.int32)
     k = 0
     while k < len(arrivals) or sim.has_unfinished():
@@ -124,6 +128,13 @@ def replay(table_path: str, config, arrivals: list[tuple[int, int, int]], model:
             sim.add_request(zeros[:arrivals[k][1]], max_tokens=arrivals[k][2], ignore_eos=True)
             k += 1
         sim.step()
+
+
+def replay(table_path: str, config, arrivals: list[tuple[int, int, int]], model: str):
+    """The simulated engine driven with the real run's requests at the real run's iterations;
+    its IterationRecords."""
+    sim = simulated_llm(table_path, config, model)
+    drive(sim, arrivals)
     return sim.engine.records
 
 
