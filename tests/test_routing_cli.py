@@ -30,6 +30,8 @@ def test_tiny_preset_through_the_engine(tmp_path):
                  "--chunk-sizes", "32", "--prompt-tokens", "64", "--draws", "1", "--no-progress", "--out", str(out)]) == 0
     data = json.loads((out / "coverage.json").read_text())
     assert data["method"].startswith("the engine's real layer steps")
+    assert data["device"] == "cpu (cpu)"  # the device the steps ran on, not a fixed label
+    assert "Measured on cpu (cpu) by the engine's" in (out / "results.md").read_text()
     one = next(p for p in data["points"] if p["axis"] == "decode" and p["size"] == 1)
     assert one["measured"] == 2 / 8 and one["analytic"] is None  # one token loads exactly its top-2 of 8
 

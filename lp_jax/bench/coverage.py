@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")  # files only
@@ -146,7 +147,8 @@ def write_report(out_dir: str, model: ModelConfig, profile: RoutingProfile, poin
     """results.md, coverage.json and coverage.png in out_dir; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     ratios = loads_per_prompt(points)
-    data = dict(model=model.name, experts=model.num_experts, top_k=model.num_experts_per_tok,
+    device = device_label()
+    data = dict(model=model.name, device=device, experts=model.num_experts, top_k=model.num_experts_per_tok,
                 layers=model.num_layers, routing=profile.name, profile=dataclasses.asdict(profile), method=method,
                 points=[dataclasses.asdict(p) for p in points],
                 loads_per_prompt={str(c): r for c, r in ratios.items()},
@@ -155,21 +157,27 @@ def write_report(out_dir: str, model: ModelConfig, profile: RoutingProfile, poin
     with open(paths[1], "w") as fh:
         json.dump(data, fh, indent=2)
     with open(paths[0], "w") as fh:
-        fh.write(markdown(model, profile, points, method, ratios))
-    figure(model, profile, points, method).savefig(paths[2], dpi=120)
+        fh.write(markdown(model, profile, points, method, ratios, device))
+    figure(model, profile, points, method, device).savefig(paths[2], dpi=120)
     plt.close("all")
     return paths
+
+
+def device_label() -> str:
+    """The device the engine's steps ran on, e.g. 'NVIDIA H200 (gpu)' or 'cpu (cpu)'."""
+    d = jax.devices()[0]
+    return f"{d.device_kind} ({d.platform})"
 
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
-def markdown(model, profile, points, method: str, ratios: dict[int, float]) -> str:
+def markdown(model, profile, points, method: str, ratios: dict[int, float], device: str) -> str:
     paper = {(t.kind, t.tokens): t for t in PAPER_COVERAGE}
     lines = [f"# Expert coverage: {model.name} (E={model.num_experts}, top-{model.num_experts_per_tok}, "
              f"{model.num_layers} layers), routing {profile.name}", "",
-             f"Measured on the CPU by {method}. Coverage = distinct experts loaded / E, mean over layers and draws; "
+             f"Measured on {device} by {method}. Coverage = distinct experts loaded / E, mean over layers and draws; "
              "analytic = `routing_stats`; uniform iid = K of E drawn uniformly per token; paper = Qwen3-30B-A3B "
              "(E=128, top-8; arXiv 2510.08055 Table 1 and its code's 8192-token arXiv prompt).", ""]
     for axis, title, unit in (("decode", "decode batch (B distinct requests, one token each)", "B"),
@@ -192,7 +200,7 @@ def markdown(model, profile, points, method: str, ratios: dict[int, float]) -> s
     return "\n".join(lines)
 
 
-def figure(model, profile, points, method: str):
+def figure(model, profile, points, method: str, device: str):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, axis, kind, xlabel in ((axes[0], "decode", "decode", "decode batch size B (distinct requests)"),
                                    (axes[1], "chunk", "prompt", "prefill chunk of one prompt (tokens)")):
@@ -216,6 +224,6 @@ def figure(model, profile, points, method: str):
     axes[1].set_title(f"one prompt of {prompt} tokens", fontsize=9)
     axes[0].set_title("one token per request", fontsize=9)
     fig.suptitle(f"{model.name} (E={model.num_experts}, top-{model.num_experts_per_tok}): expert coverage, "
-                 f"routing {profile.name}; CPU, {method}", fontsize=10)
+                 f"routing {profile.name}; {device}, {method}", fontsize=10)
     fig.tight_layout()
     return fig
