@@ -145,6 +145,8 @@ def test_cli_summary_and_spec_errors(done, tmp_path, capsys):
     spec_path.write_text(json.dumps(SPEC))
     assert main(["study", str(spec_path), "--out", out, "--summary"]) == 0
     assert "6 of 6 points finished" in capsys.readouterr().out
+    assert main(["study", str(spec_path), "--out", str(tmp_path / "never_ran"), "--summary"]) == 2
+    assert "no results folder" in capsys.readouterr().err and not (tmp_path / "never_ran").exists()
     for bad, message in ((dict(SPEC, speed=1), "unknown key"), (dict(SPEC, rates={LAYERED: [1.0]}), "missing"),
                          (dict(SPEC, workloads=["no/such.csv"]), "neither a preset"),
                          (dict(SPEC, engine=dict(ENGINE, page_sise=8)), "unknown engine option"),

@@ -61,6 +61,9 @@ def cmd_study(args) -> int:
     study = load_study(args.spec)
     out = out_folder(args, study)
     if args.summary:
+        if not os.path.isdir(out):
+            raise ValueError(f"--summary: no results folder {out}: no point of this study has run there "
+                             f"(run `lp-jax study {args.spec} --out {out}` first)")
         text, paths = write_summary(study, out)
         print(text)
         print("wrote " + ", ".join(paths))
