@@ -64,6 +64,9 @@ class LayerWork(NamedTuple):
     expert_flops: float = 0.0
     attn_units: float = 0.0  # parallel units of the attention kernel: query tiles x KV heads (0: unknown)
     expert_units: float = 0.0  # row tiles the grouped matmuls compute (0: unknown)
+    # K/V bytes of the attention kernel's longest work unit (one decode row's keys of one KV head
+    # over its key splits): one CTA streams them, so the layer's attention lasts at least that.
+    attn_longest_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,11 @@ class DeviceParams:
     # (what a launch-bound grid sample measures; lp_jax.sim.fit). Not used by the simulator, whose
     # host launches at HostParams.launch_s. 0: read as HostParams.launch_s.
     grid_launch_s: float = 0.0
+    # Bytes/s one attention work unit streams on one CTA (its SM's share of the HBM bandwidth):
+    # a layer's attention takes at least attn_longest_bytes / unit_bw. 0: no such bound. Fitted
+    # on a traced serving run (lp_jax.sim.unit_bandwidth), not on the grid, whose decodes share
+    # one context.
+    unit_bw: float = 0.0
 
 
 def occupancy(units: float, par: float) -> float:
@@ -203,11 +211,13 @@ class CostTable:
 
     def layer_s(self, w: LayerWork) -> float:
         """Seconds of one layer of a call doing `w`."""
-        rows, dense_b, dense_f, attn_b, attn_f, expert_b, expert_f, attn_u, expert_u = w
+        rows, dense_b, dense_f, attn_b, attn_f, expert_b, expert_f, attn_u, expert_u, longest_b = w
         p, roof, moved = self.device_params, self.roof, self.moved
         (db, df), (ab, af), (eb, ef) = self._dense, self._attn, self._expert
-        return (p.layer_s + p.row_s * rows + roof(moved(dense_b) / db, dense_f / df)
-                + roof(moved(attn_b) / ab, attn_f / af) * occupancy(attn_u, p.attn_par)
+        attention = roof(moved(attn_b) / ab, attn_f / af) * occupancy(attn_u, p.attn_par)
+        if p.unit_bw > 0.0 and longest_b / p.unit_bw > attention:
+            attention = longest_b / p.unit_bw
+        return (p.layer_s + p.row_s * rows + roof(moved(dense_b) / db, dense_f / df) + attention
                 + roof(moved(expert_b) / eb, expert_f / ef) * occupancy(expert_u, p.expert_par))
 
     def call_s(self, layer_seconds: float, rows: int = 0, ranged: bool = False) -> float:

@@ -57,6 +57,17 @@ def kernel_prefill_q_tile(model: ModelConfig, device_kind: str) -> int:
     return lookup(model.num_heads, model.num_kv_heads, model.head_dim, 8192, 1, device_kind).block_q
 
 
+ATTENTION_CTAS = 132  # the paged-attention kernel's persistent grid on an H100 / H200 (one CTA per SM)
+MAX_KEY_SPLITS = 16  # pallas_kernels.paged_attention.MAX_SPLITS
+
+
+def key_splits(rows: int, kv_heads: int) -> int:
+    """Key-range splits per work unit the attention kernel picks for a call of `rows` padded rows
+    (pallas_kernels.paged_attention.num_splits with its tiles bounded by the rows): as many as
+    bring (tiles x KV heads) up to the CTAs, 1 from 33 rows on at 4 KV heads."""
+    return max(1, min(MAX_KEY_SPLITS, ATTENTION_CTAS // (rows * kv_heads)))
+
+
 def visible_pairs(start: int, end: int, window: int | None) -> int:
     """Sum over positions p in [start, end) of the keys p sees: min(p + 1, window)."""
     def upto(x):  # sum_{p < x} min(p + 1, W)
@@ -169,16 +180,25 @@ class WorkModel:
             units = (len(decode_contexts) + sum(-(-n // q) for n in tokens)) * self.model.num_kv_heads / self.tp
         out = {}
         for t in self.types:
+            longest = 0.0
             if self.backend == "reference":
                 keys = pairs = rows * self.page_slots
             else:
                 w = self.windows[t]
                 dec = sum(decode_contexts) if w is None else sum([c if c < w else w for c in decode_contexts])
                 pairs = keys = dec
+                if decode_contexts:
+                    # The longest unit's K/V bytes, at the fair share of HBM among the active units:
+                    # x active units / CTAs (1 when they fill the device), so at unit_bw (bytes/s
+                    # of one CTA's share) its stream lasts bytes x active / (HBM bandwidth).
+                    splits = key_splits(rows, self.model.num_kv_heads)
+                    active = min(units * splits, ATTENTION_CTAS) / ATTENTION_CTAS
+                    longest = (min(max(decode_contexts), w or 1 << 62) / splits
+                               * self.kv_bytes_per_key / self.model.num_kv_heads * active)
                 for s, e in prefills:
                     p = visible_pairs(s, e, w)
                     pairs += p
                     keys += p / q + (e if w is None or e < w else w)
             out[t] = LayerWork(rows, self.dense_bytes, dense_flops, keys * self.kv_bytes_per_key,
-                               pairs * self.flops_per_pair, eb, ef, units, eu)
+                               pairs * self.flops_per_pair, eb, ef, units, eu, longest)
         return out
