@@ -13,7 +13,7 @@ from tests.engine_helpers import drain_and_check_aborted, preset_model, referenc
 
 CONTEXT = 256
 ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=8, max_prefill_tokens=128, max_cohort_tokens=128, token_budget=64,
-              row_buckets=(16, 64, 136))
+              row_buckets=(64, 136))
 
 
 def tiny():
