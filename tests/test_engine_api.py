@@ -13,7 +13,7 @@ from tests.engine_helpers import drain_and_check_aborted, preset_model, referenc
 
 CONTEXT = 256
 ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=8, max_prefill_tokens=128, max_cohort_tokens=128, token_budget=64,
-              row_buckets=(16, 64, 136))
+              row_buckets=(64, 136))
 
 
 def tiny():
@@ -107,7 +107,7 @@ def test_abort_in_every_state_frees_pages_and_spares_the_rest(schedule):
     prompt after its first chunk) and one while decoding; the others finish as if alone."""
     cfg, params = tiny()
     prompts = prompts_of([200, 30, 100, 20, 60], seed=1)  # the first is longer than the cap (128)
-    llm = make_llm(schedule, num_groups=3, max_num_seqs=4)
+    llm = make_llm(schedule, num_groups=2)
     ids = [llm.add_request(p, max_tokens=8) for p in prompts]
     llm.step()
     eng = llm.engine

@@ -18,7 +18,7 @@ from tests.engine_helpers import preset_model, reference_greedy
 CONTEXT = 128
 MAX_TOKENS = 6
 ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=8, max_prefill_tokens=64, max_cohort_tokens=64, token_budget=40,
-              row_buckets=(16, 40, 72))
+              row_buckets=(40, 72))
 
 
 def tiny():

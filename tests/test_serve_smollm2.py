@@ -11,8 +11,10 @@ from lp_jax.serve.server import make_state
 from tests import smollm2
 from tests.serve_helpers import LiveServer, post
 
-ENGINE = dict(max_model_len=256, max_num_seqs=8, max_prefill_tokens=128, max_cohort_tokens=128, token_budget=64,
-              row_buckets=(16, 64, 136))
+# Chunked with a 64-token budget carries at most 64 rows a call: two buckets, and prefill limits
+# no wider than the budget so that the hidden buffer is no larger than a call needs.
+ENGINE = dict(max_model_len=256, max_num_seqs=8, max_prefill_tokens=64, max_cohort_tokens=64, token_budget=64,
+              row_buckets=(16, 64))
 
 
 @pytest.fixture(scope="module")
