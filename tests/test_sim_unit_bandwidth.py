@@ -10,7 +10,7 @@ import pytest
 
 import lp_jax
 from lp_jax.bench import iteration_replay
-from lp_jax.sim.unit_bandwidth import fit_unit_bw
+from lp_jax.bench.unit_bandwidth_fit import fit_unit_bw
 from lp_jax.sim.work import key_splits
 
 TRUE_BW = 5e10  # bytes/s per CTA the synthetic trace is made with

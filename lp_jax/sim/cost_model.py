@@ -106,7 +106,7 @@ class DeviceParams:
     grid_launch_s: float = 0.0
     # Bytes/s one attention work unit streams on one CTA (its SM's share of the HBM bandwidth):
     # a layer's attention takes at least attn_longest_bytes / unit_bw. 0: no such bound. Fitted
-    # on a traced serving run (lp_jax.sim.unit_bandwidth), not on the grid, whose decodes share
+    # on a traced serving run (lp_jax.bench.unit_bandwidth_fit), not on the grid, whose decodes share
     # one context.
     unit_bw: float = 0.0
 
