@@ -5,7 +5,7 @@
   `persistent_compilation_cache` fixture), and fail the test that leaves it on;
 - skip tests marked `gpu` unless JAX sees an NVIDIA Hopper GPU;
 - under pytest-xdist, a test past its timeout prints its stacks and is not run again
-  (tests/worker_timeout.py)."""
+  (tests/worker_timeout.py), and the tests go out in work units, longest first (tests/work_units.py)."""
 
 import jax
 import pytest
@@ -15,7 +15,7 @@ from pallas_kernels.interpret import reserve_interpret_threads
 
 reserve_interpret_threads()
 
-pytest_plugins = ["tests.worker_timeout"]
+pytest_plugins = ["tests.worker_timeout", "tests.work_units"]
 
 # The cache options a test may change, with the suite's values. jax 0.11.2 sends every compile
 # through its cache code while jax_enable_compilation_cache is on (its default), directory or not:

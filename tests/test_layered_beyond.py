@@ -15,6 +15,7 @@ import lp_jax
 from lp_jax.engine.config import EngineConfig
 from tests.engine_helpers import drain_and_check_aborted, reference_greedy, run_with_arrivals
 from tests.test_engine_api import CONTEXT as API_CONTEXT
+from tests.test_engine_api import ENGINE as API_ENGINE
 from tests.test_engine_api import make_llm, prompts_of, tiny
 from tests.test_engine_schedules import CAP, CONTEXT, ENGINE, MAX_TOKENS, MODELS, model
 
@@ -45,6 +46,7 @@ def expected(name):
 # layers (on these 4-layer models: a 256-token cohort 1, a 64-token one up to 4), so tests
 # can say which groups adaptive must choose.
 TARGET_S = 0.0013
+ABORT_TARGET_S = 0.00113
 DECODE_S, PROMPT_S = 2e-6, 1e-6
 
 
@@ -62,11 +64,14 @@ VARIANTS = {
 
 
 def options_of(variant: str, cohort_cap: int) -> dict:
-    """The variant's options; pipelined ones with cohorts of at most cohort_cap tokens, half the
-    prefill region, so that two can be in flight at once."""
+    """The variant's options; pipelined ones with a prefill region of cohort_cap rows, half that of
+    the engine they are given to (cohorts, lone prompts and prefill_first's prefills of at most
+    cohort_cap tokens; its chunked budget must not exceed it). Pipelining doubles the region, so two
+    cohorts can be in flight at once and the hidden buffer has the shape of the non-pipelined
+    engines': they all share executables."""
     options = dict(VARIANTS[variant])
     if options.get("pipelined"):
-        options["max_cohort_tokens"] = cohort_cap
+        options |= dict(max_cohort_tokens=cohort_cap, max_lone_prompt_tokens=cohort_cap, max_prefill_tokens=cohort_cap)
     return options
 
 
@@ -159,6 +164,14 @@ def test_pipelined_fixed_rule_keeps_groups_and_budget():
 ENGINE_CONFIG = {k: v for k, v in ENGINE.items() if k != "trace"}
 
 
+@pytest.mark.parametrize("engine,cohort_cap", [(ENGINE_CONFIG, CAP // 2), (API_ENGINE, 64)])
+def test_pipelined_options_keep_the_hidden_buffer_of_the_engine_they_extend(engine, cohort_cap):
+    """What lets this file's pipelined engines share every executable with the others."""
+    pipelined = EngineConfig(**engine | options_of("pipelined", cohort_cap))
+    assert pipelined.pipelined and pipelined.max_cohort_tokens == cohort_cap
+    assert pipelined.hidden_rows() == EngineConfig(**engine).hidden_rows()
+
+
 @pytest.mark.parametrize("variant", ["adaptive", "adaptive_pipelined"])
 def test_adaptive_iterations_stay_within_target_or_advance_one_layer(variant):
     """Every iteration's predicted time is within the target, unless the oldest cohort had to
@@ -211,8 +224,14 @@ def test_abort_mid_flight_spares_the_rest(variant):
     cohort is in flight too; adaptive pipelined joins only in the oldest's last iteration, so
     not here), and one decoding; the others finish as if alone and every page comes back."""
     cfg, params = tiny()
-    prompts = prompts_of([200, 30, 100, 20, 60, 90, 10, 40], seed=1)  # the first is longer than the region (128)
-    llm = with_linear_cost(make_llm("layered", max_num_seqs=6, **options_of(variant, 64)))
+    prompts = prompts_of([200, 30, 100, 20, 60, 90, 10, 40], seed=1)  # the first is longer than any prefill region (128 rows; 64 pipelined)
+    options = options_of(variant, 64)
+    if "iteration_target_s" in options:
+        # Under the linear cost a cohort of up to 64 (pipelined) or 128 prompt tokens then runs one or
+        # two layers an iteration (1 ms + 1 us per token-layer + 8 us per decode row), so it is
+        # still in flight when aborted; TARGET_S would pass a 64-token cohort through all four.
+        options["iteration_target_s"] = ABORT_TARGET_S
+    llm = with_linear_cost(make_llm("layered", **options))
     ids = [llm.add_request(p, max_tokens=8) for p in prompts]
     eng, L = llm.engine, llm.model_config.num_layers
     in_flight = 2 if variant == "pipelined" else 1
