@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lp_jax.model import init_params, reference_forward
@@ -26,26 +25,40 @@ def _jitted_reference(config: ModelConfig, length: int):
     return jax.jit(lambda params, tokens: reference_forward(config, params, tokens))
 
 
-def reference_routing(config: ModelConfig, params, tokens: list[int], length: int) -> np.ndarray:
-    """Expert ids [L, T, K] the reference forward routes each token of `tokens` to."""
+def _reference_forward(config: ModelConfig, params, tokens: list[int], length: int):
+    """(logits [T, V], routing ids per layer [T, K]) of `tokens` through the reference forward,
+    right-padded to `length` so that one compilation serves every sequence; causal attention
+    makes the padding invisible to the real positions."""
     padded = np.zeros(length, np.int32)
     padded[:len(tokens)] = tokens
-    _, routing = _jitted_reference(config, length)(params, padded)
-    return np.stack([np.asarray(ids)[:len(tokens)] for ids in routing])
+    logits, routing = _jitted_reference(config, length)(params, padded)
+    return np.asarray(logits)[:len(tokens)], [np.asarray(ids)[:len(tokens)] for ids in routing]
 
 
-def reference_greedy(config: ModelConfig, params, prompt: list[int], num_tokens: int, length: int) -> list[int]:
-    """Plain greedy loop: the whole sequence through `reference_logits` for every new token.
+def reference_routing(config: ModelConfig, params, tokens: list[int], length: int) -> np.ndarray:
+    """Expert ids [L, T, K] the reference forward routes each token of `tokens` to."""
+    return np.stack(_reference_forward(config, params, tokens, length)[1])
 
-    The sequence is right-padded to `length` so one compilation serves every step; causal
-    attention makes the padding invisible to the real positions."""
-    fwd = _jitted_reference(config, length)
-    seq = list(prompt)
-    for _ in range(num_tokens):
-        tokens = np.zeros(length, np.int32)
-        tokens[:len(seq)] = seq
-        seq.append(int(jnp.argmax(fwd(params, tokens)[0][len(seq) - 1])))
-    return seq[len(prompt):]
+
+def reference_greedy(config: ModelConfig, params, prompt: list[int], num_tokens: int, length: int,
+                     draft: list[int] = ()) -> list[int]:
+    """The greedy decoding of `prompt` by the reference forward: token i is the argmax of the
+    logits at the last position of prompt + tokens[:i], the whole sequence recomputed.
+
+    `draft` (e.g. an engine's output) only saves forwards, never changes the result: one forward
+    of prompt + tokens + the draft's remaining tokens gives the logits after each of them, and
+    the tokens are taken from it up to the first that differs from the draft (the positions
+    after it saw a wrong prefix). With a right draft that is one forward for all num_tokens."""
+    out: list[int] = []
+    while len(out) < num_tokens:
+        ahead = list(draft[len(out):num_tokens - 1]) if list(draft[:len(out)]) == out else []
+        start = len(prompt) + len(out) - 1  # the position whose logits give the next token
+        logits, _ = _reference_forward(config, params, list(prompt) + out + ahead, length)
+        for i in range(len(ahead) + 1):
+            out.append(int(np.argmax(logits[start + i])))
+            if i == len(ahead) or out[-1] != ahead[i]:
+                break
+    return out
 
 
 def run_with_arrivals(llm, prompts, arrival_steps, **request_kwargs):

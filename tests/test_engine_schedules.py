@@ -35,13 +35,6 @@ def model(name):
 
 
 @functools.cache
-def expected(name):
-    cfg, params = model(name)
-    prompts, _ = workload(cfg.vocab_size)
-    return [reference_greedy(cfg, params, p, MAX_TOKENS, CONTEXT) for p in prompts]
-
-
-@functools.cache
 def served(name, schedule):
     cfg, params = model(name)
     prompts, arrivals = workload(cfg.vocab_size)
@@ -50,6 +43,16 @@ def served(name, schedule):
     # The compile counter is process-wide: read it before other tests compile anything.
     llm.compiles_while_serving = llm.engine.compiles_since_startup()
     return llm, outs
+
+
+@functools.cache
+def expected(name):
+    """The reference decoder's tokens for every prompt, drafted by chunked's outputs (a draft
+    saves forwards, never changes the result)."""
+    cfg, params = model(name)
+    prompts, _ = workload(cfg.vocab_size)
+    _, drafts = served(name, "chunked")
+    return [reference_greedy(cfg, params, p, MAX_TOKENS, CONTEXT, draft=d.token_ids) for p, d in zip(prompts, drafts)]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -61,6 +64,18 @@ def test_greedy_outputs_equal_reference_decoder(name, schedule):
     mismatched = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
     assert not mismatched, f"{schedule}: requests {mismatched} differ from the reference decoder"
     assert all(o.status == "finished" for o in outs)
+
+
+@pytest.mark.parametrize("kind", ["wrong", "third_wrong", "right"])
+def test_reference_decoder_gives_the_same_tokens_whatever_its_draft(kind):
+    """Without a draft the reference decoder is the plain loop, one forward per token; a draft
+    (all wrong, right but for its third token, right) must not change a token."""
+    cfg, params = model("tiny-qwen3-moe")
+    prompt = workload(cfg.vocab_size)[0][1][:20]
+    plain = reference_greedy(cfg, params, prompt, MAX_TOKENS, CONTEXT)
+    draft = {"wrong": [(t + 1) % cfg.vocab_size for t in plain],
+             "third_wrong": plain[:2] + [(plain[2] + 1) % cfg.vocab_size] + plain[3:], "right": plain}[kind]
+    assert reference_greedy(cfg, params, prompt, MAX_TOKENS, CONTEXT, draft=draft) == plain
 
 
 def _iteration_of(llm):

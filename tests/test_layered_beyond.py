@@ -34,12 +34,6 @@ def workload(vocab: int):
     return prompts, arrivals
 
 
-@functools.cache
-def expected(name):
-    cfg, params = model(name)
-    prompts, _ = workload(cfg.vocab_size)
-    return [reference_greedy(cfg, params, p, MAX_TOKENS, CONTEXT) for p in prompts]
-
 # A cost model that is linear in the rows and layers of a plan: an iteration's predicted seconds
 # = 1 ms + 2 us per decode row x layer + 1 us per prompt row x layer. With TARGET_S a cohort of
 # n prompt tokens beside d decodes gets floor((TARGET_S - 1 ms - 2 us x d x L) / (1 us x n))
@@ -90,6 +84,16 @@ def served(name, variant):
     outs = run_with_arrivals(llm, prompts, arrivals, max_tokens=MAX_TOKENS)
     llm.compiles_while_serving = llm.engine.compiles_since_startup()
     return llm, outs
+
+
+@functools.cache
+def expected(name):
+    """The reference decoder's tokens for every prompt, drafted by adaptive_pipelined's outputs
+    (a draft saves forwards, never changes the result)."""
+    cfg, params = model(name)
+    prompts, _ = workload(cfg.vocab_size)
+    _, drafts = served(name, "adaptive_pipelined")
+    return [reference_greedy(cfg, params, p, MAX_TOKENS, CONTEXT, draft=d.token_ids) for p, d in zip(prompts, drafts)]
 
 
 def passes_of(llm) -> dict[tuple[int, int], np.ndarray]:
