@@ -17,7 +17,7 @@ NUM_REQUESTS, MAX_TOKENS, CONTEXT = 32, 5, 640
 CAP = 256  # layered cohort cap and prefill_first's per-iteration prefill tokens
 BUDGET = 96  # chunked token budget
 ENGINE = dict(max_model_len=CONTEXT, max_num_seqs=16, max_prefill_tokens=CAP, max_cohort_tokens=CAP,
-              token_budget=BUDGET, row_buckets=(16, 64, 128, 272), trace=True)
+              token_budget=BUDGET, row_buckets=(16, 128, 272), trace=True)
 
 
 @functools.cache

@@ -3,15 +3,16 @@ each work unit runs whole on one worker, so its module-level engines and caches 
 tests, and the units are handed out longest first.
 
 A unit is a test file, except SHARED_ENGINE_FILES, which build their engines from each other's
-settings (equal shapes): one unit, so that each of their executables compiles once, not once per
-file (the compile cache is per process)."""
+settings (equal shapes) or reuse each other's served engines: one unit, so that each of their
+executables compiles and each engine serves once, not once per file (the compile cache and the
+functools caches are per process)."""
 
 from __future__ import annotations
 
 import pytest
 from xdist.scheduler import LoadScopeScheduling
 
-SHARED_ENGINE_FILES = ("test_engine_api.py", "test_engine_schedules.py", "test_layered_beyond.py")
+SHARED_ENGINE_FILES = ("test_engine_api.py", "test_engine_schedules.py", "test_layered_beyond.py", "test_sim_engine.py")
 # By test time in a CI run of 2026-12-02, longest first (an outdated order costs only balance:
 # a long unit handed out last keeps one worker busy while the other idles). The rest follow in
 # collection order.
