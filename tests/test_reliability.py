@@ -117,10 +117,10 @@ def test_abort_inside_a_layered_cohort_spares_the_rest_of_the_cohort():
 
 @pytest.mark.parametrize("schedule", ["chunked", "layered"])
 def test_scaled_soak(schedule):
-    # Two row buckets (decodes alone, and any call with prefill rows): serving moves between
-    # precompiled shapes and must compile none.
+    # Three row buckets (decodes alone, chunked's budget, layered's largest cohort): serving moves
+    # between precompiled shapes and must compile none; 64 rows would only save some padding.
     llm = lp_jax.LLM("tiny-qwen3-moe", schedule, max_model_len=256, max_num_seqs=16, max_prefill_tokens=256,
-                     max_cohort_tokens=256, token_budget=128, num_pages=16, row_buckets=(16, 272))
+                     max_cohort_tokens=256, token_budget=128, num_pages=16, row_buckets=(16, 128, 272))
     report = run_soak(llm, 300, seed=3, arrivals_per_step=1.5, rss_every=25)
     print(report.as_dict())
     assert report.lost == 0 and report.wrong_length == 0
