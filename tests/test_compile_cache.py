@@ -11,7 +11,7 @@ import sys
 START_ENGINE = """
 import json, lp_jax
 llm = lp_jax.LLM("tiny-qwen3-moe", "layered", max_num_seqs=2, max_prefill_tokens=16, max_cohort_tokens=16,
-                 token_budget=16, max_model_len=64, row_buckets=(2, 18))
+                 token_budget=16, max_model_len=64, row_buckets=(18,))
 outs = llm.generate([[1, 2, 3], [4, 5, 6, 7, 8, 9]], max_tokens=3)
 print(json.dumps([o.token_ids for o in outs]))
 """
@@ -28,7 +28,7 @@ def _run(cache: pathlib.Path) -> list:
 def test_a_second_start_takes_every_executable_from_the_persistent_cache(tmp_path):
     first = _run(tmp_path)
     entries = sorted(p.name for p in tmp_path.iterdir())
-    # Whole and range steps (layer counts 4, 1, 2) per row bucket, at least: all were written.
-    assert len(entries) >= 3 * 2, entries
+    # Whole and range steps (layer counts 4, 1, 2) of the one row bucket, at least: all were written.
+    assert len(entries) >= 3, entries
     assert _run(tmp_path) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == entries  # nothing new: all were cache hits

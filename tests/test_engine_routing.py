@@ -90,9 +90,12 @@ def test_engine_counts_the_experts_and_tiles_the_sampler_routes(schedule):
         for seg in rec.segments:
             seeds = [routing_seed(llm, rid) for rid, _ in seg.row_tokens]
             pos = [p for _, p in seg.row_tokens]
-            ids = sampled_ids(QWEN3_PAPER, E, K, L, seeds, pos)
-            rows = np.stack([np.bincount(ids[l].ravel(), minlength=E) for l in range(L)])
             bucket = next(b for b in llm.engine.executor.buckets if b >= len(seeds))
+            # Each row's ids depend on its own (seed, position) alone: padded to the bucket, the
+            # sampler compiles once per bucket instead of once per row count.
+            pad = bucket - len(seeds)
+            ids = sampled_ids(QWEN3_PAPER, E, K, L, seeds + [0] * pad, pos + [0] * pad)[:, :len(seeds)]
+            rows = np.stack([np.bincount(ids[l].ravel(), minlength=E) for l in range(L)])
             block_m = moe_block_m(E, cfg.hidden_size, cfg.ffn_size, bucket * K)
             lo, hi = seg.layer_lo, seg.layer_hi
             np.testing.assert_array_equal(seg.expert_counts_L[lo:hi], count_distinct(ids, E)[lo:hi])

@@ -79,8 +79,13 @@ def synthetic_text(n_lines: int = 400) -> str:
     return "".join(" ".join(words[i] for i in rng.integers(0, len(words), 6)) + "\n" for _ in range(n_lines))
 
 
-def test_short_training_run_lowers_the_loss_and_repeats_exactly():
+def test_short_training_run_lowers_the_loss_and_repeats_exactly(tmp_path, persistent_compilation_cache):
+    from lp_jax.bench.study import use_compilation_cache
+
     script = load_script("train_tiny_moe")
+    # Each run jits its own step: the second loads the first's executables from the cache
+    # instead of compiling them again (what repeats is the seeded run, not XLA's compile).
+    use_compilation_cache(str(tmp_path / "compiled"))
     args = script.parse_args(["--steps", "20", "--batch", "4", "--seq-len", "32", "--layers", "2", "--hidden", "32",
                               "--experts", "4", "--top-k", "2", "--expert-hidden", "16", "--vocab", "300",
                               "--warmup", "3", "--lr", "1e-2", "--eval-every", "10"])
