@@ -2,6 +2,8 @@
 and gradients on random routings, skewed ones (every row to one expert, experts left empty),
 padding rows, biases with GPT-OSS's activation, layer-stacked weights and odd block sizes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,9 +23,15 @@ def problem(T=37, D=16, E=6, F=8, K=2, bias=False, seed=0, ids=None):
     return x, weights, ids, random_experts(k4, E, D, F, bias, dtype=jnp.float32)
 
 
+STATIC = ("activation", "alpha", "limit", "block_m")
+# Jitted: one compile per function and shape instead of compiling and dispatching each op eagerly.
+reference = jax.jit(moe_experts_reference, static_argnames=STATIC[:3])
+blocked = jax.jit(moe_experts_blocked, static_argnames=STATIC)
+
+
 def both(x, weights, ids, experts, **kw):
-    return (moe_experts_reference(x, weights, ids, experts, **{k: v for k, v in kw.items() if k != "block_m"}),
-            moe_experts_blocked(x, weights, ids, experts, **kw))
+    return (reference(x, weights, ids, experts, **{k: v for k, v in kw.items() if k != "block_m"}),
+            blocked(x, weights, ids, experts, **kw))
 
 
 @pytest.mark.parametrize("block_m", [1, 4, 32, 128])
@@ -56,9 +64,11 @@ def test_gradients_match_reference():
     def loss(fn, x, weights, experts):
         return jnp.sum(jnp.sin(fn(x, weights, ids, experts)))
 
-    blocked = lambda *a: moe_experts_blocked(*a, block_m=8)  # noqa: E731
-    g_ref = jax.grad(loss, argnums=(1, 2, 3))(moe_experts_reference, x, weights, experts)
-    g_got = jax.grad(loss, argnums=(1, 2, 3))(blocked, x, weights, experts)
+    def grads(fn):
+        return jax.jit(jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2)))(x, weights, experts)
+
+    g_ref = grads(moe_experts_reference)
+    g_got = grads(functools.partial(moe_experts_blocked, block_m=8))
     for ref, got in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_got)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-5)
 

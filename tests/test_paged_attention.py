@@ -8,6 +8,7 @@ and window (as the executor passes them), and the dispatch. GPU (marker `gpu`): 
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 import jax
@@ -58,9 +59,17 @@ def ragged_batch(key, seqs, *, H, N, A, L=2, pad_rows=0, max_pages=None, dtype=j
         pos_T=jnp.asarray(pos, jnp.int32))
 
 
-def reference(batch, layer, **kw):
+@functools.cache
+def _jitted_reference(layer):
+    """The float32 reference at a static layer, jitted (window and sinks traced): one compile per
+    batch shape instead of running its ops one by one."""
+    return jax.jit(lambda batch, window, sinks_H: paged_attention_reference(
+        layer=layer, **batch, window=window, sinks_H=sinks_H))
+
+
+def reference(batch, layer, *, window=FULL_WINDOW, sinks_H=None):
     f32 = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in batch.items()}
-    return paged_attention_reference(layer=layer, **f32, **kw)
+    return _jitted_reference(layer)(f32, jnp.int32(window), sinks_H)
 
 
 def rel_err(out, ref):
@@ -69,9 +78,23 @@ def rel_err(out, ref):
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
-def check(batch, cfg, *, layer=1, window=FULL_WINDOW, sinks_H=None):
-    with gpu_interpret_mode():
-        out = paged_attention(layer=layer, **batch, window=window, sinks_H=sinks_H, config=cfg, num_sms=3)
+@functools.cache
+def _jitted_kernel(cfg, layer, num_sms):
+    """The kernel in GPU interpret mode at a static config, layer and SM count, jitted with the
+    window and sinks traced: a second window on a batch of the same shapes reuses the compiled
+    interpreter (which an eager call traces and compiles again)."""
+    def run(batch, window, sinks_H):
+        with gpu_interpret_mode():
+            return paged_attention(layer=layer, **batch, window=window, sinks_H=sinks_H, config=cfg,
+                                   num_sms=num_sms)
+    return jax.jit(run)
+
+
+def check(batch, cfg, *, layer=1, window=FULL_WINDOW, sinks_H=None, num_sms=1):
+    """The kernel against the reference. One SM by default: the interpreter runs CTAs one after
+    another and each costs CPU time; the result does not depend on the grid, and the tests that
+    pass num_sms=3 keep several CTAs walking the units (and splits) in the CPU suite."""
+    out = _jitted_kernel(cfg, layer, num_sms)(batch, jnp.int32(window), sinks_H)
     ref = reference(batch, layer, window=window, sinks_H=sinks_H)
     assert out.shape == batch["q_THA"].shape and out.dtype == batch["q_THA"].dtype
     assert rel_err(out, ref) <= 1e-2
@@ -113,8 +136,8 @@ def test_prefill_only_prompts_crossing_pages_gqa8():
 def test_mixed_decodes_chunk_over_paged_prefix_and_prompt():
     # Decodes, a 30-row chunk over a 120-key prefix, a whole 20-token prompt, padding rows.
     b = ragged_batch(jax.random.key(2), [(70, 1), (150, 30), (9, 1), (20, 20)], H=16, N=2, A=64, pad_rows=5)
-    check(b, PREFILL_R8)
-    check(b, DECODE_R8)  # the decode tile shape on a mixed batch gives the same result
+    check(b, PREFILL_R8, num_sms=3)
+    check(b, DECODE_R8, num_sms=3)  # the decode tile shape on a mixed batch gives the same result
 
 
 @pytest.mark.parametrize("window", [8, 40])
@@ -143,8 +166,8 @@ def test_key_splits_merge_with_sinks_and_windows(window):
     b = ragged_batch(jax.random.key(12), [(200, 1), (70, 1), (150, 20), (5, 1)], H=16, N=2, A=64,
                      pad_rows=1)
     sinks = jax.random.normal(jax.random.key(13), (16,), jnp.float32) * 2
-    check(b, dataclasses.replace(DECODE_R8, kv_splits=3), window=window, sinks_H=sinks)
-    check(b, dataclasses.replace(PREFILL_R8, kv_splits=2), window=window)
+    check(b, dataclasses.replace(DECODE_R8, kv_splits=3), window=window, sinks_H=sinks, num_sms=3)
+    check(b, dataclasses.replace(PREFILL_R8, kv_splits=2), window=window, num_sms=3)
 
 
 @pytest.mark.parametrize("cfg", [DECODE_R16, PREFILL_R16])
@@ -174,9 +197,10 @@ def test_per_layer_window_index_and_stacked_sinks_are_read_in_the_kernel():
         return paged_attention(layer=layer, **b, config=PREFILL_R8, num_sms=2, plan=plan, window_index=index,
                                sinks_H=sinks)
     with gpu_interpret_mode():
+        run = jax.jit(run)  # the [L] and the scalar index each compile once, for both layers
         for layer in (0, 1):
-            got = jax.jit(run)(jnp.int32(layer), index_L, sinks_LH)
-            want = run(layer, int(index_L[layer]), sinks_LH[layer])
+            got = run(jnp.int32(layer), index_L, sinks_LH)
+            want = run(jnp.int32(layer), index_L[layer], sinks_LH[layer])
             np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
             ref = reference(b, layer, window=windows[int(index_L[layer])], sinks_H=sinks_LH[layer])
             assert rel_err(got, ref) <= 1e-2
@@ -200,15 +224,34 @@ def test_a_planned_call_is_the_kernel_alone():
     assert set(names) <= kernel | {"reshape", "convert_element_type"}, names
 
 
+@functools.cache
+def two_sequence_batch():
+    """A decode (50 keys) and a 10-row chunk over a 20-key prefix, H=8, N=1, A=64 (shared by
+    the traced-layer and shared-plan tests)."""
+    return ragged_batch(jax.random.key(8), [(50, 1), (30, 10)], H=8, N=1, A=64)
+
+
+def decode_tiles_planned_per_call(b, layer, window):
+    """The kernel with DECODE_R8 on 2 SMs, planning the batch itself for `window`."""
+    return paged_attention(layer=layer, **b, window=window, config=DECODE_R8, num_sms=2)
+
+
+@functools.cache
+def jitted_decode_tiles_planned_per_call():
+    """decode_tiles_planned_per_call jitted with the layer and window traced (one compile for
+    every layer and window of a batch shape), in GPU interpret mode."""
+    def run(b, layer, window):
+        with gpu_interpret_mode():
+            return decode_tiles_planned_per_call(b, layer, window)
+    return jax.jit(run)
+
+
 def test_traced_layer_and_window_under_jit_match_eager():
     """The executor passes layer and window as traced int32 scalars inside its layer loop."""
-    b = ragged_batch(jax.random.key(8), [(50, 1), (30, 10)], H=8, N=1, A=64)
-
-    def run(layer, window):
-        return paged_attention(layer=layer, **b, window=window, config=DECODE_R8, num_sms=2)
+    b = two_sequence_batch()
+    traced = jitted_decode_tiles_planned_per_call()(b, jnp.int32(1), jnp.int32(16))
     with gpu_interpret_mode():
-        traced = jax.jit(run)(jnp.int32(1), jnp.int32(16))
-        eager = run(1, 16)
+        eager = decode_tiles_planned_per_call(b, 1, 16)
     np.testing.assert_array_equal(np.asarray(traced, np.float32), np.asarray(eager, np.float32))
     assert rel_err(traced, reference(b, 1, window=16)) <= 1e-2
 
@@ -216,7 +259,7 @@ def test_traced_layer_and_window_under_jit_match_eager():
 def test_a_plan_shared_by_layers_gives_each_window_what_planning_per_call_gives():
     """The executor plans a batch once per call for the model's distinct windows and each layer
     picks its window by a traced index."""
-    b = ragged_batch(jax.random.key(10), [(50, 1), (30, 10)], H=8, N=1, A=64)
+    b = two_sequence_batch()
     windows = (FULL_WINDOW, 16)
     B = b["block_table_BM"].shape[0]
 
@@ -224,9 +267,10 @@ def test_a_plan_shared_by_layers_gives_each_window_what_planning_per_call_gives(
         plan = batch_plan(b["seq_T"], b["pos_T"], H=8, N=1, A=64, num_seqs=B, windows=windows, config=DECODE_R8)
         return paged_attention(layer=layer, **b, config=DECODE_R8, num_sms=2, plan=plan, window_index=index)
     with gpu_interpret_mode():
+        shared = jax.jit(shared)
         for index, window in enumerate(windows):
-            got = jax.jit(shared)(jnp.int32(1), jnp.int32(index))
-            want = paged_attention(layer=1, **b, window=window, config=DECODE_R8, num_sms=2)
+            got = shared(jnp.int32(1), jnp.int32(index))
+            want = jitted_decode_tiles_planned_per_call()(b, jnp.int32(1), jnp.int32(window))
             np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     other = dataclasses.replace(DECODE_R8, block_kv=128)
     plan = batch_plan(b["seq_T"], b["pos_T"], H=8, N=1, A=64, num_seqs=B, windows=windows, config=other)
